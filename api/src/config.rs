@@ -1,0 +1,146 @@
+//! Typed configuration: every flag is also an environment variable.
+//!
+//! The binary parses [`Config`] with clap; tests build one with [`Config::for_tests`]
+//! and change what they need.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::token::TokenVersion;
+
+/// Everything the API server needs to run. Secrets are wrapped in [`Secret`] so they
+/// never reach a log line through `Debug`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the real one is printed).
+    #[arg(long, env = "DAPI_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://path.db` (default, created on first start) or
+    /// `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://dapi.db")]
+    pub database_url: String,
+
+    /// Agora-compatible App ID handed out in every token response. When unset, a
+    /// development pair is generated once and kept in the database.
+    #[arg(long, env = "DAPI_APP_ID")]
+    pub app_id: Option<String>,
+
+    /// App Certificate that signs tokens (32 hex characters).
+    #[arg(long, env = "DAPI_APP_CERTIFICATE", hide_env_values = true)]
+    pub app_certificate: Option<Secret>,
+
+    /// Token version to mint: 006 (default) or 007.
+    #[arg(long, env = "DAPI_TOKEN_VERSION", default_value = "006")]
+    pub token_version: TokenVersion,
+
+    /// Join privilege lifetime of minted tokens, in seconds.
+    #[arg(long, env = "DAPI_TOKEN_TTL", default_value_t = 600)]
+    pub token_ttl: u32,
+
+    /// IANA time zone of `createtime` and `call_time` strings.
+    #[arg(long, env = "DAPI_TIMEZONE", default_value = "UTC")]
+    pub timezone: chrono_tz::Tz,
+
+    /// How far back `call/msg` looks, in seconds.
+    #[arg(long, env = "DAPI_RECENT_WINDOW", default_value_t = 60)]
+    pub recent_window: u64,
+
+    /// Seconds a callee may ring before the server ends the call as 1001.
+    #[arg(long, env = "DAPI_RING_TIMEOUT", default_value_t = 60)]
+    pub ring_timeout: u64,
+
+    /// Seconds without heartbeat or channel presence before a participant is dropped.
+    #[arg(long, env = "DAPI_HEARTBEAT_TIMEOUT", default_value_t = 45)]
+    pub heartbeat_timeout: u64,
+
+    /// Seconds a scheduled call may fire late (after downtime) before it is marked missed.
+    #[arg(long, env = "DAPI_CALLTASK_GRACE", default_value_t = 300)]
+    pub calltask_grace: u64,
+
+    /// The uid the robot uses in channels.
+    #[arg(long, env = "DAPI_ROBOT_UID", default_value = "robot")]
+    pub robot_uid: String,
+
+    /// Maximum request body in bytes (larger bodies get 413).
+    #[arg(long, env = "DAPI_MAX_BODY", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+
+    /// Maximum number of callees in one `dst_uid`.
+    #[arg(long, env = "DAPI_MAX_DST_UIDS", default_value_t = 50)]
+    pub max_dst_uids: usize,
+
+    /// Maximum `extra_msg` length in bytes.
+    #[arg(long, env = "DAPI_MAX_EXTRA_MSG", default_value_t = 1024)]
+    pub max_extra_msg: usize,
+
+    /// Log format: `pretty` for a terminal, `json` for production, `auto` picks
+    /// pretty when stderr is a terminal.
+    #[arg(long, env = "DAPI_LOG_FORMAT", default_value = "auto")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// A configuration for tests: port 0 on loopback, the given database, a fixed
+    /// App ID and certificate.
+    pub fn for_tests(database_url: &str) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.to_owned(),
+            app_id: Some("970CA35de60c44645bbae8a215061b33".into()),
+            app_certificate: Some(Secret::new("5CFd2fd1755d40ecb72977518be15d3b")),
+            token_version: TokenVersion::V006,
+            token_ttl: 600,
+            timezone: chrono_tz::UTC,
+            recent_window: 60,
+            ring_timeout: 60,
+            heartbeat_timeout: 45,
+            calltask_grace: 300,
+            robot_uid: "robot".into(),
+            max_body: 64 * 1024,
+            max_dst_uids: 50,
+            max_extra_msg: 1024,
+            log_format: "pretty".into(),
+        }
+    }
+
+    /// The recent window of `call/msg`.
+    pub fn recent_window(&self) -> Duration {
+        Duration::from_secs(self.recent_window)
+    }
+}
+
+/// A secret string: compared in constant time, never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Constant-time comparison with a presented value.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}

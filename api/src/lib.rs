@@ -1,0 +1,168 @@
+//! The call-control API: `/dapi` endpoints, Agora-compatible tokens, the `/rtc` channel
+//! signaling and the robot dispatcher, over SQLite or PostgreSQL.
+//!
+//! ```text
+//!  HTTP /dapi/*  --> routes::dapi --> Store (one transaction per request)
+//!                         |              |-- call_state (sans-IO state machine)
+//!                         +--> token (mint)
+//!  WS /rtc       --> rtc (hub: rooms, presence, relay)  --> token (verify)
+//! ```
+//!
+//! [`Application::build`] binds the listener (port 0 allowed) and connects the store;
+//! [`Application::run_until`] serves until a shutdown future resolves. The binary and the
+//! tests start the same `Application`.
+
+pub mod call_state;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::Store;
+use crate::token::TokenIssuer;
+
+/// Shared state of the request handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    tokens: TokenIssuer,
+    clock: Clock,
+    known_channels: routes::ChannelCache,
+}
+
+impl AppState {
+    /// Configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    /// Token minting and verification.
+    pub fn tokens(&self) -> &TokenIssuer {
+        &self.inner.tokens
+    }
+    /// The time source.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+    pub(crate) fn known_channels(&self) -> &routes::ChannelCache {
+        &self.inner.known_channels
+    }
+}
+
+/// A built server: listener bound, store connected and migrated.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects the store, resolves credentials and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// As [`Application::build`], with an injected clock (tests).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the {} database",
+                    backend_name(&config.database_url)
+                )
+            })?;
+        let (app_id, certificate) = match (&config.app_id, &config.app_certificate) {
+            (Some(id), Some(cert)) => (id.clone(), cert.expose().to_owned()),
+            (None, None) => {
+                let generated = (random_hex32(), random_hex32());
+                let (id, cert) = store.dev_credentials(generated).await?;
+                tracing::warn!(
+                    app_id = %id,
+                    "DAPI_APP_ID and DAPI_APP_CERTIFICATE are not set: using a development pair kept in the database; set both in production"
+                );
+                (id, cert)
+            }
+            _ => anyhow::bail!("set both DAPI_APP_ID and DAPI_APP_CERTIFICATE, or neither"),
+        };
+        let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let state = AppState {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                tokens,
+                clock,
+                known_channels: routes::ChannelCache::default(),
+            }),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (tests use it to reach the store).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        let router = routes::router(self.state.clone());
+        // The line operators and tests wait for: printed once the socket accepts.
+        println!("listening on http://{addr}");
+        tracing::info!(%addr, backend = self.state.store().backend(), "listening");
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn backend_name(url: &str) -> &'static str {
+    if url.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
+}
+
+fn random_hex32() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}

@@ -1,0 +1,572 @@
+//! Every `/dapi` endpoint of the spec, with exactly its field names, types and labels.
+//! Each handler parses its body into domain types, makes one store call (one
+//! transaction), and answers `{"success": true, "data": ...}`.
+
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{LocalResult, NaiveDateTime, TimeZone};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::call_state::{Input, Role};
+use crate::domain::{AssetName, ChannelName, EventCode, Uid, UidList};
+use crate::error::ApiError;
+use crate::extract::DapiJson;
+use crate::store::{
+    CallKind, InputMeta, MessageRow, NewCall, NewRobotSession, StoreError, TaskFields, TaskRecord,
+};
+
+/// Attempts a robot session gets before it is dead.
+pub const ROBOT_MAX_ATTEMPTS: i64 = 3;
+
+/// The `/dapi` routes.
+pub fn router() -> Router<AppState> {
+    let m = super::method_not_allowed;
+    Router::new()
+        .route("/dapi/call/user", post(call_user).fallback(m))
+        .route("/dapi/call/robot", post(call_robot).fallback(m))
+        .route("/dapi/call/msg", post(call_msg).fallback(m))
+        .route("/dapi/call/token", post(call_token).fallback(m))
+        .route("/dapi/call/event", post(call_event).fallback(m))
+        .route("/dapi/call/heartbeat", post(call_heartbeat).fallback(m))
+        .route("/dapi/call/timeline", get(call_timeline).fallback(m))
+        .route("/dapi/invite/robot", post(invite_robot).fallback(m))
+        .route("/dapi/quit/robot", post(quit_robot).fallback(m))
+        .route("/dapi/calltask/update", post(calltask_update).fallback(m))
+        .route("/dapi/calltask/list", post(calltask_list).fallback(m))
+        .route("/dapi/calltask/delete", post(calltask_delete).fallback(m))
+}
+
+fn ok(data: Value) -> Json<Value> {
+    Json(json!({"success": true, "data": data}))
+}
+
+/// `{appID, channel, uid, token}` for `uid` in `channel`.
+fn token_data(state: &AppState, channel: &str, uid: &Uid) -> Result<Value, ApiError> {
+    let token = state
+        .tokens()
+        .mint(channel, uid.as_str(), state.clock().now_secs())
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(json!({
+        "appID": state.tokens().app_id,
+        "channel": channel,
+        "uid": uid.as_str(),
+        "token": token,
+    }))
+}
+
+fn check_extra_msg(state: &AppState, extra: &Option<String>) -> Result<(), ApiError> {
+    let max = state.config().max_extra_msg;
+    match extra {
+        Some(m) if m.len() > max => Err(ApiError::bad(
+            "invalid_field",
+            format!("extra_msg is {} bytes; at most {max} are allowed", m.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_dst(state: &AppState, dst: &UidList) -> Result<(), ApiError> {
+    let max = state.config().max_dst_uids;
+    if dst.0.len() > max {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!(
+                "dst_uid has {} uids; at most {max} are allowed",
+                dst.0.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a call under a fresh channel name, retrying on the (unlikely) collision.
+async fn create_call(state: &AppState, mut call: NewCall) -> Result<ChannelName, ApiError> {
+    for _ in 0..5 {
+        match state.store().create_call(&call).await {
+            Ok(_) => {
+                state.known_channels().insert(call.channel.as_str());
+                return Ok(call.channel);
+            }
+            Err(StoreError::Conflict(_)) => call.channel = ChannelName::generate(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Internal(anyhow::anyhow!(
+        "could not find a free channel name"
+    )))
+}
+
+fn robot_session(state: &AppState, audio: Option<AssetName>, loop_audio: bool) -> NewRobotSession {
+    NewRobotSession {
+        uid: state.config().robot_uid.clone(),
+        audio: vec![
+            audio
+                .unwrap_or_else(AssetName::default_asset)
+                .as_str()
+                .to_owned(),
+        ],
+        loop_audio,
+        max_attempts: ROBOT_MAX_ATTEMPTS,
+    }
+}
+
+fn new_call(
+    state: &AppState,
+    caller: Uid,
+    callees: Vec<Uid>,
+    kind: CallKind,
+    extra_msg: Option<String>,
+) -> NewCall {
+    let now = state.clock().now_ms();
+    let cfg = state.config();
+    let ring_deadline_ms =
+        (!callees.is_empty()).then(|| now + i64::try_from(cfg.ring_timeout).unwrap_or(60) * 1000);
+    NewCall {
+        channel: ChannelName::generate(),
+        caller,
+        callees,
+        kind,
+        extra_msg,
+        now_ms: now,
+        ring_deadline_ms,
+        caller_heartbeat_deadline_ms: now + heartbeat_ms(state),
+        robot: None,
+    }
+}
+
+fn heartbeat_ms(state: &AppState) -> i64 {
+    i64::try_from(state.config().heartbeat_timeout).unwrap_or(45) * 1000
+}
+
+#[derive(Debug, Deserialize)]
+struct CallUserReq {
+    src_uid: Uid,
+    #[serde(default)]
+    dst_uid: UidList,
+    #[serde(default)]
+    extra_msg: Option<String>,
+}
+
+async fn call_user(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<CallUserReq>,
+) -> Result<Json<Value>, ApiError> {
+    check_dst(&state, &req.dst_uid)?;
+    check_extra_msg(&state, &req.extra_msg)?;
+    let mut callees = req.dst_uid.0;
+    callees.dedup();
+    let call = new_call(
+        &state,
+        req.src_uid.clone(),
+        callees,
+        CallKind::User,
+        req.extra_msg,
+    );
+    let channel = create_call(&state, call).await?;
+    Ok(ok(token_data(&state, channel.as_str(), &req.src_uid)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct CallRobotReq {
+    src_uid: Uid,
+    #[serde(default)]
+    audio: Option<AssetName>,
+    #[serde(default, rename = "loop")]
+    loop_audio: bool,
+}
+
+async fn call_robot(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<CallRobotReq>,
+) -> Result<Json<Value>, ApiError> {
+    let mut call = new_call(
+        &state,
+        req.src_uid.clone(),
+        Vec::new(),
+        CallKind::Robot,
+        None,
+    );
+    call.robot = Some(robot_session(&state, req.audio, req.loop_audio));
+    let channel = create_call(&state, call).await?;
+    Ok(ok(token_data(&state, channel.as_str(), &req.src_uid)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct UidReq {
+    uid: Uid,
+}
+
+fn format_time(state: &AppState, unix_ms: i64) -> String {
+    state
+        .config()
+        .timezone
+        .timestamp_millis_opt(unix_ms)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn message_json(state: &AppState, r: &MessageRow) -> Value {
+    let uid = Uid::parse(&r.uid)
+        .map(|u| u.to_json())
+        .unwrap_or_else(|_| Value::from(r.uid.clone()));
+    let src = Uid::parse(&r.src_uid)
+        .map(|u| u.to_json())
+        .unwrap_or_else(|_| Value::from(r.src_uid.clone()));
+    json!({
+        "id": r.id,
+        "uid": uid,
+        "channel": r.channel,
+        "status": r.status as i64,
+        "_status_label": r.status.label(),
+        "createtime": format_time(state, r.created_at_ms),
+        "pk": r.id,
+        "extra_msg": r.extra_msg,
+        "src_uid": src,
+        "role": match r.role { Role::Caller => "caller", _ => "callee" },
+    })
+}
+
+async fn call_msg(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<UidReq>,
+) -> Result<Json<Value>, ApiError> {
+    let window = i64::try_from(state.config().recent_window().as_millis()).unwrap_or(60_000);
+    let since = state.clock().now_ms() - window;
+    let rows = state.store().recent_messages(&req.uid, since).await?;
+    Ok(ok(rows.iter().map(|r| message_json(&state, r)).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelReq {
+    uid: Uid,
+    channel: ChannelName,
+}
+
+/// 404 unless the channel exists (cached positive answers).
+async fn require_channel(state: &AppState, channel: &ChannelName) -> Result<(), ApiError> {
+    if state.known_channels().contains(channel.as_str()) {
+        return Ok(());
+    }
+    match state.store().find_call(channel.as_str()).await? {
+        Some(_) => {
+            state.known_channels().insert(channel.as_str());
+            Ok(())
+        }
+        None => Err(ApiError::NotFound(format!("unknown channel {channel}"))),
+    }
+}
+
+async fn call_token(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<ChannelReq>,
+) -> Result<Json<Value>, ApiError> {
+    require_channel(&state, &req.channel).await?;
+    Ok(ok(token_data(&state, req.channel.as_str(), &req.uid)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventReq {
+    uid: Uid,
+    channel: ChannelName,
+    code: EventCode,
+    #[serde(default)]
+    desp: Option<String>,
+}
+
+async fn call_event(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<EventReq>,
+) -> Result<Json<Value>, ApiError> {
+    if req.desp.as_ref().is_some_and(|d| d.len() > 1024) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "desp is longer than 1024 bytes",
+        ));
+    }
+    let meta = InputMeta {
+        kind: "event",
+        source: "app",
+        detail: req.desp,
+        now_ms: state.clock().now_ms(),
+        heartbeat_deadline_ms: None,
+        always_record: true,
+    };
+    let input = Input::Event {
+        uid: req.uid,
+        code: req.code,
+    };
+    state
+        .store()
+        .apply_input(req.channel.as_str(), &input, &meta)
+        .await?;
+    Ok(ok(Value::Null))
+}
+
+async fn call_heartbeat(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<ChannelReq>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock().now_ms();
+    let meta = InputMeta {
+        kind: "heartbeat",
+        source: "app",
+        detail: None,
+        now_ms: now,
+        heartbeat_deadline_ms: Some(now + heartbeat_ms(&state)),
+        always_record: false,
+    };
+    let input = Input::Seen { uid: req.uid };
+    state
+        .store()
+        .apply_input(req.channel.as_str(), &input, &meta)
+        .await?;
+    Ok(ok(Value::Null))
+}
+
+#[derive(Debug, Deserialize)]
+struct TimelineQuery {
+    channel: Option<String>,
+}
+
+async fn call_timeline(
+    State(state): State<AppState>,
+    Query(q): Query<TimelineQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let raw = q
+        .channel
+        .ok_or_else(|| ApiError::bad("missing_field", "channel is required"))?;
+    let channel = ChannelName::parse(&raw)
+        .map_err(|m| ApiError::bad("invalid_field", format!("channel {m}")))?;
+    let entries = state.store().timeline(channel.as_str()).await?;
+    let rows: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "uid": e.uid,
+                "kind": e.kind,
+                "code": e.code,
+                "detail": e.detail,
+                "source": e.source,
+                "effect": e.effect,
+                "time": format_time(&state, e.created_at_ms),
+                "time_ms": e.created_at_ms,
+            })
+        })
+        .collect();
+    Ok(ok(json!({"channel": channel.as_str(), "events": rows})))
+}
+
+#[derive(Debug, Deserialize)]
+struct InviteRobotReq {
+    uid: Uid,
+    channel: ChannelName,
+    #[serde(default)]
+    audio: Option<AssetName>,
+    #[serde(default, rename = "loop")]
+    loop_audio: bool,
+}
+
+async fn invite_robot(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<InviteRobotReq>,
+) -> Result<Json<Value>, ApiError> {
+    let robot = robot_session(&state, req.audio, req.loop_audio);
+    let now = state.clock().now_ms();
+    state
+        .store()
+        .invite_robot(req.channel.as_str(), &req.uid, &robot, now)
+        .await?;
+    Ok(ok(token_data(&state, req.channel.as_str(), &req.uid)?))
+}
+
+async fn quit_robot(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<ChannelReq>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock().now_ms();
+    state
+        .store()
+        .quit_robot(req.channel.as_str(), &req.uid, now)
+        .await?;
+    Ok(ok(Value::Null))
+}
+
+/// A task id: absent, null or "" means insert; a number or numeric string updates.
+#[derive(Debug)]
+struct TaskId(Option<i64>);
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::Null => Ok(TaskId(None)),
+            Value::String(s) if s.trim().is_empty() => Ok(TaskId(None)),
+            Value::String(s) => s
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n| TaskId(Some(n)))
+                .ok_or_else(|| D::Error::custom("id must be a positive integer or empty")),
+            Value::Number(n) => n
+                .as_i64()
+                .filter(|n| *n > 0)
+                .map(|n| TaskId(Some(n)))
+                .ok_or_else(|| D::Error::custom("id must be a positive integer or empty")),
+            _ => Err(D::Error::custom("id must be a positive integer or empty")),
+        }
+    }
+}
+
+/// The app backend's task id: a string (numbers are accepted and kept as text).
+#[derive(Debug)]
+struct ExternalTaskId(String);
+
+impl<'de> Deserialize<'de> for ExternalTaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::String(s) if s.len() <= 255 => Ok(Self(s)),
+            Value::String(_) => Err(D::Error::custom("taskid is longer than 255 bytes")),
+            Value::Number(n) => Ok(Self(n.to_string())),
+            _ => Err(D::Error::custom("taskid must be a string")),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CalltaskUpdateReq {
+    #[serde(default = "no_task_id")]
+    id: TaskId,
+    src_uid: Uid,
+    dst_uid: UidList,
+    call_time: String,
+    taskid: ExternalTaskId,
+    #[serde(default)]
+    tone_list: Option<Vec<AssetName>>,
+}
+
+fn no_task_id() -> TaskId {
+    TaskId(None)
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS` in the server's zone into unix seconds.
+fn parse_call_time(state: &AppState, s: &str) -> Result<i64, ApiError> {
+    let naive = NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S").map_err(|_| {
+        ApiError::bad(
+            "invalid_field",
+            format!("call_time {s:?} must be YYYY-MM-DD HH:MM:SS"),
+        )
+    })?;
+    match state.config().timezone.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Ok(t.timestamp()),
+        // A repeated hour (DST ends): take the first.
+        LocalResult::Ambiguous(a, _) => Ok(a.timestamp()),
+        LocalResult::None => Err(ApiError::bad(
+            "invalid_field",
+            format!(
+                "call_time {s:?} does not exist in {} (a DST gap)",
+                state.config().timezone
+            ),
+        )),
+    }
+}
+
+fn task_json(state: &AppState, t: &TaskRecord) -> Value {
+    json!({
+        "id": t.id,
+        "src_uid": t.src_uid,
+        "dst_uid": t.dst_uid,
+        "call_time": format_time(state, t.call_time * 1000),
+        "tone_list": t.tone_list,
+        "pk": t.id,
+        "taskid": t.taskid,
+        "state": t.state,
+        "channel": t.channel,
+    })
+}
+
+async fn calltask_update(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<CalltaskUpdateReq>,
+) -> Result<Json<Value>, ApiError> {
+    if req.dst_uid.0.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "dst_uid must name at least one callee",
+        ));
+    }
+    check_dst(&state, &req.dst_uid)?;
+    let fields = TaskFields {
+        src_uid: req.src_uid,
+        dst_uid: req.dst_uid.0,
+        call_time: parse_call_time(&state, &req.call_time)?,
+        taskid: req.taskid.0,
+        tone_list: req
+            .tone_list
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect(),
+    };
+    let now = state.clock().now_ms();
+    let row = match req.id.0 {
+        None => state.store().insert_task(&fields, now).await?,
+        Some(id) => state.store().update_task(id, &fields, now).await?,
+    };
+    Ok(ok(task_json(&state, &row)))
+}
+
+#[derive(Debug, Deserialize)]
+struct CalltaskListReq {
+    uid: Uid,
+    #[serde(default)]
+    page: Option<i64>,
+    #[serde(default)]
+    perpage: Option<i64>,
+}
+
+async fn calltask_list(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<CalltaskListReq>,
+) -> Result<Json<Value>, ApiError> {
+    let page = req.page.unwrap_or(1);
+    if page < 1 {
+        return Err(ApiError::bad("invalid_field", "page must be 1 or more"));
+    }
+    let perpage = req.perpage.unwrap_or(20);
+    if !(1..=100).contains(&perpage) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "perpage must be between 1 and 100",
+        ));
+    }
+    let (rows, total) = state.store().list_tasks(&req.uid, page, perpage).await?;
+    Ok(ok(json!({
+        "rows": rows.iter().map(|t| task_json(&state, t)).collect::<Vec<_>>(),
+        "row_pages": {"crt_page": page, "total": total, "perpage": perpage},
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct CalltaskDeleteReq {
+    id: TaskId,
+    uid: Uid,
+}
+
+async fn calltask_delete(
+    State(state): State<AppState>,
+    DapiJson(req): DapiJson<CalltaskDeleteReq>,
+) -> Result<Json<Value>, ApiError> {
+    let id = req
+        .id
+        .0
+        .ok_or_else(|| ApiError::bad("missing_field", "id is required"))?;
+    state.store().delete_task(id, &req.uid).await?;
+    Ok(ok(Value::Null))
+}

@@ -1,0 +1,121 @@
+//! SQLite backend: the embedded default. WAL with `synchronous=FULL`; one writer
+//! connection (SQLite allows one writer at a time, so a single connection turns lock
+//! contention into a queue) and a small pool of readers.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts.read_only(true))
+                .await?
+        };
+        Ok(Self { writer, reader })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        // IMMEDIATE takes the write lock up front, so a transaction never fails half-way
+        // on a lock upgrade when another process writes the same file.
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+mod sql {
+    pub const COUNT_MIGRATIONS: &str = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1";
+    pub const INSERT_SETTING_IF_ABSENT: &str =
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING";
+    pub const GET_SETTING: &str = "SELECT value FROM settings WHERE key = ?1";
+    pub const INSERT_CALL: &str = "INSERT INTO calls (channel, caller_uid, kind, state, extra_msg, created_at, ring_deadline) \
+         VALUES (?1, ?2, ?3, 'ringing', ?4, ?5, ?6) RETURNING id";
+    pub const INSERT_MEMBER: &str = "INSERT INTO call_members (call_id, channel, uid, role, status, joined, created_at, heartbeat_deadline) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7)";
+    pub const INSERT_MEMBER_IF_ABSENT: &str = "INSERT INTO call_members (call_id, channel, uid, role, status, joined, created_at, heartbeat_deadline) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) ON CONFLICT (call_id, uid) DO NOTHING";
+    pub const INSERT_EVENT: &str = "INSERT INTO call_events (call_id, uid, kind, code, detail, source, effect, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7) \
+         ON CONFLICT (channel) WHERE state IN ('queued', 'offered', 'running') DO NOTHING RETURNING id";
+    pub const FIND_CALL: &str =
+        "SELECT id, channel, caller_uid, state, end_code FROM calls WHERE channel = ?1";
+    pub const RECENT_MESSAGES: &str = "SELECT m.id, m.uid, m.channel, m.status, m.created_at, c.extra_msg, c.caller_uid, m.role \
+         FROM call_members m JOIN calls c ON c.id = m.call_id \
+         WHERE m.uid = ?1 AND m.created_at >= ?2 AND m.role IN ('caller', 'callee') \
+         ORDER BY m.created_at DESC, m.id DESC LIMIT 100";
+    pub const MARK_FETCHED: &str =
+        "UPDATE call_members SET status = 1 WHERE id = ?1 AND status = 0";
+    // BEGIN IMMEDIATE already holds the write lock: no row lock needed.
+    pub const LOCK_CALL: &str = "SELECT id, state FROM calls WHERE channel = ?1";
+    pub const CALL_MEMBERS: &str =
+        "SELECT uid, role, status, joined FROM call_members WHERE call_id = ?1 ORDER BY id";
+    pub const SET_MEMBER_STATUS: &str = "UPDATE call_members SET status = ?3, \
+         heartbeat_deadline = CASE WHEN ?3 = 2 THEN NULL ELSE heartbeat_deadline END \
+         WHERE call_id = ?1 AND uid = ?2 AND status < ?3";
+    pub const SET_MEMBER_JOINED: &str =
+        "UPDATE call_members SET joined = 1 WHERE call_id = ?1 AND uid = ?2";
+    pub const SET_HEARTBEAT_DEADLINE: &str = "UPDATE call_members SET heartbeat_deadline = ?3 \
+         WHERE call_id = ?1 AND uid = ?2 AND status < 2";
+    pub const SET_CALL_CONNECTED: &str = "UPDATE calls SET state = 'connected', connected_at = ?2, ring_deadline = NULL \
+         WHERE id = ?1 AND state = 'ringing'";
+    pub const SET_CALL_ENDED: &str = "UPDATE calls SET state = 'ended', end_code = ?2, ended_at = ?3, ring_deadline = NULL \
+         WHERE id = ?1 AND state <> 'ended'";
+    pub const CANCEL_QUEUED_ROBOT: &str = "UPDATE robot_sessions SET state = 'cancelled', updated_at = ?2 \
+         WHERE call_id = ?1 AND state = 'queued'";
+    pub const REQUEST_ROBOT_LEAVE: &str = "UPDATE robot_sessions SET leave_requested = 1, updated_at = ?2 \
+         WHERE call_id = ?1 AND state IN ('offered', 'running') RETURNING id";
+    pub const INSERT_TASK: &str = "INSERT INTO calltasks (src_uid, dst_uid, call_time, taskid, tone_list, state, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6) \
+         RETURNING id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel";
+    pub const LOCK_TASK: &str = "SELECT state FROM calltasks WHERE id = ?1";
+    pub const UPDATE_TASK: &str = "UPDATE calltasks SET src_uid = ?2, dst_uid = ?3, call_time = ?4, taskid = ?5, tone_list = ?6, updated_at = ?7 \
+         WHERE id = ?1 RETURNING id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel";
+    pub const DELETE_TASK: &str = "DELETE FROM calltasks WHERE id = ?1 AND src_uid = ?2";
+    pub const COUNT_TASKS: &str = "SELECT COUNT(*) FROM calltasks WHERE src_uid = ?1";
+    pub const LIST_TASKS: &str = "SELECT id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel \
+         FROM calltasks WHERE src_uid = ?1 ORDER BY call_time, id LIMIT ?2 OFFSET ?3";
+    pub const TIMELINE: &str = "SELECT id, uid, kind, code, detail, source, effect, created_at \
+         FROM call_events WHERE call_id = ?1 ORDER BY id";
+}
+
+super::store_impl!(SqliteStore, Sqlite);

@@ -1,0 +1,1 @@
+//! Prepared audio for the robot (being built: issue 3).
