@@ -14,6 +14,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod testdb;
 
 use serde::Serialize;
 
