@@ -21,7 +21,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Database URL (defaults to the server's `--database-url` / `DATABASE_URL`).
+        #[arg(long = "database-url")]
+        database_url: Option<String>,
+    },
     /// Mint or inspect Agora-compatible tokens.
     #[command(subcommand)]
     Token(token::cli::TokenCommand),
@@ -32,9 +36,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(cmd)) => token::cli::run(cmd),
-        Some(Command::Migrate) => {
+        Some(Command::Migrate { database_url }) => {
             telemetry::init(&cli.config.log_format);
-            let store = Store::connect(&cli.config.database_url).await?;
+            let url = database_url.unwrap_or(cli.config.database_url);
+            let store = Store::connect(&url).await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
             Ok(())

@@ -69,7 +69,7 @@ mod sql {
     pub const RECENT_MESSAGES: &str = "SELECT m.id, m.uid, m.channel, m.status, m.created_at, c.extra_msg, c.caller_uid, m.role \
          FROM call_members m JOIN calls c ON c.id = m.call_id \
          WHERE m.uid = $1 AND m.created_at >= $2 AND m.role IN ('caller', 'callee') \
-         ORDER BY m.created_at DESC, m.id DESC LIMIT 100";
+         ORDER BY m.created_at DESC, m.id DESC LIMIT 200";
     pub const MARK_FETCHED: &str =
         "UPDATE call_members SET status = 1 WHERE id = $1 AND status = 0";
     pub const LOCK_CALL: &str = "SELECT id, state FROM calls WHERE channel = $1 FOR UPDATE";

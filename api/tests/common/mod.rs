@@ -1,0 +1,134 @@
+//! `spawn_app()`: the real API on port 0 with a fresh database, for each backend.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use api::clock::Clock;
+use api::config::Config;
+use api::{AppState, Application};
+use serde_json::Value;
+
+/// A running API.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    pub backend: &'static str,
+    _dir: Option<TempDir>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+pub struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "dapi-http-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+/// The backends to run against: SQLite always, PostgreSQL when TEST_DATABASE_URL is set.
+pub fn backends() -> Vec<&'static str> {
+    let mut v = vec!["sqlite"];
+    if std::env::var("TEST_DATABASE_URL").is_ok() {
+        v.push("postgres");
+    }
+    v
+}
+
+pub async fn spawn_app(backend: &'static str) -> TestApp {
+    spawn_app_with(backend, Clock::system(), |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    backend: &'static str,
+    clock: Clock,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let (url, dir) = match backend {
+        "postgres" => {
+            let base = std::env::var("TEST_DATABASE_URL").unwrap();
+            (
+                api::store::testdb::fresh_postgres(&base).await.unwrap(),
+                None,
+            )
+        }
+        _ => {
+            let d = temp_dir();
+            (
+                format!("sqlite://{}/dapi.db?mode=rwc", d.0.display()),
+                Some(d),
+            )
+        }
+    };
+    let mut config = Config::for_tests(&url);
+    tweak(&mut config);
+    let app = Application::build_with_clock(config, clock).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let state = app.state().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        state,
+        backend,
+        _dir: dir,
+        _shutdown: tx,
+    }
+}
+
+impl TestApp {
+    /// POSTs a JSON value; returns status and body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        (status, v)
+    }
+
+    /// POSTs and asserts success; returns `data`.
+    pub async fn ok(&self, path: &str, body: Value) -> Value {
+        let (status, v) = self.post(path, body.clone()).await;
+        assert_eq!(status, 200, "[{}] {path} {body} -> {v}", self.backend);
+        assert_eq!(v["success"], true, "{v}");
+        v["data"].clone()
+    }
+
+    /// POSTs and asserts an error with `status` and `code`; returns the message.
+    pub async fn err(&self, path: &str, body: Value, status: u16, code: &str) -> String {
+        let (s, v) = self.post(path, body.clone()).await;
+        assert_eq!(s, status, "[{}] {path} {body} -> {v}", self.backend);
+        assert_eq!(v["success"], false, "{v}");
+        assert_eq!(v["data"], Value::Null, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        v["error"]["message"].as_str().unwrap().to_owned()
+    }
+}
