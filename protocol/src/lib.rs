@@ -6,3 +6,5 @@
 //!
 //! The messages are fixed by the "Wire protocols" section of `DESIGN.md`; outside
 //! tools are written against them, so they change only together with that document.
+
+pub mod agent;

@@ -341,3 +341,324 @@ async fn dev_credentials_are_generated_once() {
         assert!(s.ready().await.unwrap());
     }
 }
+
+// ------------------------------------------------------------ robot session transitions
+
+use protocol::agent::SessionState as AgentState;
+
+fn robot() -> NewRobotSession {
+    NewRobotSession {
+        uid: "robot".into(),
+        audio: vec!["default".into()],
+        loop_audio: false,
+        max_attempts: 3,
+    }
+}
+
+/// A call with a queued robot session; returns the session id.
+async fn queued_session(s: &Store, channel: &str, now: i64) -> i64 {
+    let mut c = call(channel, "A", &[], now);
+    c.robot = Some(robot());
+    s.create_call(&c).await.unwrap();
+    let sessions = s.channel_sessions(channel).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].state, RobotState::Queued);
+    sessions[0].id
+}
+
+#[tokio::test]
+async fn offer_accept_renew_play_leave() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_life", 1000).await;
+        let due = s.due_sessions(1000, 10).await.unwrap();
+        assert_eq!(due.iter().map(|x| x.id).collect::<Vec<_>>(), vec![id]);
+        assert!(s.offer_session(id, "ag1", 1001).await.unwrap());
+        assert!(
+            !s.offer_session(id, "ag2", 1001).await.unwrap(),
+            "only one offer wins"
+        );
+        assert!(s.due_sessions(2000, 10).await.unwrap().is_empty());
+        assert!(
+            s.accept_session(id, "ag2", 1002, 11_002)
+                .await
+                .unwrap()
+                .is_none(),
+            "not offered to ag2"
+        );
+        let r = s
+            .accept_session(id, "ag1", 1002, 11_002)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.state, r.attempts, r.lease_expires_at),
+            (RobotState::Running, 1, Some(11_002))
+        );
+        assert_eq!(
+            s.renew_leases("ag1", &[id, 999], 5000, 15_000)
+                .await
+                .unwrap(),
+            vec![999]
+        );
+        assert_eq!(
+            s.robot_session(id).await.unwrap().unwrap().lease_expires_at,
+            Some(15_000)
+        );
+        assert_eq!(
+            s.renew_leases("ag2", &[id], 5000, 15_000).await.unwrap(),
+            vec![id],
+            "ag2 holds nothing"
+        );
+        let o = s
+            .report_status(id, "ag1", AgentState::Playing, "", Some(4200), 6000)
+            .await
+            .unwrap();
+        assert_eq!(o, StatusOutcome::Now(RobotState::Running));
+        assert_eq!(
+            s.robot_session(id).await.unwrap().unwrap().position_ms,
+            4200
+        );
+        assert_eq!(
+            s.report_status(id, "ag2", AgentState::Left, "", None, 6000)
+                .await
+                .unwrap(),
+            StatusOutcome::NotHeld
+        );
+        let o = s
+            .report_status(id, "ag1", AgentState::Left, "audio ended", None, 7000)
+            .await
+            .unwrap();
+        assert_eq!(o, StatusOutcome::Now(RobotState::Left), "{}", s.backend());
+        // terminal: a late report is refused, and the channel can have a robot again
+        assert_eq!(
+            s.report_status(id, "ag1", AgentState::Playing, "", None, 8000)
+                .await
+                .unwrap(),
+            StatusOutcome::NotHeld
+        );
+        assert!(matches!(
+            s.invite_robot("ch_life", &uid("A"), &robot(), 9000)
+                .await
+                .unwrap(),
+            InviteOutcome::Queued(_)
+        ));
+        let kinds: Vec<String> = s
+            .timeline("ch_life")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(
+            kinds.contains(&"robot_accepted".into()) && kinds.contains(&"robot_left".into()),
+            "{kinds:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reject_and_expired_offer_go_back_to_the_queue() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_rej", 1000).await;
+        s.offer_session(id, "ag1", 1000).await.unwrap();
+        assert!(s.reject_session(id, "ag1", "full", 1100).await.unwrap());
+        assert!(
+            s.due_sessions(1500, 10).await.unwrap().is_empty(),
+            "held back a second"
+        );
+        assert_eq!(s.due_sessions(2100, 10).await.unwrap()[0].id, id);
+        s.offer_session(id, "ag2", 3000).await.unwrap();
+        let out = s.rescue_lapsed(10_000, 2999).await.unwrap();
+        assert_eq!(out.offers_expired, 0, "offer is younger than the deadline");
+        let out = s.rescue_lapsed(10_000, 3001).await.unwrap();
+        assert_eq!(out.offers_expired, 1, "{}", s.backend());
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.agent_id, r.attempts),
+            (RobotState::Queued, None, 0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_die_keeping_every_error() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_fail", 0).await;
+        let mut now = 1000;
+        for attempt in 1..=3 {
+            let due = s.due_sessions(now, 10).await.unwrap();
+            assert_eq!(due.len(), 1, "attempt {attempt} due at {now}");
+            s.offer_session(id, "ag1", now).await.unwrap();
+            s.accept_session(id, "ag1", now, now + 10_000)
+                .await
+                .unwrap()
+                .unwrap();
+            let o = s
+                .report_status(
+                    id,
+                    "ag1",
+                    AgentState::Failed,
+                    &format!("asset missing #{attempt}"),
+                    None,
+                    now,
+                )
+                .await
+                .unwrap();
+            if attempt < 3 {
+                assert_eq!(o, StatusOutcome::Now(RobotState::Queued));
+                let r = s.robot_session(id).await.unwrap().unwrap();
+                assert_eq!(r.run_at, now + robot::backoff_ms(attempt), "backoff");
+                assert!(
+                    s.due_sessions(now + robot::backoff_ms(attempt) - 1, 10)
+                        .await
+                        .unwrap()
+                        .is_empty()
+                );
+                now += robot::backoff_ms(attempt);
+            } else {
+                assert_eq!(o, StatusOutcome::Now(RobotState::Dead), "{}", s.backend());
+            }
+        }
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(r.errors.len(), 3);
+        assert!(r.errors[2].contains("asset missing #3"), "{:?}", r.errors);
+        let kinds: Vec<String> = s
+            .timeline("ch_fail")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "robot_failed").count(), 2);
+        assert_eq!(kinds.iter().filter(|k| *k == "robot_dead").count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn lapsed_lease_redispatches_with_position_then_dies() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_lapse", 0).await;
+        s.offer_session(id, "ag1", 1000).await.unwrap();
+        s.accept_session(id, "ag1", 1000, 11_000)
+            .await
+            .unwrap()
+            .unwrap();
+        s.report_status(id, "ag1", AgentState::Playing, "", Some(7_500), 5000)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.rescue_lapsed(10_999, 0).await.unwrap(),
+            RescueOutcome::default(),
+            "lease still valid"
+        );
+        let out = s.rescue_lapsed(11_001, 0).await.unwrap();
+        assert_eq!(out.requeued, vec![id], "{}", s.backend());
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.position_ms, r.redispatches),
+            (RobotState::Queued, 7_500, 1)
+        );
+        assert!(r.errors[0].contains("lease lapsed on agent ag1"));
+        // two more lapses use up the attempts
+        let mut now = 20_000;
+        for _ in 0..2 {
+            now = now.max(s.robot_session(id).await.unwrap().unwrap().run_at);
+            s.offer_session(id, "ag2", now).await.unwrap();
+            s.accept_session(id, "ag2", now, now + 10_000)
+                .await
+                .unwrap()
+                .unwrap();
+            now += 10_001;
+            s.rescue_lapsed(now, 0).await.unwrap();
+        }
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.attempts, r.errors.len()),
+            (RobotState::Dead, 3, 3)
+        );
+        let stats = s.queue_stats(now).await.unwrap();
+        assert_eq!(stats.redispatches, 2);
+        assert!(stats.by_state.contains(&("dead".into(), 1)));
+    }
+}
+
+#[tokio::test]
+async fn quit_while_running_asks_the_agent_and_lapse_then_cancels() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_quit", 0).await;
+        s.offer_session(id, "ag1", 1000).await.unwrap();
+        s.accept_session(id, "ag1", 1000, 11_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.quit_robot("ch_quit", &uid("A"), 2000).await.unwrap(),
+            Some(id)
+        );
+        assert_eq!(s.pending_leaves("ag1").await.unwrap(), vec![id]);
+        assert!(s.pending_leaves("ag2").await.unwrap().is_empty());
+        // the agent dies before it can leave: the session is not re-dispatched
+        s.rescue_lapsed(12_000, 0).await.unwrap();
+        assert_eq!(
+            s.robot_session(id).await.unwrap().unwrap().state,
+            RobotState::Cancelled,
+            "{}",
+            s.backend()
+        );
+        // a call that ends tells its robot to leave
+        let id2 = queued_session(&s, "ch_end", 0).await;
+        s.offer_session(id2, "ag1", 1000).await.unwrap();
+        s.accept_session(id2, "ag1", 1000, 11_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let t = s
+            .apply_input(
+                "ch_end",
+                &Input::Event {
+                    uid: uid("A"),
+                    code: EventCode::Ended,
+                },
+                &meta("event", 3000),
+            )
+            .await
+            .unwrap();
+        assert!(t.robot_leave);
+        assert_eq!(s.pending_leaves("ag1").await.unwrap(), vec![id2]);
+        assert_eq!(s.queue_stats(3000).await.unwrap().depth, 0);
+    }
+}
+
+#[tokio::test]
+async fn queue_stats_and_assets() {
+    for (s, _d) in stores().await {
+        queued_session(&s, "ch_q1", 1000).await;
+        queued_session(&s, "ch_q2", 3000).await;
+        let q = s.queue_stats(5000).await.unwrap();
+        assert_eq!(
+            (q.depth, q.oldest_queued_age_ms),
+            (2, 4000),
+            "{}",
+            s.backend()
+        );
+        let a = AssetRecord {
+            name: "hello".into(),
+            sha256: "ab".into(),
+            bytes: 3,
+            duration_ms: 1500,
+            created_at_ms: 7,
+        };
+        s.put_asset(&a, b"abc").await.unwrap();
+        let (rec, content) = s.get_asset("hello").await.unwrap().unwrap();
+        assert_eq!((rec, content), (a.clone(), b"abc".to_vec()));
+        let b = AssetRecord {
+            bytes: 4,
+            ..a.clone()
+        };
+        s.put_asset(&b, b"abcd").await.unwrap();
+        assert_eq!(s.list_assets().await.unwrap(), vec![b]);
+        assert!(s.delete_asset("hello").await.unwrap());
+        assert!(!s.delete_asset("hello").await.unwrap());
+        assert!(s.get_asset("hello").await.unwrap().is_none());
+    }
+}

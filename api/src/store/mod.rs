@@ -13,6 +13,7 @@
 //! parameters (unix milliseconds), never `now()` in SQL.
 
 mod postgres;
+pub mod robot;
 mod sqlite;
 pub mod testdb;
 
@@ -22,6 +23,7 @@ use crate::call_state::{CallState, Input, Role, Transition};
 use crate::domain::{ChannelName, MsgStatus, Uid};
 
 pub use postgres::PgStore;
+pub use robot::{QueueStats, RescueOutcome, RobotSession, RobotState, StatusOutcome};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.
@@ -236,6 +238,21 @@ pub struct InputMeta {
     pub always_record: bool,
 }
 
+/// A stored audio asset (without its content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssetRecord {
+    /// Name (`[A-Za-z0-9_-]{1,64}`).
+    pub name: String,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: i64,
+    /// Decoded duration, ms.
+    pub duration_ms: i64,
+    /// Upload time, unix ms.
+    pub created_at_ms: i64,
+}
+
 /// Outcome of an invite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InviteOutcome {
@@ -391,6 +408,111 @@ impl Store {
     /// The timeline of a channel's call, in order.
     pub async fn timeline(&self, channel: &str) -> StoreResult<Vec<TimelineEntry>> {
         dispatch!(self.timeline(channel))
+    }
+
+    /// Queued sessions due at `now`, oldest first.
+    pub async fn due_sessions(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<RobotSession>> {
+        dispatch!(self.due_sessions(now_ms, limit))
+    }
+
+    /// queued -> offered (compare-and-set).
+    pub async fn offer_session(&self, id: i64, agent: &str, now_ms: i64) -> StoreResult<bool> {
+        dispatch!(self.offer_session(id, agent, now_ms))
+    }
+
+    /// offered -> running under a lease.
+    pub async fn accept_session(
+        &self,
+        id: i64,
+        agent: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<Option<RobotSession>> {
+        dispatch!(self.accept_session(id, agent, now_ms, lease_until_ms))
+    }
+
+    /// offered -> queued (declined).
+    pub async fn reject_session(
+        &self,
+        id: i64,
+        agent: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        dispatch!(self.reject_session(id, agent, reason, now_ms))
+    }
+
+    /// Lease renewal; returns the ids `agent` does not hold.
+    pub async fn renew_leases(
+        &self,
+        agent: &str,
+        ids: &[i64],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<Vec<i64>> {
+        dispatch!(self.renew_leases(agent, ids, now_ms, lease_until_ms))
+    }
+
+    /// An agent's status report.
+    pub async fn report_status(
+        &self,
+        id: i64,
+        agent: &str,
+        state: protocol::agent::SessionState,
+        detail: &str,
+        position_ms: Option<u64>,
+        now_ms: i64,
+    ) -> StoreResult<StatusOutcome> {
+        dispatch!(self.report_status(id, agent, state, detail, position_ms, now_ms))
+    }
+
+    /// Lapsed leases and unanswered offers back to the queue (or dead).
+    pub async fn rescue_lapsed(
+        &self,
+        now_ms: i64,
+        offer_deadline_ms: i64,
+    ) -> StoreResult<RescueOutcome> {
+        dispatch!(self.rescue_lapsed(now_ms, offer_deadline_ms))
+    }
+
+    /// Sessions held by `agent` that must leave.
+    pub async fn pending_leaves(&self, agent: &str) -> StoreResult<Vec<i64>> {
+        dispatch!(self.pending_leaves(agent))
+    }
+
+    /// One robot session.
+    pub async fn robot_session(&self, id: i64) -> StoreResult<Option<RobotSession>> {
+        dispatch!(self.robot_session(id))
+    }
+
+    /// Robot sessions of a channel.
+    pub async fn channel_sessions(&self, channel: &str) -> StoreResult<Vec<RobotSession>> {
+        dispatch!(self.channel_sessions(channel))
+    }
+
+    /// Queue figures.
+    pub async fn queue_stats(&self, now_ms: i64) -> StoreResult<QueueStats> {
+        dispatch!(self.queue_stats(now_ms))
+    }
+
+    /// Stores or replaces an audio asset.
+    pub async fn put_asset(&self, a: &AssetRecord, content: &[u8]) -> StoreResult<()> {
+        dispatch!(self.put_asset(a, content))
+    }
+
+    /// An asset with its content.
+    pub async fn get_asset(&self, name: &str) -> StoreResult<Option<(AssetRecord, Vec<u8>)>> {
+        dispatch!(self.get_asset(name))
+    }
+
+    /// Every asset.
+    pub async fn list_assets(&self) -> StoreResult<Vec<AssetRecord>> {
+        dispatch!(self.list_assets())
+    }
+
+    /// Deletes an asset.
+    pub async fn delete_asset(&self, name: &str) -> StoreResult<bool> {
+        dispatch!(self.delete_asset(name))
     }
 }
 

@@ -102,6 +102,47 @@ mod sql {
          FROM calltasks WHERE src_uid = $1 ORDER BY call_time, id LIMIT $2 OFFSET $3";
     pub const TIMELINE: &str = "SELECT id, uid, kind, code, detail, source, effect, created_at \
          FROM call_events WHERE call_id = $1 ORDER BY id";
+    // ---- robot sessions
+    pub const DUE_SESSIONS: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions \
+         WHERE state = 'queued' AND run_at <= $1 ORDER BY run_at, id LIMIT $2";
+    pub const OFFER_SESSION: &str = "UPDATE robot_sessions SET state = 'offered', agent_id = $2, offered_at = $3, updated_at = $3 \
+         WHERE id = $1 AND state = 'queued'";
+    pub const ACCEPT_SESSION: &str = "UPDATE robot_sessions SET state = 'running', attempts = attempts + 1, lease_expires_at = $4, updated_at = $3 \
+         WHERE id = $1 AND agent_id = $2 AND state = 'offered' RETURNING id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches";
+    pub const REJECT_SESSION: &str = "UPDATE robot_sessions SET state = 'queued', agent_id = NULL, offered_at = NULL, run_at = $3, updated_at = $4 \
+         WHERE id = $1 AND agent_id = $2 AND state = 'offered'";
+    pub const RENEW_LEASE: &str = "UPDATE robot_sessions SET lease_expires_at = $3, updated_at = $4 \
+         WHERE id = $1 AND agent_id = $2 AND state = 'running'";
+    pub const LOCK_SESSION: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions WHERE id = $1 FOR UPDATE";
+    pub const SET_POSITION: &str =
+        "UPDATE robot_sessions SET position_ms = $2, updated_at = $3 WHERE id = $1";
+    pub const FINISH_SESSION: &str = "UPDATE robot_sessions SET state = $2, lease_expires_at = NULL, errors = $3, updated_at = $4, position_ms = $5 \
+         WHERE id = $1";
+    pub const REQUEUE_SESSION: &str = "UPDATE robot_sessions SET state = 'queued', agent_id = NULL, offered_at = NULL, lease_expires_at = NULL, \
+         run_at = $2, errors = $3, redispatches = redispatches + $4, position_ms = $5, updated_at = $6 WHERE id = $1";
+    pub const EXPIRE_OFFERS: &str = "UPDATE robot_sessions SET state = 'queued', agent_id = NULL, offered_at = NULL, updated_at = $2 \
+         WHERE state = 'offered' AND offered_at < $1";
+    pub const LAPSED_LEASES: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions \
+         WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED";
+    pub const PENDING_LEAVES: &str = "SELECT id FROM robot_sessions \
+         WHERE agent_id = $1 AND leave_requested = 1 AND state IN ('offered', 'running')";
+    pub const GET_SESSION: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions WHERE id = $1";
+    pub const CHANNEL_SESSIONS: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions WHERE channel = $1 ORDER BY id";
+    pub const SESSIONS_BY_STATE: &str =
+        "SELECT state, COUNT(*) FROM robot_sessions GROUP BY state ORDER BY state";
+    pub const QUEUE_DEPTH: &str =
+        "SELECT COUNT(*), MIN(created_at) FROM robot_sessions WHERE state = 'queued'";
+    pub const REDISPATCHES: &str =
+        "SELECT COALESCE(SUM(redispatches), 0)::BIGINT FROM robot_sessions";
+    // ---- audio assets
+    pub const PUT_ASSET: &str = "INSERT INTO audio_assets (name, content, sha256, bytes, duration_ms, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET content = excluded.content, \
+         sha256 = excluded.sha256, bytes = excluded.bytes, duration_ms = excluded.duration_ms, created_at = excluded.created_at";
+    pub const GET_ASSET: &str = "SELECT name, content, sha256, bytes, duration_ms, created_at FROM audio_assets WHERE name = $1";
+    pub const LIST_ASSETS: &str =
+        "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name";
+    pub const DELETE_ASSET: &str = "DELETE FROM audio_assets WHERE name = $1";
 }
 
 super::store_impl!(PgStore, Postgres);
+super::robot::robot_store_impl!(PgStore, Postgres);

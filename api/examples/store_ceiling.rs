@@ -1,0 +1,124 @@
+//! The database's own ceiling for the transactions behind `call/user`, `call/msg`,
+//! `call/heartbeat` and `call/token`: the same `Store` calls issued by a plain loop
+//! (no HTTP), with the same concurrency as the HTTP benchmark. The HTTP figures are
+//! divided by these to give the API's overhead as a ratio.
+//!
+//! `cargo run --release -p api --example store_ceiling -- DATABASE_URL [CONCURRENCY] [SECONDS]`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use api::call_state::Input;
+use api::domain::{ChannelName, Uid};
+use api::store::{CallKind, InputMeta, NewCall, Store};
+use api::token::{TokenIssuer, TokenVersion};
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "sqlite:///tmp/ceiling.db?mode=rwc".into());
+    let conc: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let secs: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let store = Store::connect(&url).await?;
+    let caller = Uid::parse("bench-caller").map_err(anyhow::Error::msg)?;
+    let callee = Uid::parse("bench-callee").map_err(anyhow::Error::msg)?;
+    // one channel for heartbeats and tokens
+    let hb_channel = ChannelName::generate();
+    store
+        .create_call(&new_call(hb_channel.clone(), &caller, &callee))
+        .await?;
+    let issuer = TokenIssuer::new(
+        "970CA35de60c44645bbae8a215061b33".into(),
+        "5CFd2fd1755d40ecb72977518be15d3b".into(),
+        TokenVersion::V006,
+        600,
+    );
+
+    for op in ["call/token", "call/user", "call/msg", "call/heartbeat"] {
+        let count = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for _ in 0..conc {
+            let (store, count, caller, callee, ch, issuer) = (
+                store.clone(),
+                count.clone(),
+                caller.clone(),
+                callee.clone(),
+                hb_channel.clone(),
+                issuer.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let ok = match op {
+                        "call/token" => match store.find_call(ch.as_str()).await {
+                            Ok(Some(_)) => issuer
+                                .mint(ch.as_str(), "bench-callee", (now_ms() / 1000) as u64)
+                                .is_ok(),
+                            _ => false,
+                        },
+                        "call/user" => store
+                            .create_call(&new_call(ChannelName::generate(), &caller, &callee))
+                            .await
+                            .is_ok(),
+                        "call/msg" => store
+                            .recent_messages(&callee, now_ms() - 60_000)
+                            .await
+                            .is_ok(),
+                        _ => {
+                            let meta = InputMeta {
+                                kind: "heartbeat",
+                                source: "app",
+                                detail: None,
+                                now_ms: now_ms(),
+                                heartbeat_deadline_ms: Some(now_ms() + 45_000),
+                                always_record: false,
+                            };
+                            store
+                                .apply_input(
+                                    ch.as_str(),
+                                    &Input::Seen {
+                                        uid: callee.clone(),
+                                    },
+                                    &meta,
+                                )
+                                .await
+                                .is_ok()
+                        }
+                    };
+                    if ok {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let n = count.load(Ordering::Relaxed);
+        println!("ceiling {op} {} ops/s", n / secs);
+    }
+    Ok(())
+}
+
+fn new_call(channel: ChannelName, caller: &Uid, callee: &Uid) -> NewCall {
+    let now = now_ms();
+    NewCall {
+        channel,
+        caller: caller.clone(),
+        callees: vec![callee.clone()],
+        kind: CallKind::User,
+        extra_msg: None,
+        now_ms: now,
+        ring_deadline_ms: Some(now + 60_000),
+        caller_heartbeat_deadline_ms: now + 45_000,
+        robot: None,
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Benchmark of the /dapi API (issue 2): requests/s and p50/p99 latency at 64 concurrent
+# connections (wrk) for call/token, call/user, call/msg and call/heartbeat on SQLite and
+# PostgreSQL, beside the ceiling of the same transactions issued by a plain loop against
+# the database (examples/store_ceiling.rs), in the same run.
+#   scripts/bench-api.sh [SECONDS]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SECS="${1:-10}"
+CONC=64
+command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+cargo build --release -q -p api --bin api --example store_ceiling
+BIN="$CARGO_TARGET_DIR/release/api"
+CEIL="$CARGO_TARGET_DIR/release/examples/store_ceiling"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+PGBASE="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+lua() { # $1 path, $2 body
+  cat > "$WORK/req.lua" <<LUA
+wrk.method = "POST"
+wrk.path = "$1"
+wrk.body = '$2'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+}
+
+run_backend() {
+  local name="$1" url="$2"
+  "$BIN" --listen 127.0.0.1:0 --database-url "$url" > "$WORK/api.out" 2> "$WORK/api.err" &
+  local pid=$!
+  for _ in $(seq 1 100); do grep -q 'listening on' "$WORK/api.out" 2>/dev/null && break; sleep 0.1; done
+  local base; base="$(sed -n 's/^listening on //p' "$WORK/api.out")"
+  local ch; ch="$(curl -s -X POST "$base/dapi/call/user" -H 'content-type: application/json' \
+      -d '{"src_uid":"bench-caller","dst_uid":["bench-callee"]}' | sed 's/.*"channel":"\([^"]*\)".*/\1/')"
+  for ep in call/token call/user call/msg call/heartbeat; do
+    case "$ep" in
+      call/token) lua "/dapi/call/token" "{\"uid\":\"bench-callee\",\"channel\":\"$ch\"}" ;;
+      call/user) lua "/dapi/call/user" '{"src_uid":"bench-caller","dst_uid":["bench-callee"],"extra_msg":"hi"}' ;;
+      call/msg) lua "/dapi/call/msg" '{"uid":"bench-callee"}' ;;
+      call/heartbeat) lua "/dapi/call/heartbeat" "{\"uid\":\"bench-callee\",\"channel\":\"$ch\"}" ;;
+    esac
+    wrk -t2 -c"$CONC" -d"${SECS}s" --latency -s "$WORK/req.lua" "$base" > "$WORK/wrk.txt" 2>&1
+    local rps p50 p99 non2xx
+    rps="$(awk '/Requests\/sec/ {print int($2)}' "$WORK/wrk.txt")"
+    p50="$(awk '$1=="50%" {print $2}' "$WORK/wrk.txt")"
+    p99="$(awk '$1=="99%" {print $2}' "$WORK/wrk.txt")"
+    non2xx="$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt")"
+    echo "http $name $ep rps=$rps p50=$p50 p99=$p99 non2xx=${non2xx:-0}"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  "$CEIL" "$url" "$CONC" "$SECS" | sed "s/^/$name /"
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+run_backend sqlite "sqlite://$WORK/bench.db?mode=rwc"
+PGDB="dapi_bench_$$"
+psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" -c "CREATE DATABASE $PGDB"
+run_backend postgres "${PGBASE%/*}/$PGDB"
+psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" || true

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, then formatting, lints,
+# every Rust test on SQLite and on PostgreSQL (a fresh database per test), the browser
+# and aiortc end-to-end tests, and bounded fuzzing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing test dependencies (only what is missing)"
+scripts/install-test-deps.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+pg_isready -q -d "$TEST_DATABASE_URL" || { echo "PostgreSQL at $TEST_DATABASE_URL is not reachable" >&2; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "building binaries"
+cargo build --workspace --bins
+
+step "cargo test (SQLite and PostgreSQL: TEST_DATABASE_URL=$TEST_DATABASE_URL)"
+cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
+
+for f in scripts/audio-fuzz.sh scripts/fuzz.sh; do
+  if [ -x "$f" ]; then step "bounded fuzzing: $f"; "$f"; fi
+done
+
+step "all tests passed"
