@@ -35,6 +35,14 @@ async fn main() -> anyhow::Result<()> {
     store
         .create_call(&new_call(hb_channel.clone(), &caller, &callee))
         .await?;
+    // call/msg reads a uid with 5 recent calls; call/user calls another callee.
+    let msg_uid = Uid::parse("bench-msg").map_err(anyhow::Error::msg)?;
+    for _ in 0..5 {
+        store
+            .create_call(&new_call(ChannelName::generate(), &caller, &msg_uid))
+            .await?;
+    }
+    let user_callee = Uid::parse("bench-callee-u").map_err(anyhow::Error::msg)?;
     let issuer = TokenIssuer::new(
         "970CA35de60c44645bbae8a215061b33".into(),
         "5CFd2fd1755d40ecb72977518be15d3b".into(),

@@ -752,14 +752,13 @@ macro_rules! store_impl {
                     .map(|r| r.id)
                     .collect();
                 if !fetched.is_empty() {
+                    // One compare-and-set statement: only rows still at 0 move to 1.
+                    let ids = serde_json::to_string(&fetched).unwrap_or_else(|_| "[]".into());
                     let mut tx = self.begin_write().await?;
-                    for id in fetched {
-                        // compare-and-set: only 0 moves to 1
-                        sqlx::query(sql::MARK_FETCHED)
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    sqlx::query(sql::MARK_FETCHED)
+                        .bind(ids)
+                        .execute(&mut *tx)
+                        .await?;
                     tx.commit().await?;
                 }
                 Ok(out)

@@ -70,8 +70,7 @@ mod sql {
          FROM call_members m JOIN calls c ON c.id = m.call_id \
          WHERE m.uid = $1 AND m.created_at >= $2 AND m.role IN ('caller', 'callee') \
          ORDER BY m.created_at DESC, m.id DESC LIMIT 200";
-    pub const MARK_FETCHED: &str =
-        "UPDATE call_members SET status = 1 WHERE id = $1 AND status = 0";
+    pub const MARK_FETCHED: &str = "UPDATE call_members SET status = 1 WHERE id = ANY(SELECT jsonb_array_elements_text($1::jsonb)::BIGINT) AND status = 0";
     pub const LOCK_CALL: &str = "SELECT id, state FROM calls WHERE channel = $1 FOR UPDATE";
     pub const CALL_MEMBERS: &str =
         "SELECT uid, role, status, joined FROM call_members WHERE call_id = $1 ORDER BY id";

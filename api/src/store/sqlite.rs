@@ -83,8 +83,7 @@ mod sql {
          FROM call_members m JOIN calls c ON c.id = m.call_id \
          WHERE m.uid = ?1 AND m.created_at >= ?2 AND m.role IN ('caller', 'callee') \
          ORDER BY m.created_at DESC, m.id DESC LIMIT 200";
-    pub const MARK_FETCHED: &str =
-        "UPDATE call_members SET status = 1 WHERE id = ?1 AND status = 0";
+    pub const MARK_FETCHED: &str = "UPDATE call_members SET status = 1 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 0";
     // BEGIN IMMEDIATE already holds the write lock: no row lock needed.
     pub const LOCK_CALL: &str = "SELECT id, state FROM calls WHERE channel = ?1";
     pub const CALL_MEMBERS: &str =
