@@ -76,6 +76,34 @@ pub struct Config {
     #[arg(long, env = "DAPI_MAX_EXTRA_MSG", default_value_t = 1024)]
     pub max_extra_msg: usize,
 
+    /// Key robot agents present on `/agent` (unset: the agent link is refused).
+    #[arg(long, env = "DAPI_AGENT_KEY", hide_env_values = true)]
+    pub agent_key: Option<Secret>,
+
+    /// Key operators present on `/admin` (unset: the admin API is refused).
+    #[arg(long, env = "DAPI_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+
+    /// Seconds a robot session's lease lasts without renewal.
+    #[arg(long, env = "DAPI_LEASE_SECONDS", default_value_t = 10)]
+    pub lease_seconds: u64,
+
+    /// Seconds an offer waits for the agent's accept or reject.
+    #[arg(long, env = "DAPI_OFFER_TIMEOUT", default_value_t = 5)]
+    pub offer_timeout: u64,
+
+    /// Backstop poll of the dispatcher, in milliseconds (wake-ups are immediate).
+    #[arg(long, env = "DAPI_DISPATCH_POLL_MS", default_value_t = 1000)]
+    pub dispatch_poll_ms: u64,
+
+    /// Attempts a robot session gets before it is marked dead.
+    #[arg(long, env = "DAPI_ROBOT_MAX_ATTEMPTS", default_value_t = 3)]
+    pub robot_max_attempts: i64,
+
+    /// Largest audio asset accepted on upload, in bytes.
+    #[arg(long, env = "DAPI_MAX_ASSET_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_asset_bytes: usize,
+
     /// Log format: `pretty` for a terminal, `json` for production, `auto` picks
     /// pretty when stderr is a terminal.
     #[arg(long, env = "DAPI_LOG_FORMAT", default_value = "auto")]
@@ -103,6 +131,13 @@ impl Config {
             max_dst_uids: 50,
             max_extra_msg: 1024,
             log_format: "pretty".into(),
+            agent_key: Some(Secret::new("test-agent-key")),
+            admin_key: Some(Secret::new("test-admin-key")),
+            lease_seconds: 10,
+            offer_timeout: 5,
+            dispatch_poll_ms: 1000,
+            robot_max_attempts: 3,
+            max_asset_bytes: 50 * 1024 * 1024,
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod call_state;
 pub mod clock;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod extract;
@@ -46,6 +47,7 @@ struct Inner {
     tokens: TokenIssuer,
     clock: Clock,
     known_channels: routes::ChannelCache,
+    dispatcher: dispatch::Dispatcher,
 }
 
 impl AppState {
@@ -67,6 +69,18 @@ impl AppState {
     }
     pub(crate) fn known_channels(&self) -> &routes::ChannelCache {
         &self.inner.known_channels
+    }
+    /// The robot dispatcher of this instance.
+    pub fn dispatcher(&self) -> &dispatch::Dispatcher {
+        &self.inner.dispatcher
+    }
+    /// A robot session was queued or asked to leave: wake this instance's dispatcher
+    /// and, on PostgreSQL, every other instance's.
+    pub async fn robot_changed(&self) {
+        self.dispatcher().wake();
+        if let Err(e) = self.store().notify_dispatch().await {
+            tracing::warn!(error = %e, "could not notify other instances");
+        }
     }
 }
 
@@ -109,6 +123,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let dispatcher = dispatch::Dispatcher::new(
+            std::time::Duration::from_secs(config.lease_seconds),
+            std::time::Duration::from_secs(config.offer_timeout),
+            std::time::Duration::from_millis(config.dispatch_poll_ms.max(10)),
+        );
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
@@ -116,8 +135,10 @@ impl Application {
                 tokens,
                 clock,
                 known_channels: routes::ChannelCache::default(),
+                dispatcher,
             }),
         };
+        routes::admin::seed_default_asset(&state).await?;
         Ok(Self { listener, state })
     }
 
@@ -138,6 +159,18 @@ impl Application {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         let router = routes::router(self.state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let dispatcher = tokio::spawn(dispatch::Dispatcher::run(
+            self.state.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        let listener_task = tokio::spawn(store::listen_dispatch(
+            self.state.clone(),
+            stopped(stop_rx.clone()),
+        ));
         // The line operators and tests wait for: printed once the socket accepts.
         println!("listening on http://{addr}");
         tracing::info!(%addr, backend = self.state.store().backend(), "listening");
@@ -148,6 +181,9 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving")?;
+        let _ = stop_tx.send(true);
+        let _ = dispatcher.await;
+        let _ = listener_task.await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -18,9 +18,6 @@ use crate::store::{
     CallKind, InputMeta, MessageRow, NewCall, NewRobotSession, StoreError, TaskFields, TaskRecord,
 };
 
-/// Attempts a robot session gets before it is dead.
-pub const ROBOT_MAX_ATTEMPTS: i64 = 3;
-
 /// The `/dapi` routes.
 pub fn router() -> Router<AppState> {
     let m = super::method_not_allowed;
@@ -99,18 +96,29 @@ async fn create_call(state: &AppState, mut call: NewCall) -> Result<ChannelName,
     )))
 }
 
-fn robot_session(state: &AppState, audio: Option<AssetName>, loop_audio: bool) -> NewRobotSession {
-    NewRobotSession {
-        uid: state.config().robot_uid.clone(),
-        audio: vec![
-            audio
-                .unwrap_or_else(AssetName::default_asset)
-                .as_str()
-                .to_owned(),
-        ],
-        loop_audio,
-        max_attempts: ROBOT_MAX_ATTEMPTS,
+/// A robot session for `audio` (the default asset when absent); 400 if the asset is
+/// unknown, so a typo fails here rather than as a dead session later.
+async fn robot_session(
+    state: &AppState,
+    audio: Option<AssetName>,
+    loop_audio: bool,
+) -> Result<NewRobotSession, ApiError> {
+    let audio = audio.unwrap_or_else(AssetName::default_asset);
+    if !state.store().asset_exists(audio.as_str()).await? {
+        return Err(ApiError::bad(
+            "unknown_audio",
+            format!(
+                "audio asset {0} does not exist; upload it with PUT /admin/audio/{0}",
+                audio.as_str()
+            ),
+        ));
     }
+    Ok(NewRobotSession {
+        uid: state.config().robot_uid.clone(),
+        audio: vec![audio.as_str().to_owned()],
+        loop_audio,
+        max_attempts: state.config().robot_max_attempts,
+    })
 }
 
 fn new_call(
@@ -189,8 +197,9 @@ async fn call_robot(
         CallKind::Robot,
         None,
     );
-    call.robot = Some(robot_session(&state, req.audio, req.loop_audio));
+    call.robot = Some(robot_session(&state, req.audio, req.loop_audio).await?);
     let channel = create_call(&state, call).await?;
+    state.robot_changed().await;
     Ok(ok(token_data(&state, channel.as_str(), &req.src_uid)?))
 }
 
@@ -299,10 +308,13 @@ async fn call_event(
         uid: req.uid,
         code: req.code,
     };
-    state
+    let t = state
         .store()
         .apply_input(req.channel.as_str(), &input, &meta)
         .await?;
+    if t.robot_leave {
+        state.robot_changed().await;
+    }
     Ok(ok(Value::Null))
 }
 
@@ -320,10 +332,13 @@ async fn call_heartbeat(
         always_record: false,
     };
     let input = Input::Seen { uid: req.uid };
-    state
+    let t = state
         .store()
         .apply_input(req.channel.as_str(), &input, &meta)
         .await?;
+    if t.robot_leave {
+        state.robot_changed().await;
+    }
     Ok(ok(Value::Null))
 }
 
@@ -375,12 +390,13 @@ async fn invite_robot(
     State(state): State<AppState>,
     DapiJson(req): DapiJson<InviteRobotReq>,
 ) -> Result<Json<Value>, ApiError> {
-    let robot = robot_session(&state, req.audio, req.loop_audio);
+    let robot = robot_session(&state, req.audio, req.loop_audio).await?;
     let now = state.clock().now_ms();
     state
         .store()
         .invite_robot(req.channel.as_str(), &req.uid, &robot, now)
         .await?;
+    state.robot_changed().await;
     Ok(ok(token_data(&state, req.channel.as_str(), &req.uid)?))
 }
 
@@ -389,10 +405,13 @@ async fn quit_robot(
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<Value>, ApiError> {
     let now = state.clock().now_ms();
-    state
+    let running = state
         .store()
         .quit_robot(req.channel.as_str(), &req.uid, now)
         .await?;
+    if running.is_some() {
+        state.robot_changed().await;
+    }
     Ok(ok(Value::Null))
 }
 

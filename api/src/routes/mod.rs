@@ -1,5 +1,6 @@
 //! The HTTP surface: one router per module, composed here.
 
+pub mod admin;
 pub mod dapi;
 pub mod health;
 
@@ -18,6 +19,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(dapi::router())
         .merge(health::router())
+        .merge(admin::router(state.config().max_asset_bytes))
         .fallback(not_found)
         .with_state(state)
 }

@@ -510,9 +510,50 @@ impl Store {
         dispatch!(self.list_assets())
     }
 
+    /// Whether an asset exists.
+    pub async fn asset_exists(&self, name: &str) -> StoreResult<bool> {
+        dispatch!(self.asset_exists(name))
+    }
+
+    /// Wakes the dispatchers of other API instances (PostgreSQL `NOTIFY`; nothing to do
+    /// on SQLite, where one process owns the file).
+    pub async fn notify_dispatch(&self) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.notify_dispatch().await,
+        }
+    }
+
     /// Deletes an asset.
     pub async fn delete_asset(&self, name: &str) -> StoreResult<bool> {
         dispatch!(self.delete_asset(name))
+    }
+}
+
+/// Wakes this instance's dispatcher whenever another instance sends `NOTIFY` (PostgreSQL
+/// only; returns at once on SQLite). Reconnects after errors; the dispatcher's slow poll is
+/// the backstop while the listener is down.
+pub async fn listen_dispatch(
+    state: crate::AppState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let Store::Postgres(pg) = state.store() else {
+        return;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            r = pg.listen_once(state.dispatcher()) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "dispatch listener lost; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -39,6 +39,27 @@ impl PgStore {
         &self.pool
     }
 
+    /// `NOTIFY dapi_dispatch`: a robot session was queued or asked to leave.
+    pub async fn notify_dispatch(&self) -> super::StoreResult<()> {
+        sqlx::query("SELECT pg_notify('dapi_dispatch', '')")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Listens for `dapi_dispatch` and wakes `dispatcher` on each; returns on error.
+    pub async fn listen_once(
+        &self,
+        dispatcher: &crate::dispatch::Dispatcher,
+    ) -> Result<(), sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen("dapi_dispatch").await?;
+        loop {
+            listener.recv().await?;
+            dispatcher.wake();
+        }
+    }
+
     fn read_pool(&self) -> &PgPool {
         &self.pool
     }
@@ -140,6 +161,7 @@ mod sql {
     pub const GET_ASSET: &str = "SELECT name, content, sha256, bytes, duration_ms, created_at FROM audio_assets WHERE name = $1";
     pub const LIST_ASSETS: &str =
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name";
+    pub const ASSET_EXISTS: &str = "SELECT COUNT(*) FROM audio_assets WHERE name = $1";
     pub const DELETE_ASSET: &str = "DELETE FROM audio_assets WHERE name = $1";
 }
 

@@ -654,6 +654,15 @@ macro_rules! robot_store_impl {
                     .collect())
             }
 
+            /// Whether an asset exists.
+            pub async fn asset_exists(&self, name: &str) -> $crate::store::StoreResult<bool> {
+                let n: i64 = sqlx::query_scalar(sql::ASSET_EXISTS)
+                    .bind(name)
+                    .fetch_one(self.read_pool())
+                    .await?;
+                Ok(n > 0)
+            }
+
             /// Deletes an asset; false if there was none.
             pub async fn delete_asset(&self, name: &str) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.begin_write().await?;

@@ -153,6 +153,7 @@ mod sql {
     pub const GET_ASSET: &str = "SELECT name, content, sha256, bytes, duration_ms, created_at FROM audio_assets WHERE name = ?1";
     pub const LIST_ASSETS: &str =
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name";
+    pub const ASSET_EXISTS: &str = "SELECT COUNT(*) FROM audio_assets WHERE name = ?1";
     pub const DELETE_ASSET: &str = "DELETE FROM audio_assets WHERE name = ?1";
 }
 

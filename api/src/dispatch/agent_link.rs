@@ -1,0 +1,240 @@
+//! `GET /agent`: the WebSocket robot agents connect to. This module only moves messages
+//! between the socket, the store and the [`Dispatcher`](super::Dispatcher).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use protocol::agent::{AgentMessage, ServerMessage, SessionState};
+use tokio::sync::mpsc;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::{RobotState, StatusOutcome};
+
+/// Largest frame an agent may send.
+const MAX_FRAME: usize = 64 * 1024;
+/// An agent that says nothing (not even a pong) for this long is dropped.
+const IDLE: Duration = Duration::from_secs(45);
+
+/// Checks `Authorization: Bearer <key>` against a configured key.
+pub fn check_bearer(
+    headers: &HeaderMap,
+    key: Option<&crate::config::Secret>,
+    what: &str,
+    var: &str,
+) -> Result<(), ApiError> {
+    let Some(key) = key else {
+        return Err(ApiError::Forbidden(format!(
+            "the {what} is disabled: set {var}"
+        )));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!("the {what} needs Authorization: Bearer <{var}>"))
+        })?;
+    if key.matches(presented.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(format!("wrong key for the {what}")))
+    }
+}
+
+/// The upgrade handler.
+pub async fn agent_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = check_bearer(
+        &headers,
+        state.config().agent_key.as_ref(),
+        "agent link",
+        "DAPI_AGENT_KEY",
+    ) {
+        return e.into_response();
+    }
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| serve(state, socket))
+}
+
+fn frame(msg: &ServerMessage) -> Message {
+    Message::Text(serde_json::to_string(msg).unwrap_or_default().into())
+}
+
+async fn serve(state: AppState, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    // The first message must be `register`.
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+    let (agent_id, capacity, held) = match first {
+        Ok(Some(Ok(Message::Text(t)))) => match protocol::agent::parse_agent_message(&t) {
+            Ok(AgentMessage::Register {
+                agent_id,
+                capacity,
+                sessions,
+                ..
+            }) if !agent_id.is_empty() && agent_id.len() <= 128 => (agent_id, capacity, sessions),
+            _ => {
+                let e = ServerMessage::Error {
+                    code: "register_first".into(),
+                    message: "the first message must be register {agent_id, capacity, version}"
+                        .into(),
+                };
+                let _ = sink.send(frame(&e)).await;
+                return;
+            }
+        },
+        _ => return,
+    };
+    let span = tracing::info_span!("agent_link", agent = %agent_id);
+    let _enter = span.enter();
+    let d = state.dispatcher();
+    let lease_ms = i64::try_from(d.lease.as_millis()).unwrap_or(10_000);
+
+    // Sessions the agent still holds from before a reconnect: keep those it really holds.
+    let now = state.clock().now_ms();
+    let lost = match state
+        .store()
+        .renew_leases(&agent_id, &held, now, now + lease_ms)
+        .await
+    {
+        Ok(lost) => lost,
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing leases on register failed");
+            Vec::new()
+        }
+    };
+    let kept: Vec<i64> = held
+        .iter()
+        .copied()
+        .filter(|id| !lost.contains(id))
+        .collect();
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let _ = tx.send(ServerMessage::Registered {
+        agent_id: agent_id.clone(),
+        lease_seconds: d.lease.as_secs(),
+    });
+    for id in &lost {
+        let _ = tx.send(ServerMessage::Leave { session_id: *id });
+    }
+    let conn_id = d.register(&agent_id, capacity, kept, tx.clone());
+    tracing::info!(capacity, "agent registered");
+
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => if sink.send(frame(&m)).await.is_err() { break },
+                    None => break,
+                },
+                _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    loop {
+        let next = match tokio::time::timeout(IDLE, stream.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Err(_) => {
+                tracing::warn!("agent idle: dropping the link");
+                break;
+            }
+        };
+        let text = match next {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            _ => continue, // ping/pong keep the link alive
+        };
+        match protocol::agent::parse_agent_message(&text) {
+            Ok(msg) => handle(&state, &agent_id, &tx, msg).await,
+            Err(e) => {
+                let _ = tx.send(ServerMessage::Error {
+                    code: "bad_message".into(),
+                    message: e,
+                });
+            }
+        }
+    }
+    d.unregister(&agent_id, conn_id);
+    writer.abort();
+    tracing::info!("agent link closed (its sessions keep their leases until they lapse)");
+}
+
+async fn handle(
+    state: &AppState,
+    agent: &str,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+    msg: AgentMessage,
+) {
+    let d = state.dispatcher();
+    let store = state.store();
+    let now = state.clock().now_ms();
+    let lease_ms = i64::try_from(d.lease.as_millis()).unwrap_or(10_000);
+    let result: Result<(), crate::store::StoreError> = async {
+        match msg {
+            AgentMessage::Register { .. } => {
+                let _ = tx.send(ServerMessage::Error { code: "already_registered".into(), message: "register is sent once".into() });
+            }
+            AgentMessage::Accept { session_id } => match store.accept_session(session_id, agent, now, now + lease_ms).await? {
+                Some(s) => {
+                    d.accepted(agent, session_id);
+                    tracing::info!(session = session_id, channel = %s.channel, "robot session accepted");
+                    if s.leave_requested {
+                        let _ = tx.send(ServerMessage::Leave { session_id });
+                    }
+                }
+                None => {
+                    // the offer expired or was taken back: the agent must not play it
+                    d.released(agent, session_id);
+                    let _ = tx.send(ServerMessage::Leave { session_id });
+                }
+            },
+            AgentMessage::Reject { session_id, reason } => {
+                store.reject_session(session_id, agent, &reason, now).await?;
+                d.released(agent, session_id);
+            }
+            AgentMessage::Renew { session_ids } => {
+                for id in store.renew_leases(agent, &session_ids, now, now + lease_ms).await? {
+                    d.released(agent, id);
+                    let _ = tx.send(ServerMessage::Leave { session_id: id });
+                }
+            }
+            AgentMessage::Status { session_id, state: st, detail, position_ms } => {
+                let detail: String = detail.chars().take(512).collect();
+                match store.report_status(session_id, agent, st, &detail, position_ms, now).await? {
+                    StatusOutcome::NotHeld => {
+                        d.released(agent, session_id);
+                        if st != SessionState::Left {
+                            let _ = tx.send(ServerMessage::Leave { session_id });
+                        }
+                    }
+                    StatusOutcome::Now(RobotState::Running) => {}
+                    StatusOutcome::Now(next) => {
+                        tracing::info!(session = session_id, state = next.as_str(), detail = %detail, "robot session ended its run");
+                        d.released(agent, session_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "agent message could not be applied");
+        let _ = tx.send(ServerMessage::Error {
+            code: "unavailable".into(),
+            message: "the server could not apply the message; retry".into(),
+        });
+    }
+}

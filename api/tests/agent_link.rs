@@ -1,0 +1,475 @@
+//! The agent link (`GET /agent`) and audio assets over real sockets: authentication,
+//! register/offer/accept/status/renew/leave, placement across agents, lease lapse and
+//! re-dispatch with the playback position, rejects, and asset upload validation.
+//! The peers here are WebSocket clients speaking the documented protocol; the real
+//! robot-agent process is exercised by the end-to-end tests in `tests/`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, backends, spawn_app_with};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(app: &TestApp, key: Option<&str>) -> Result<Ws, u16> {
+    let url = format!("{}/agent", app.base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    if let Some(k) = key {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Next JSON message of a given type (skipping others), within `secs`.
+async fn expect(ws: &mut Ws, ty: &str, secs: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {ty} within {secs} s"))
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+}
+
+/// Asserts no message of type `ty` arrives within `ms`.
+async fn expect_none(ws: &mut Ws, ty: &str, ms: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_ne!(v["type"], ty, "unexpected {v}");
+        }
+    }
+}
+
+async fn agent(app: &TestApp, id: &str, capacity: u32) -> Ws {
+    let mut ws = connect(app, Some("test-agent-key")).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "register", "agent_id": id, "capacity": capacity, "version": "test"}),
+    )
+    .await;
+    let r = expect(&mut ws, "registered", 5).await;
+    assert_eq!(r["agent_id"], id);
+    ws
+}
+
+async fn session_state(app: &TestApp, id: i64) -> Value {
+    let r = app
+        .http
+        .get(format!("{}/admin/robot/sessions/{id}", app.base))
+        .bearer_auth("test-admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["data"].clone()
+}
+
+#[tokio::test]
+async fn agent_link_needs_its_key() {
+    let app = spawn_app_with("sqlite", api::clock::Clock::system(), |_| {}).await;
+    assert_eq!(connect(&app, None).await.err(), Some(401));
+    assert_eq!(connect(&app, Some("wrong")).await.err(), Some(401));
+    let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {
+        c.agent_key = None
+    })
+    .await;
+    assert_eq!(
+        connect(&app, Some("anything")).await.err(),
+        Some(403),
+        "refused without DAPI_AGENT_KEY"
+    );
+    // the first message must be register
+    let app = spawn_app_with("sqlite", api::clock::Clock::system(), |_| {}).await;
+    let mut ws = connect(&app, Some("test-agent-key")).await.unwrap();
+    send(&mut ws, json!({"type": "renew", "session_ids": []})).await;
+    let e = expect(&mut ws, "error", 5).await;
+    assert_eq!(e["code"], "register_first");
+}
+
+#[tokio::test]
+async fn offer_accept_play_and_quit_reaches_the_agent_fast() {
+    for backend in backends() {
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |_| {}).await;
+        let mut ws = agent(&app, "ag1", 2).await;
+        let call = app.ok("/dapi/call/robot", json!({"src_uid": "1234"})).await;
+        let ch = call["channel"].as_str().unwrap();
+        let offer = expect(&mut ws, "offer", 3).await;
+        let s = &offer["session"];
+        assert_eq!(s["channel"], ch);
+        assert_eq!(s["uid"], "robot");
+        assert_eq!(s["audio"], "default");
+        assert_eq!(s["loop"], false);
+        let issuer = api::token::TokenIssuer::new(
+            "970CA35de60c44645bbae8a215061b33".into(),
+            "5CFd2fd1755d40ecb72977518be15d3b".into(),
+            api::token::TokenVersion::V006,
+            600,
+        );
+        issuer
+            .verify(
+                s["token"].as_str().unwrap(),
+                ch,
+                "robot",
+                app.state.clock().now_secs(),
+            )
+            .unwrap();
+        let id = s["id"].as_i64().unwrap();
+        send(&mut ws, json!({"type": "accept", "session_id": id})).await;
+        send(
+            &mut ws,
+            json!({"type": "status", "session_id": id, "state": "joining"}),
+        )
+        .await;
+        send(
+            &mut ws,
+            json!({"type": "status", "session_id": id, "state": "playing", "position_ms": 0}),
+        )
+        .await;
+        send(&mut ws, json!({"type": "renew", "session_ids": [id]})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            session_state(&app, id).await["state"],
+            "running",
+            "[{backend}]"
+        );
+        // quit/robot: the agent is told within a second
+        let t0 = std::time::Instant::now();
+        app.ok("/dapi/quit/robot", json!({"channel": ch, "uid": "1234"}))
+            .await;
+        let leave = expect(&mut ws, "leave", 1).await;
+        assert_eq!(leave["session_id"], id);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        send(
+            &mut ws,
+            json!({"type": "status", "session_id": id, "state": "left", "detail": "kicked"}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(session_state(&app, id).await["state"], "left");
+        // the agents endpoint shows the free slot again
+        let r = app
+            .http
+            .get(format!("{}/admin/agents", app.base))
+            .bearer_auth("test-admin-key")
+            .send()
+            .await
+            .unwrap();
+        let agents: Value = r.json().await.unwrap();
+        assert_eq!(agents["data"][0]["load"], 0);
+        // a robot still queued (no agent) is cancelled by quit instead
+        drop(ws);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let call = app.ok("/dapi/call/robot", json!({"src_uid": "1234"})).await;
+        app.ok(
+            "/dapi/quit/robot",
+            json!({"channel": call["channel"], "uid": "1234"}),
+        )
+        .await;
+        let r = app
+            .http
+            .get(format!(
+                "{}/admin/robot/sessions?channel={}",
+                app.base,
+                call["channel"].as_str().unwrap()
+            ))
+            .bearer_auth("test-admin-key")
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["data"][0]["state"], "cancelled");
+    }
+}
+
+#[tokio::test]
+async fn two_agents_of_capacity_one_take_one_each_and_the_third_waits() {
+    for backend in backends() {
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |_| {}).await;
+        let mut a = agent(&app, "a", 1).await;
+        let mut b = agent(&app, "b", 1).await;
+        app.ok("/dapi/call/robot", json!({"src_uid": "1"})).await;
+        app.ok("/dapi/call/robot", json!({"src_uid": "2"})).await;
+        let oa = expect(&mut a, "offer", 3).await;
+        let ob = expect(&mut b, "offer", 3).await;
+        let (ia, ib) = (
+            oa["session"]["id"].as_i64().unwrap(),
+            ob["session"]["id"].as_i64().unwrap(),
+        );
+        assert_ne!(ia, ib);
+        send(&mut a, json!({"type": "accept", "session_id": ia})).await;
+        send(&mut b, json!({"type": "accept", "session_id": ib})).await;
+        let third = app.ok("/dapi/call/robot", json!({"src_uid": "3"})).await;
+        expect_none(&mut a, "offer", 600).await;
+        expect_none(&mut b, "offer", 10).await;
+        let r = app
+            .http
+            .get(format!("{}/admin/queue", app.base))
+            .bearer_auth("test-admin-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["data"]["depth"],
+            1,
+            "[{backend}] the third call waits"
+        );
+        // a finishes: it gets the third
+        send(
+            &mut a,
+            json!({"type": "status", "session_id": ia, "state": "left", "detail": "audio ended"}),
+        )
+        .await;
+        let o3 = expect(&mut a, "offer", 3).await;
+        assert_eq!(o3["session"]["channel"], third["channel"]);
+    }
+}
+
+#[tokio::test]
+async fn lapsed_lease_is_offered_to_another_agent_with_its_position() {
+    for backend in backends() {
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
+            c.lease_seconds = 1;
+            c.dispatch_poll_ms = 100;
+        })
+        .await;
+        let mut a = agent(&app, "dies", 1).await;
+        app.ok("/dapi/call/robot", json!({"src_uid": "1", "loop": true}))
+            .await;
+        let id = expect(&mut a, "offer", 3).await["session"]["id"]
+            .as_i64()
+            .unwrap();
+        send(&mut a, json!({"type": "accept", "session_id": id})).await;
+        send(
+            &mut a,
+            json!({"type": "status", "session_id": id, "state": "playing", "position_ms": 3200}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(a); // the agent vanishes without a word
+        let mut b = agent(&app, "survivor", 1).await;
+        let o = expect(&mut b, "offer", 5).await;
+        assert_eq!(o["session"]["id"], id, "[{backend}]");
+        assert_eq!(
+            o["session"]["position_ms"], 3200,
+            "resumes near where it stopped"
+        );
+        assert_eq!(o["session"]["attempt"], 2);
+        let s = session_state(&app, id).await;
+        assert_eq!(s["redispatches"], 1);
+        assert!(s["errors"][0].as_str().unwrap().contains("lease lapsed"));
+    }
+}
+
+#[tokio::test]
+async fn rejected_offers_are_offered_again_and_stale_accepts_are_told_to_leave() {
+    let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {
+        c.dispatch_poll_ms = 100
+    })
+    .await;
+    let mut a = agent(&app, "picky", 1).await;
+    app.ok("/dapi/call/robot", json!({"src_uid": "1"})).await;
+    let id = expect(&mut a, "offer", 3).await["session"]["id"]
+        .as_i64()
+        .unwrap();
+    send(
+        &mut a,
+        json!({"type": "reject", "session_id": id, "reason": "busy"}),
+    )
+    .await;
+    let again = expect(&mut a, "offer", 4).await;
+    assert_eq!(again["session"]["id"], id);
+    // accepting something never offered: told to leave
+    send(&mut a, json!({"type": "accept", "session_id": 999_999})).await;
+    assert_eq!(expect(&mut a, "leave", 2).await["session_id"], 999_999);
+    // renewing something not held: told to leave
+    send(&mut a, json!({"type": "renew", "session_ids": [888_888]})).await;
+    assert_eq!(expect(&mut a, "leave", 2).await["session_id"], 888_888);
+    // garbage
+    a.send(Message::Text("{nope".into())).await.unwrap();
+    assert_eq!(expect(&mut a, "error", 2).await["code"], "bad_message");
+}
+
+#[tokio::test]
+async fn drain_stops_new_offers() {
+    let app = spawn_app_with("sqlite", api::clock::Clock::system(), |_| {}).await;
+    let mut a = agent(&app, "drainme", 5).await;
+    let r = app
+        .http
+        .post(format!("{}/admin/agents/drainme/drain", app.base))
+        .bearer_auth("test-admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    expect(&mut a, "drain", 2).await;
+    app.ok("/dapi/call/robot", json!({"src_uid": "1"})).await;
+    expect_none(&mut a, "offer", 1200).await;
+    let r = app
+        .http
+        .post(format!("{}/admin/agents/nobody/drain", app.base))
+        .bearer_auth("test-admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn assets_are_validated_by_decoding_and_served_to_agents() {
+    for backend in backends() {
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |_| {}).await;
+        let wav = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/audio/speech_16000_mono_4s.wav"
+        ))
+        .or_else(|_| std::fs::read("/work/shared/fixtures/audio/speech_16000_mono_4s.wav"))
+        .expect("the shared audio fixtures");
+        let put = |name: &str, body: Vec<u8>, key: &str| {
+            app.http
+                .put(format!("{}/admin/audio/{name}", app.base))
+                .bearer_auth(key)
+                .body(body)
+                .send()
+        };
+        assert_eq!(
+            put("speech", wav.clone(), "wrong").await.unwrap().status(),
+            401
+        );
+        let r = put("speech", wav.clone(), "test-admin-key").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["data"]["duration_ms"], 4000, "[{backend}]");
+        // garbage, empty and bad names are refused with a reason
+        let r = put("junk", b"definitely not audio".to_vec(), "test-admin-key")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_audio"
+        );
+        assert_eq!(
+            put("empty", vec![], "test-admin-key")
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+        assert_eq!(
+            put("bad.name", wav.clone(), "test-admin-key")
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+        // list: the shipped default and ours
+        let r = app
+            .http
+            .get(format!("{}/admin/audio", app.base))
+            .bearer_auth("test-admin-key")
+            .send()
+            .await
+            .unwrap();
+        let names: Vec<String> = r.json::<Value>().await.unwrap()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, vec!["default", "speech"]);
+        // agents fetch with their key, with an ETag
+        let r = app
+            .http
+            .get(format!("{}/agent/audio/speech", app.base))
+            .bearer_auth("test-agent-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        assert_eq!(r.bytes().await.unwrap().to_vec(), wav);
+        let r = app
+            .http
+            .get(format!("{}/agent/audio/speech", app.base))
+            .bearer_auth("test-agent-key")
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304);
+        assert_eq!(
+            app.http
+                .get(format!("{}/agent/audio/speech", app.base))
+                .bearer_auth("test-admin-key")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        assert_eq!(
+            app.http
+                .get(format!("{}/agent/audio/nothing", app.base))
+                .bearer_auth("test-agent-key")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        // call/robot names an asset: unknown ones are a 400, known ones are offered
+        app.err(
+            "/dapi/call/robot",
+            json!({"src_uid": "1", "audio": "nothing"}),
+            400,
+            "unknown_audio",
+        )
+        .await;
+        app.ok(
+            "/dapi/call/robot",
+            json!({"src_uid": "1", "audio": "speech"}),
+        )
+        .await;
+        // delete
+        let r = app
+            .http
+            .delete(format!("{}/admin/audio/speech", app.base))
+            .bearer_auth("test-admin-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = app
+            .http
+            .delete(format!("{}/admin/audio/speech", app.base))
+            .bearer_auth("test-admin-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+}
