@@ -96,6 +96,11 @@ pub struct Config {
     #[arg(long, env = "DAPI_DISPATCH_POLL_MS", default_value_t = 1000)]
     pub dispatch_poll_ms: u64,
 
+    /// How often the sweeper looks for due rows, in milliseconds (0: no sweeper in this
+    /// process; tests drive `sweeper::sweep_once` themselves).
+    #[arg(long, env = "DAPI_SWEEP_MS", default_value_t = 500)]
+    pub sweep_ms: u64,
+
     /// Attempts a robot session gets before it is marked dead.
     #[arg(long, env = "DAPI_ROBOT_MAX_ATTEMPTS", default_value_t = 3)]
     pub robot_max_attempts: i64,
@@ -137,6 +142,7 @@ impl Config {
             offer_timeout: 5,
             dispatch_poll_ms: 1000,
             robot_max_attempts: 3,
+            sweep_ms: 0,
             max_asset_bytes: 50 * 1024 * 1024,
         }
     }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod extract;
 pub mod routes;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;
 pub mod token;
 
@@ -167,6 +168,7 @@ impl Application {
             self.state.clone(),
             stopped(stop_rx.clone()),
         ));
+        let sweeper = tokio::spawn(sweeper::run(self.state.clone(), stopped(stop_rx.clone())));
         let listener_task = tokio::spawn(store::listen_dispatch(
             self.state.clone(),
             stopped(stop_rx.clone()),
@@ -184,6 +186,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = dispatcher.await;
         let _ = listener_task.await;
+        let _ = sweeper.await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -15,6 +15,7 @@
 mod postgres;
 pub mod robot;
 mod sqlite;
+pub mod sweep;
 pub mod testdb;
 
 use serde::Serialize;
@@ -25,6 +26,7 @@ use crate::domain::{ChannelName, MsgStatus, Uid};
 pub use postgres::PgStore;
 pub use robot::{QueueStats, RescueOutcome, RobotSession, RobotState, StatusOutcome};
 pub use sqlite::SqliteStore;
+pub use sweep::FireOutcome;
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -510,6 +512,35 @@ impl Store {
         dispatch!(self.list_assets())
     }
 
+    /// Channels whose ring deadline has passed.
+    pub async fn due_ring_timeouts(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<String>> {
+        dispatch!(self.due_ring_timeouts(now_ms, limit))
+    }
+
+    /// (channel, uid) pairs whose heartbeat deadline has passed.
+    pub async fn due_heartbeats(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, String)>> {
+        dispatch!(self.due_heartbeats(now_ms, limit))
+    }
+
+    /// Pending scheduled calls due at `now_secs`.
+    pub async fn due_tasks(&self, now_secs: i64, limit: i64) -> StoreResult<Vec<TaskRecord>> {
+        dispatch!(self.due_tasks(now_secs, limit))
+    }
+
+    /// Fires (with `call`) or misses (without) a scheduled call, once.
+    pub async fn fire_task(
+        &self,
+        id: i64,
+        call: Option<&NewCall>,
+        now_ms: i64,
+    ) -> StoreResult<FireOutcome> {
+        dispatch!(self.fire_task(id, call, now_ms))
+    }
+
     /// Whether an asset exists.
     pub async fn asset_exists(&self, name: &str) -> StoreResult<bool> {
         dispatch!(self.asset_exists(name))
@@ -604,8 +635,18 @@ macro_rules! store_impl {
                 &self,
                 c: &$crate::store::NewCall,
             ) -> $crate::store::StoreResult<i64> {
-                use $crate::call_state::Role;
                 let mut tx = self.begin_write().await?;
+                let id = Self::insert_call(&mut tx, c).await?;
+                tx.commit().await?;
+                Ok(id)
+            }
+
+            /// Inserts a call, its members and its robot session inside `tx`.
+            async fn insert_call(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                c: &$crate::store::NewCall,
+            ) -> $crate::store::StoreResult<i64> {
+                use $crate::call_state::Role;
                 let call_id: i64 = match sqlx::query_scalar(sql::INSERT_CALL)
                     .bind(c.channel.as_str())
                     .bind(c.caller.as_str())
@@ -613,7 +654,7 @@ macro_rules! store_impl {
                     .bind(c.extra_msg.as_deref())
                     .bind(c.now_ms)
                     .bind(c.ring_deadline_ms)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await
                 {
                     Ok(id) => id,
@@ -633,7 +674,7 @@ macro_rules! store_impl {
                     .bind(1_i64)
                     .bind(c.now_ms)
                     .bind(Some(c.caller_heartbeat_deadline_ms))
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 for callee in &c.callees {
                     if callee == &c.caller {
@@ -647,11 +688,11 @@ macro_rules! store_impl {
                         .bind(0_i64)
                         .bind(c.now_ms)
                         .bind(None::<i64>)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                 }
                 Self::record(
-                    &mut tx,
+                    tx,
                     call_id,
                     Some(c.caller.as_str()),
                     "created",
@@ -663,9 +704,9 @@ macro_rules! store_impl {
                 )
                 .await?;
                 if let Some(r) = &c.robot {
-                    Self::insert_robot(&mut tx, call_id, c.channel.as_str(), r, c.now_ms).await?;
+                    Self::insert_robot(tx, call_id, c.channel.as_str(), r, c.now_ms).await?;
                     Self::record(
-                        &mut tx,
+                        tx,
                         call_id,
                         Some(c.caller.as_str()),
                         "robot_queued",
@@ -677,7 +718,6 @@ macro_rules! store_impl {
                     )
                     .await?;
                 }
-                tx.commit().await?;
                 Ok(call_id)
             }
 
@@ -878,6 +918,15 @@ macro_rules! store_impl {
                     | Input::HeartbeatExpired { uid } => Some(uid),
                     Input::RingTimeout => None,
                 };
+                if let Input::HeartbeatExpired { uid } = input {
+                    // handled: the sweeper must not pick this deadline again
+                    sqlx::query(sql::CLEAR_HEARTBEAT_DEADLINE)
+                        .bind(call_id)
+                        .bind(uid.as_str())
+                        .bind(meta.now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 if let (Some(uid), Some(deadline)) = (reporter, meta.heartbeat_deadline_ms) {
                     // Only members still in the call (status < 2) get a new deadline.
                     sqlx::query(sql::SET_HEARTBEAT_DEADLINE)
@@ -921,6 +970,8 @@ macro_rules! store_impl {
                 if meta.always_record || t.ignored.is_none() {
                     let code = match input {
                         Input::Event { code, .. } => Some(code.code()),
+                        // a server-generated 1001 (spec: recorded as server-generated)
+                        Input::RingTimeout => Some(1001),
                         _ => None,
                     };
                     let effect = match t.ignored {

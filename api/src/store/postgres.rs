@@ -163,7 +163,19 @@ mod sql {
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name";
     pub const ASSET_EXISTS: &str = "SELECT COUNT(*) FROM audio_assets WHERE name = $1";
     pub const DELETE_ASSET: &str = "DELETE FROM audio_assets WHERE name = $1";
+    // ---- sweeper
+    pub const DUE_RING_TIMEOUTS: &str =
+        "SELECT channel FROM calls WHERE ring_deadline <= $1 ORDER BY ring_deadline LIMIT $2";
+    pub const DUE_HEARTBEATS: &str = "SELECT channel, uid FROM call_members \
+         WHERE heartbeat_deadline <= $1 AND status < 2 ORDER BY heartbeat_deadline LIMIT $2";
+    pub const CLEAR_HEARTBEAT_DEADLINE: &str = "UPDATE call_members SET heartbeat_deadline = NULL \
+         WHERE call_id = $1 AND uid = $2 AND heartbeat_deadline <= $3";
+    pub const DUE_TASKS: &str = "SELECT id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel \
+         FROM calltasks WHERE state = 'pending' AND call_time <= $1 ORDER BY call_time, id LIMIT $2";
+    pub const FINISH_TASK: &str = "UPDATE calltasks SET state = $2, channel = $3, fired_at = $4, updated_at = $4 \
+         WHERE id = $1 AND state = 'pending'";
 }
 
 super::store_impl!(PgStore, Postgres);
 super::robot::robot_store_impl!(PgStore, Postgres);
+super::sweep::sweep_store_impl!(PgStore, Postgres);

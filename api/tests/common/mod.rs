@@ -50,12 +50,9 @@ pub async fn spawn_app(backend: &'static str) -> TestApp {
     spawn_app_with(backend, Clock::system(), |_| {}).await
 }
 
-pub async fn spawn_app_with(
-    backend: &'static str,
-    clock: Clock,
-    tweak: impl FnOnce(&mut Config),
-) -> TestApp {
-    let (url, dir) = match backend {
+/// A fresh database URL for `backend` (and the temp dir that holds it for SQLite).
+pub async fn fresh_db(backend: &'static str) -> (String, Option<TempDir>) {
+    match backend {
         "postgres" => {
             let base = std::env::var("TEST_DATABASE_URL").unwrap();
             (
@@ -70,8 +67,27 @@ pub async fn spawn_app_with(
                 Some(d),
             )
         }
-    };
-    let mut config = Config::for_tests(&url);
+    }
+}
+
+pub async fn spawn_app_with(
+    backend: &'static str,
+    clock: Clock,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let (url, dir) = fresh_db(backend).await;
+    spawn_app_on(backend, &url, dir, clock, tweak).await
+}
+
+/// The API on an existing database (restarts, several instances on one database).
+pub async fn spawn_app_on(
+    backend: &'static str,
+    url: &str,
+    dir: Option<TempDir>,
+    clock: Clock,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let mut config = Config::for_tests(url);
     tweak(&mut config);
     let app = Application::build_with_clock(config, clock).await.unwrap();
     let addr = app.local_addr().unwrap();

@@ -1,0 +1,151 @@
+//! The sweeper: ring timeouts, heartbeat expiry and scheduled calls, applied from the
+//! deadline columns. Every API instance runs it; each transition is a compare-and-set,
+//! so it happens once whatever the number of instances. Time comes from the
+//! [`Clock`](crate::clock::Clock), so tests drive it with a manual clock and
+//! [`sweep_once`].
+
+use std::time::Duration;
+
+use crate::AppState;
+use crate::call_state::Input;
+use crate::domain::{ChannelName, Uid};
+use crate::store::{CallKind, FireOutcome, InputMeta, NewCall, NewRobotSession, StoreError};
+
+const BATCH: i64 = 500;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Calls that rang out (ended as 1001).
+    pub rang_out: Vec<String>,
+    /// (channel, uid) dropped for missing heartbeats.
+    pub dropped: Vec<(String, String)>,
+    /// Scheduled calls placed: (task id, channel).
+    pub fired: Vec<(i64, String)>,
+    /// Scheduled calls too late to place.
+    pub missed: Vec<i64>,
+}
+
+fn server_meta(kind: &'static str, now_ms: i64) -> InputMeta {
+    InputMeta {
+        kind,
+        source: "server",
+        detail: None,
+        now_ms,
+        heartbeat_deadline_ms: None,
+        always_record: false,
+    }
+}
+
+/// One pass over every kind of due row.
+pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
+    let store = state.store();
+    let now = state.clock().now_ms();
+    let mut report = SweepReport::default();
+    let mut robot_changed = false;
+
+    for channel in store.due_ring_timeouts(now, BATCH).await? {
+        let t = store
+            .apply_input(
+                &channel,
+                &Input::RingTimeout,
+                &server_meta("ring_timeout", now),
+            )
+            .await?;
+        if t.ignored.is_none() {
+            robot_changed |= t.robot_leave;
+            report.rang_out.push(channel);
+        }
+    }
+
+    for (channel, uid) in store.due_heartbeats(now, BATCH).await? {
+        let Ok(uid) = Uid::parse(&uid) else { continue };
+        let input = Input::HeartbeatExpired { uid: uid.clone() };
+        let t = store
+            .apply_input(&channel, &input, &server_meta("heartbeat_timeout", now))
+            .await?;
+        if t.ignored.is_none() {
+            robot_changed |= t.robot_leave;
+            report.dropped.push((channel, uid.as_str().to_owned()));
+        }
+    }
+
+    let now_secs = now / 1000;
+    let grace = i64::try_from(state.config().calltask_grace).unwrap_or(300);
+    for task in store.due_tasks(now_secs, BATCH).await? {
+        if now_secs - task.call_time > grace {
+            if store.fire_task(task.id, None, now).await? == FireOutcome::Missed {
+                tracing::warn!(
+                    task = task.id,
+                    late_s = now_secs - task.call_time,
+                    "scheduled call missed (beyond the grace period)"
+                );
+                report.missed.push(task.id);
+            }
+            continue;
+        }
+        let Ok(caller) = Uid::parse(&task.src_uid) else {
+            continue;
+        };
+        let callees: Vec<Uid> = task
+            .dst_uid
+            .iter()
+            .filter_map(|u| Uid::parse(u).ok())
+            .collect();
+        let heartbeat_ms = i64::try_from(state.config().heartbeat_timeout).unwrap_or(45) * 1000;
+        let ring_ms = i64::try_from(state.config().ring_timeout).unwrap_or(60) * 1000;
+        let call = NewCall {
+            channel: ChannelName::generate(),
+            caller,
+            callees,
+            kind: CallKind::Task,
+            extra_msg: Some(task.taskid.clone()),
+            now_ms: now,
+            ring_deadline_ms: Some(now + ring_ms),
+            caller_heartbeat_deadline_ms: now + heartbeat_ms,
+            robot: (!task.tone_list.is_empty()).then(|| NewRobotSession {
+                uid: state.config().robot_uid.clone(),
+                audio: task.tone_list.clone(),
+                loop_audio: false,
+                max_attempts: state.config().robot_max_attempts,
+            }),
+        };
+        if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
+            tracing::info!(task = task.id, channel = %channel, "scheduled call placed");
+            robot_changed |= call.robot.is_some();
+            report.fired.push((task.id, channel));
+        }
+    }
+
+    if robot_changed {
+        state.robot_changed().await;
+    }
+    Ok(report)
+}
+
+/// Sweeps every `DAPI_SWEEP_MS` (a due row is noticed within that) until `shutdown`
+/// resolves; does nothing when it is 0.
+pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    let every = Duration::from_millis(state.config().sweep_ms);
+    if every.is_zero() {
+        return;
+    }
+    tokio::pin!(shutdown);
+    loop {
+        match sweep_once(&state).await {
+            Ok(r) if r != SweepReport::default() => tracing::info!(
+                rang_out = r.rang_out.len(),
+                dropped = r.dropped.len(),
+                fired = r.fired.len(),
+                missed = r.missed.len(),
+                "sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
