@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod rtc;
 pub mod store;
 pub mod telemetry;
 pub mod token;
@@ -46,6 +47,7 @@ struct Inner {
     tokens: TokenIssuer,
     clock: Clock,
     known_channels: routes::ChannelCache,
+    rtc: rtc::Rtc,
 }
 
 impl AppState {
@@ -67,6 +69,10 @@ impl AppState {
     }
     pub(crate) fn known_channels(&self) -> &routes::ChannelCache {
         &self.inner.known_channels
+    }
+    /// The `/rtc` channel hub: kick a uid, ask who is present.
+    pub fn rtc(&self) -> &rtc::Rtc {
+        &self.inner.rtc
     }
 }
 
@@ -106,6 +112,7 @@ impl Application {
             _ => anyhow::bail!("set both DAPI_APP_ID and DAPI_APP_CERTIFICATE, or neither"),
         };
         let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
+        let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone())?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -116,6 +123,7 @@ impl Application {
                 tokens,
                 clock,
                 known_channels: routes::ChannelCache::default(),
+                rtc,
             }),
         };
         Ok(Self { listener, state })
@@ -138,6 +146,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         let router = routes::router(self.state.clone());
+        let rtc_tasks = rtc::RtcTasks::start(&self.state);
         // The line operators and tests wait for: printed once the socket accepts.
         println!("listening on http://{addr}");
         tracing::info!(%addr, backend = self.state.store().backend(), "listening");
@@ -148,6 +157,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving")?;
+        rtc_tasks.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(dapi::router())
         .merge(health::router())
+        .merge(crate::rtc::router())
         .fallback(not_found)
         .with_state(state)
 }
