@@ -116,6 +116,11 @@ pub enum Input {
         /// Who.
         uid: Uid,
     },
+    /// `uid` left the channel on purpose (`leave` on `/rtc`, or kicked).
+    Left {
+        /// Who.
+        uid: Uid,
+    },
     /// The ring timeout passed (server).
     RingTimeout,
     /// `uid` sent no heartbeat and had no presence for the heartbeat timeout (server).
@@ -279,6 +284,16 @@ pub fn apply(snap: &CallSnapshot, input: &Input) -> Transition {
                 // A callee in the channel means the call was answered.
                 w.connect();
             }
+        }
+        Input::Left { uid } => {
+            if ended {
+                return Transition::ignore("call already ended");
+            }
+            match w.member_mut(uid) {
+                Some(m) if m.joined && m.status < MsgStatus::Ended => {}
+                _ => return Transition::ignore("not an active participant"),
+            }
+            w.person_done(uid, EventCode::Ended.code());
         }
         Input::RingTimeout => {
             if snap.state != CallState::Ringing {
@@ -575,6 +590,21 @@ mod tests {
         assert_eq!(t.new_state, Some((CallState::Ended, Some(1007))));
         assert!(t.robot_leave);
         assert_eq!(s.state, CallState::Ended);
+    }
+
+    #[test]
+    fn leaving_the_channel_is_hanging_up() {
+        let (s, _) = step(&ringing(false), Input::Seen { uid: uid("B") });
+        let (s, t) = step(&s, Input::Left { uid: uid("B") });
+        assert_eq!(t.new_state, None);
+        assert_eq!(status(&s, "B"), MsgStatus::Ended);
+        let (_, t) = step(&s, Input::Left { uid: uid("B") });
+        assert!(t.ignored.is_some(), "twice changes nothing");
+        let (s, t) = step(&s, Input::Left { uid: uid("A") });
+        assert_eq!(t.new_state, Some((CallState::Ended, Some(2))));
+        assert!(t.robot_leave);
+        let (_, t) = step(&s, Input::Left { uid: uid("Z") });
+        assert!(t.ignored.is_some());
     }
 
     #[test]

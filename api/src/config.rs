@@ -113,6 +113,38 @@ pub struct Config {
     /// pretty when stderr is a terminal.
     #[arg(long, env = "DAPI_LOG_FORMAT", default_value = "auto")]
     pub log_format: String,
+
+    /// ICE servers handed out in `/rtc` `joined`: a JSON list of
+    /// `{"urls": "stun:..."|["turn:..."], "username"?, "credential"?}`. A TURN entry
+    /// without username/credential gets TURN REST credentials from `DAPI_TURN_SECRET`.
+    #[arg(long, env = "DAPI_ICE_SERVERS", default_value = "[]")]
+    pub ice_servers: crate::rtc::ice::IceServerList,
+
+    /// Shared secret of the TURN server (coturn `static-auth-secret` with
+    /// `use-auth-secret`): per-join credentials are derived from it.
+    #[arg(long, env = "DAPI_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<Secret>,
+
+    /// Lifetime of derived TURN credentials, in seconds.
+    #[arg(long, env = "DAPI_TURN_TTL", default_value_t = 86_400)]
+    pub turn_ttl: u64,
+
+    /// Peers allowed in one `/rtc` channel.
+    #[arg(long, env = "DAPI_RTC_MAX_PEERS", default_value_t = 16)]
+    pub rtc_max_peers: usize,
+
+    /// Largest `/rtc` frame in bytes; a larger one is refused and its socket dropped.
+    #[arg(long, env = "DAPI_RTC_MAX_FRAME", default_value_t = 64 * 1024)]
+    pub rtc_max_frame: usize,
+
+    /// Messages per second one `/rtc` socket may send (bursts of 4x are allowed).
+    #[arg(long, env = "DAPI_RTC_MSGS_PER_SEC", default_value_t = 50)]
+    pub rtc_msgs_per_sec: u32,
+
+    /// Seconds an `/rtc` socket may stay silent (pings are sent after a third of it)
+    /// before it is dropped.
+    #[arg(long, env = "DAPI_RTC_IDLE_TIMEOUT", default_value_t = 30)]
+    pub rtc_idle_timeout: u64,
 }
 
 impl Config {
@@ -144,6 +176,13 @@ impl Config {
             robot_max_attempts: 3,
             sweep_ms: 0,
             max_asset_bytes: 50 * 1024 * 1024,
+            ice_servers: crate::rtc::ice::IceServerList::default(),
+            turn_secret: None,
+            turn_ttl: 86_400,
+            rtc_max_peers: 16,
+            rtc_max_frame: 64 * 1024,
+            rtc_msgs_per_sec: 50,
+            rtc_idle_timeout: 30,
         }
     }
 

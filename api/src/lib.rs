@@ -20,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod rtc;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;
@@ -49,6 +50,7 @@ struct Inner {
     clock: Clock,
     known_channels: routes::ChannelCache,
     dispatcher: dispatch::Dispatcher,
+    rtc: rtc::Rtc,
 }
 
 impl AppState {
@@ -82,6 +84,10 @@ impl AppState {
         if let Err(e) = self.store().notify_dispatch().await {
             tracing::warn!(error = %e, "could not notify other instances");
         }
+    }
+    /// The `/rtc` channel hub: kick a uid, ask who is present.
+    pub fn rtc(&self) -> &rtc::Rtc {
+        &self.inner.rtc
     }
 }
 
@@ -121,6 +127,7 @@ impl Application {
             _ => anyhow::bail!("set both DAPI_APP_ID and DAPI_APP_CERTIFICATE, or neither"),
         };
         let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
+        let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone())?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -137,6 +144,7 @@ impl Application {
                 clock,
                 known_channels: routes::ChannelCache::default(),
                 dispatcher,
+                rtc,
             }),
         };
         routes::admin::seed_default_asset(&state).await?;
@@ -173,6 +181,7 @@ impl Application {
             self.state.clone(),
             stopped(stop_rx.clone()),
         ));
+        let rtc_tasks = rtc::RtcTasks::start(&self.state);
         // The line operators and tests wait for: printed once the socket accepts.
         println!("listening on http://{addr}");
         tracing::info!(%addr, backend = self.state.store().backend(), "listening");
@@ -187,6 +196,7 @@ impl Application {
         let _ = dispatcher.await;
         let _ = listener_task.await;
         let _ = sweeper.await;
+        rtc_tasks.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -6,5 +6,10 @@
 //!
 //! The messages are fixed by the "Wire protocols" section of `DESIGN.md`; outside
 //! tools are written against them, so they change only together with that document.
+//!
+//! - [`signaling`]: the `/rtc` channel messages (`join`, `joined`, `peer_joined`,
+//!   `peer_left`, `signal`, `leave`, `error`, `kicked`), with parsers that never panic.
+//! - [`agent`]: the `/agent` link between the API and robot agents.
 
 pub mod agent;
+pub mod signaling;

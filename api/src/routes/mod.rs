@@ -20,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dapi::router())
         .merge(health::router())
         .merge(admin::router(state.config().max_asset_bytes))
+        .merge(crate::rtc::router())
         .fallback(not_found)
         .with_state(state)
 }

@@ -915,6 +915,7 @@ macro_rules! store_impl {
                 let reporter = match input {
                     Input::Event { uid, .. }
                     | Input::Seen { uid }
+                    | Input::Left { uid }
                     | Input::HeartbeatExpired { uid } => Some(uid),
                     Input::RingTimeout => None,
                 };

@@ -1,0 +1,447 @@
+//! The RTC channel: `GET /rtc` WebSocket signaling, the demo page, and the hub that
+//! joins sockets into channels (DESIGN.md decision 2 and "Wire protocols").
+//!
+//! ```text
+//!  WebSocket ──socket.rs──> Rtc (Mutex<Hub + outboxes>) ──> outbox per socket ──> WebSocket
+//!                              │        ▲
+//!                              │        └── ticker (1 s): pings, idle timeouts, presence
+//!                              └── presence queue ──> worker ──> Store::apply_input(Seen)
+//!  server code ──> Rtc::kick / Rtc::present
+//! ```
+//!
+//! - [`hub`]: the sans-IO core (rooms, presence, relay, kicks, limits).
+//! - [`ice`]: STUN/TURN servers and TURN REST credentials for `joined`.
+//! - `socket`: the axum handler; it only moves frames between a socket and the hub.
+//!
+//! **Why a `Mutex` around the hub rather than a task that owns it.** Every hub call is
+//! short, synchronous and never awaits; delivering its outputs is a non-blocking
+//! `try_send` into a bounded per-socket queue. A mutex therefore never waits on IO, and
+//! it lets [`Rtc::kick`] and [`Rtc::present`] answer synchronously without a
+//! request/response channel. A socket whose queue is full (a client that does not read)
+//! is dropped, so one slow client never holds the lock or delays the others.
+//!
+//! **Presence feeds the call.** A member's socket counts as a heartbeat: on join and every
+//! 15 s the worker applies `Input::Seen` with a new heartbeat deadline (kind
+//! `rtc_presence`). A deliberate departure (`leave`, or a kick by server code) sets the
+//! deadline to now (kind `rtc_left`), so the sweeper drops that person at once and ends the
+//! call when nobody is left; a dropped socket (network loss, idle timeout, protocol error)
+//! is recorded (kind `rtc_disconnected`) and keeps its deadline, leaving time to reconnect.
+//! The robot's uid (`DAPI_ROBOT_UID`) is not a person and does not feed the call.
+
+pub mod hub;
+pub mod ice;
+mod socket;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use protocol::signaling::ServerMessage;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use self::hub::{ConnId, Hub, HubConfig, Input, Output, PresenceEvent};
+use self::ice::IceConfig;
+use crate::AppState;
+use crate::call_state::Input as CallInput;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::{ChannelName, Uid};
+use crate::store::{InputMeta, Store, StoreError};
+use crate::token::TokenIssuer;
+
+/// The demo page: call another uid from a browser tab.
+const DEMO_HTML: &str = include_str!("../../static/demo.html");
+/// The `/rtc` client module the demo page uses (and app developers copy).
+const RTC_JS: &str = include_str!("../../static/rtc.js");
+
+/// Messages queued per socket before a non-reading client is dropped.
+const OUTBOX: usize = 256;
+/// Presence reports queued for the store before new ones are dropped (they repeat).
+const PRESENCE_QUEUE: usize = 4096;
+/// How often a present member is reported to the call state.
+const PRESENCE_EVERY_MS: i64 = 15_000;
+
+/// `GET /rtc`, `GET /demo`, `GET /demo/rtc.js`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rtc", get(socket::rtc_ws))
+        .route("/demo", get(demo_page))
+        .route("/demo/rtc.js", get(demo_js))
+}
+
+async fn demo_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DEMO_HTML,
+    )
+}
+
+async fn demo_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        RTC_JS,
+    )
+}
+
+/// What the socket task is told to do with its WebSocket.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Send a text frame.
+    Text(String),
+    /// Send a ping.
+    Ping,
+    /// Send a close frame with this code, then stop.
+    Close(u16),
+}
+
+/// A presence change on its way to the store.
+#[derive(Debug)]
+struct PresenceReport {
+    channel: ChannelName,
+    uid: Uid,
+    event: PresenceEvent,
+}
+
+struct Driven {
+    hub: Hub,
+    outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    presence: mpsc::Sender<PresenceReport>,
+}
+
+struct Shared {
+    driven: Mutex<Driven>,
+    clock: Clock,
+    presence_rx: Mutex<Option<mpsc::Receiver<PresenceReport>>>,
+    max_frame: usize,
+    /// Socket tasks still running (shutdown waits for them to flush their close).
+    sockets: AtomicUsize,
+    /// `DAPI_HEARTBEAT_TIMEOUT` in ms: presence pushes the deadline this far.
+    heartbeat_ms: i64,
+}
+
+/// The channel service: the hub behind a mutex, plus the socket outboxes. Cheap to clone.
+#[derive(Clone)]
+pub struct Rtc {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Rtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rtc").finish_non_exhaustive()
+    }
+}
+
+impl Rtc {
+    /// Builds the hub from the configuration (fails on a bad ICE or limit setting).
+    pub fn new(config: &Config, tokens: TokenIssuer, clock: Clock) -> anyhow::Result<Self> {
+        let ice = IceConfig::new(
+            config.ice_servers.clone(),
+            config.turn_secret.clone(),
+            config.turn_ttl,
+        )
+        .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            config.rtc_max_peers >= 2,
+            "DAPI_RTC_MAX_PEERS must be at least 2"
+        );
+        anyhow::ensure!(
+            config.rtc_max_frame >= 1024,
+            "DAPI_RTC_MAX_FRAME must be at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            config.rtc_msgs_per_sec >= 1,
+            "DAPI_RTC_MSGS_PER_SEC must be at least 1"
+        );
+        anyhow::ensure!(
+            config.rtc_idle_timeout >= 3,
+            "DAPI_RTC_IDLE_TIMEOUT must be at least 3 seconds"
+        );
+        let idle_ms = i64::try_from(config.rtc_idle_timeout)
+            .unwrap_or(i64::MAX / 2)
+            .saturating_mul(1000);
+        let heartbeat_ms = i64::try_from(config.heartbeat_timeout)
+            .unwrap_or(45)
+            .saturating_mul(1000);
+        let cfg = HubConfig {
+            max_peers: config.rtc_max_peers,
+            max_frame: config.rtc_max_frame,
+            msgs_per_sec: config.rtc_msgs_per_sec,
+            burst: config.rtc_msgs_per_sec.saturating_mul(4),
+            idle_timeout_ms: idle_ms,
+            ping_after_ms: (idle_ms / 3).max(1000),
+            // Several reports per heartbeat timeout, so one lost report does not expire anyone.
+            presence_every_ms: PRESENCE_EVERY_MS.min(heartbeat_ms / 3).max(1000),
+        };
+        let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                driven: Mutex::new(Driven {
+                    hub: Hub::new(cfg, tokens, ice),
+                    outboxes: HashMap::new(),
+                    presence: tx,
+                }),
+                clock,
+                presence_rx: Mutex::new(Some(rx)),
+                max_frame: config.rtc_max_frame,
+                sockets: AtomicUsize::new(0),
+                heartbeat_ms,
+            }),
+        })
+    }
+
+    /// Removes `uid` from `channel` (it gets `kicked {reason}`, the others `peer_left`
+    /// with reason `kicked`). Returns whether the uid was present on this instance.
+    pub fn kick(&self, channel: &ChannelName, uid: &Uid, reason: &str) -> bool {
+        self.with_hub(|hub, _| hub.kick(channel, uid, reason))
+    }
+
+    /// Uids present in `channel` on this instance, in join order.
+    pub fn present(&self, channel: &ChannelName) -> Vec<Uid> {
+        self.lock().hub.present(channel)
+    }
+
+    /// Largest frame a socket may send.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.shared.max_frame
+    }
+
+    /// Registers a socket and its outbox.
+    pub(crate) fn open(&self, outbox: mpsc::Sender<Outbound>) -> ConnId {
+        let now = self.shared.clock.now_ms();
+        let mut d = self.lock();
+        let id = d.hub.open(now);
+        d.outboxes.insert(id, outbox);
+        self.shared.sockets.fetch_add(1, Ordering::SeqCst);
+        id
+    }
+
+    /// Feeds one input and delivers what the hub produces.
+    pub(crate) fn input(&self, input: Input<'_>) {
+        self.with_hub(|hub, now| hub.handle_input(now, input));
+    }
+
+    /// The socket task is over: forget the socket (the others are told if it was a member).
+    pub(crate) fn closed(&self, conn: ConnId) {
+        self.with_hub(|hub, now| hub.handle_input(now, Input::Closed { conn }));
+        self.lock().outboxes.remove(&conn);
+    }
+
+    /// The socket task of `conn` has finished (after [`Rtc::closed`] and its last write).
+    pub(crate) fn finished(&self) {
+        self.shared.sockets.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Driven> {
+        // A panic while holding the lock is a bug; the hub's state is still usable.
+        self.shared
+            .driven
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the hub, then delivers every output in order.
+    fn with_hub<R>(&self, f: impl FnOnce(&mut Hub, i64) -> R) -> R {
+        let now = self.shared.clock.now_ms();
+        let mut d = self.lock();
+        let r = f(&mut d.hub, now);
+        let d = &mut *d;
+        loop {
+            let mut stalled = Vec::new();
+            while let Some(out) = d.hub.poll_output() {
+                deliver(d, out, &mut stalled);
+            }
+            if stalled.is_empty() {
+                break;
+            }
+            for conn in stalled {
+                // Its outbox is full or gone: drop the socket like a closed one.
+                tracing::info!(conn = %conn, "rtc socket not reading: dropped");
+                d.hub.handle_input(now, Input::Closed { conn });
+            }
+        }
+        r
+    }
+}
+
+/// Delivers one hub output; sockets whose outbox is full are collected in `stalled`.
+fn deliver(d: &mut Driven, out: Output, stalled: &mut Vec<ConnId>) {
+    match out {
+        Output::Send { conn, message } => {
+            match &message {
+                ServerMessage::Joined { channel, uid, .. } => {
+                    tracing::info!(conn = %conn, channel = %channel, uid = %uid, "rtc joined");
+                }
+                ServerMessage::Error { code, .. } => {
+                    tracing::info!(conn = %conn, code = %code, "rtc error");
+                }
+                ServerMessage::Kicked { reason } => {
+                    tracing::info!(conn = %conn, reason = %reason, "rtc kicked");
+                }
+                _ => {}
+            }
+            push(d, conn, Outbound::Text(message.to_json()), stalled);
+        }
+        Output::Ping { conn } => push(d, conn, Outbound::Ping, stalled),
+        Output::Close { conn, code } => {
+            if let Some(tx) = d.outboxes.remove(&conn) {
+                // If the outbox is full, dropping the sender ends the socket task anyway.
+                let _ = tx.try_send(Outbound::Close(code));
+            }
+        }
+        Output::Presence {
+            channel,
+            uid,
+            event,
+        } => {
+            if let PresenceEvent::Gone { reason, .. } = event {
+                tracing::info!(channel = %channel, uid = %uid, reason = reason.as_str(), "rtc left");
+            }
+            let report = PresenceReport {
+                channel,
+                uid,
+                event,
+            };
+            if d.presence.try_send(report).is_err() {
+                tracing::warn!("rtc presence queue full: a presence report was dropped");
+            }
+        }
+    }
+}
+
+fn push(d: &mut Driven, conn: ConnId, msg: Outbound, stalled: &mut Vec<ConnId>) {
+    let Some(tx) = d.outboxes.get(&conn) else {
+        return;
+    };
+    if tx.try_send(msg).is_err() {
+        d.outboxes.remove(&conn);
+        stalled.push(conn);
+    }
+}
+
+/// The background work of the channel: the 1 s ticker and the presence worker. Dropping
+/// it stops both.
+pub struct RtcTasks {
+    rtc: Rtc,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl RtcTasks {
+    /// Starts the ticker and the presence worker for the application's hub.
+    pub fn start(state: &AppState) -> Self {
+        let rtc = state.rtc().clone();
+        let mut handles = Vec::new();
+        let ticker = rtc.clone();
+        handles.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                ticker.input(Input::Timeout);
+            }
+        }));
+        let rx = rtc
+            .shared
+            .presence_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            handles.push(tokio::spawn(feed_presence(
+                state.store().clone(),
+                state.clock().clone(),
+                rtc.shared.heartbeat_ms,
+                state.config().robot_uid.clone(),
+                rx,
+            )));
+        }
+        Self { rtc, handles }
+    }
+
+    /// Closes every socket (`error shutting_down`, close 1001), waits up to 2 s for the
+    /// socket tasks to flush those frames, and stops the tasks.
+    pub async fn shutdown(self) {
+        self.rtc.input(Input::Shutdown);
+        // The socket tasks are not ours to join (axum spawned them); poll their count.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.rtc.shared.sockets.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RtcTasks {
+    fn drop(&mut self) {
+        for h in &self.handles {
+            h.abort();
+        }
+    }
+}
+
+/// Turns presence reports into call-state inputs, one at a time, in order.
+async fn feed_presence(
+    store: Store,
+    clock: Clock,
+    heartbeat_ms: i64,
+    robot_uid: String,
+    mut rx: mpsc::Receiver<PresenceReport>,
+) {
+    while let Some(p) = rx.recv().await {
+        if p.uid.as_str() == robot_uid {
+            continue;
+        }
+        let now = clock.now_ms();
+        let left = matches!(
+            p.event,
+            PresenceEvent::Gone {
+                deliberate: true,
+                ..
+            }
+        );
+        let (kind, deadline, detail, always_record) = match p.event {
+            PresenceEvent::Here => ("rtc_presence", Some(now + heartbeat_ms), None, false),
+            // A deliberate leave is hanging up (Input::Left, code 2), not a lost heartbeat.
+            PresenceEvent::Gone {
+                reason,
+                deliberate: true,
+            } => ("rtc_left", None, Some(reason.as_str()), true),
+            PresenceEvent::Gone {
+                reason,
+                deliberate: false,
+            } => ("rtc_disconnected", None, Some(reason.as_str()), true),
+        };
+        let meta = InputMeta {
+            kind,
+            source: "app",
+            detail: detail.map(str::to_owned),
+            now_ms: now,
+            heartbeat_deadline_ms: deadline,
+            always_record,
+        };
+        let input = if left {
+            CallInput::Left { uid: p.uid }
+        } else {
+            CallInput::Seen { uid: p.uid }
+        };
+        match store.apply_input(p.channel.as_str(), &input, &meta).await {
+            // A channel without a call (a token minted by other means) has nothing to feed.
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(channel = %p.channel, error = %e, "rtc presence not recorded");
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `GET /rtc`: upgrades to a WebSocket and moves frames between it and the hub. No
+//! protocol decision is taken here; the hub takes them all.
+//!
+//! ```text
+//!  client ──frames──> read loop ──Input──> Rtc (hub) ──Outbound──> outbox ──> write task ──> client
+//! ```
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::hub::{ConnId, Input};
+use super::{OUTBOX, Outbound, Rtc};
+use crate::AppState;
+
+/// How long a closing socket may take to flush its last frames and answer our close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The upgrade handler. The hub refuses text frames over the configured size with a
+/// `frame_too_large` error. The transport reads messages up to twice that size whole, so
+/// the error frame reaches the client reliably; beyond that the transport refuses the frame
+/// itself (without reading it), which the hub turns into the same error, best effort.
+pub(super) async fn rtc_ws(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    let rtc = state.rtc().clone();
+    let max = rtc.max_frame().saturating_mul(2);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(rtc, socket))
+}
+
+async fn serve(rtc: Rtc, socket: WebSocket) {
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let conn = rtc.open(tx);
+    let span = tracing::info_span!("rtc_socket", conn = %conn);
+    async move {
+        let (sink, stream) = socket.split();
+        let mut writer = tokio::spawn(write_loop(sink, rx));
+        let reader = read_loop(&rtc, conn, stream);
+        tokio::pin!(reader);
+        let mut writer_done = false;
+        tokio::select! {
+            () = &mut reader => {}
+            _ = &mut writer => {
+                writer_done = true;
+                // We closed it: give the client a moment to answer our close frame.
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+            }
+        }
+        rtc.closed(conn);
+        // The outbox is gone, so the writer ends after flushing what was queued.
+        if !writer_done
+            && tokio::time::timeout(CLOSE_GRACE, &mut writer)
+                .await
+                .is_err()
+        {
+            writer.abort();
+        }
+        rtc.finished();
+        tracing::debug!("rtc socket done");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn read_loop(rtc: &Rtc, conn: ConnId, mut stream: SplitStream<WebSocket>) {
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(Message::Text(text)) => rtc.input(Input::Text {
+                conn,
+                text: text.as_str(),
+            }),
+            Ok(Message::Binary(_)) => rtc.input(Input::Binary { conn }),
+            Ok(Message::Ping(_)) => rtc.input(Input::Ping { conn }),
+            Ok(Message::Pong(_)) => rtc.input(Input::Pong { conn }),
+            Ok(Message::Close(_)) => return,
+            Err(e) => {
+                if is_too_large(&e) {
+                    rtc.input(Input::Oversized { conn });
+                } else {
+                    tracing::debug!(error = %e, "rtc socket read error");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the transport refused a frame over the size limit (tungstenite's
+/// `Error::Capacity`, which axum wraps; the wrapper has no public kind, so its text is
+/// checked, and `tests/rtc_ws.rs` pins this behaviour).
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains("Space limit exceeded") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>) {
+    while let Some(out) = rx.recv().await {
+        let sent = match out {
+            Outbound::Text(text) => sink.send(Message::Text(text.into())).await,
+            Outbound::Ping => sink.send(Message::Ping(Default::default())).await,
+            Outbound::Close(code) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Default::default(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
