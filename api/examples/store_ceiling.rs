@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 hb_channel.clone(),
                 issuer.clone(),
             );
+            let (msg_uid, user_callee) = (msg_uid.clone(), user_callee.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let ok = match op {
@@ -73,11 +74,11 @@ async fn main() -> anyhow::Result<()> {
                             _ => false,
                         },
                         "call/user" => store
-                            .create_call(&new_call(ChannelName::generate(), &caller, &callee))
+                            .create_call(&new_call(ChannelName::generate(), &caller, &user_callee))
                             .await
                             .is_ok(),
                         "call/msg" => store
-                            .recent_messages(&callee, now_ms() - 60_000)
+                            .recent_messages(&msg_uid, now_ms() - 60_000)
                             .await
                             .is_ok(),
                         _ => {
