@@ -3,6 +3,8 @@
 //! error path, `call/msg` 0 -> 1 and the recent window, calltask pagination, and 100
 //! concurrent `call/user` requests.
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
+
 mod common;
 
 use std::collections::HashSet;

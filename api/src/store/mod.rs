@@ -56,9 +56,12 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(d) => {
                 // PostgreSQL: class 08 (connection), 57P01-03 (shutdown), 53 (resources).
                 let code = d.code().unwrap_or_default();
-                if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
-                    Self::Unavailable(e)
-                } else if d.message().contains("database is locked") {
+                // SQLite: "database is locked" after the busy timeout.
+                let transient = code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("53")
+                    || d.message().contains("database is locked");
+                if transient {
                     Self::Unavailable(e)
                 } else {
                     Self::Other(e)
