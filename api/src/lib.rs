@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod routes;
 pub mod rtc;
 pub mod store;
@@ -105,6 +106,8 @@ impl Application {
 
     /// As [`Application::build`], with an injected clock (tests).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything counts.
+        let _ = metrics::handle();
         let store = Store::connect(&config.database_url)
             .await
             .with_context(|| {

@@ -88,7 +88,8 @@ pub enum CallKind {
 }
 
 impl CallKind {
-    fn as_str(self) -> &'static str {
+    /// Stored form (and metrics label).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
             Self::Robot => "robot",
@@ -333,7 +334,9 @@ impl Store {
 
     /// Creates a call with its member rows (and robot session) in one transaction.
     pub async fn create_call(&self, call: &NewCall) -> StoreResult<i64> {
-        dispatch!(self.create_call(call))
+        let id = dispatch!(self.create_call(call))?;
+        metrics::counter!("dapi_calls_created_total", "kind" => call.kind.as_str()).increment(1);
+        Ok(id)
     }
 
     /// The call of a channel.
@@ -355,7 +358,12 @@ impl Store {
         input: &Input,
         meta: &InputMeta,
     ) -> StoreResult<Transition> {
-        dispatch!(self.apply_input(channel, input, meta))
+        let t = dispatch!(self.apply_input(channel, input, meta))?;
+        if let Some((CallState::Ended, code)) = t.new_state {
+            let code = code.map(|c| c.to_string()).unwrap_or_default();
+            metrics::counter!("dapi_calls_ended_total", "code" => code).increment(1);
+        }
+        Ok(t)
     }
 
     /// Queues a robot for an existing channel unless one is already queued or present.
@@ -542,6 +550,11 @@ impl Store {
         now_ms: i64,
     ) -> StoreResult<FireOutcome> {
         dispatch!(self.fire_task(id, call, now_ms))
+    }
+
+    /// Calls per state.
+    pub async fn calls_by_state(&self) -> StoreResult<Vec<(String, i64)>> {
+        dispatch!(self.calls_by_state())
     }
 
     /// Whether an asset exists.

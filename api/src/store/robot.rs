@@ -654,6 +654,13 @@ macro_rules! robot_store_impl {
                     .collect())
             }
 
+            /// Calls per state (metrics).
+            pub async fn calls_by_state(&self) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(sql::CALLS_BY_STATE)
+                    .fetch_all(self.read_pool())
+                    .await?)
+            }
+
             /// Whether an asset exists.
             pub async fn asset_exists(&self, name: &str) -> $crate::store::StoreResult<bool> {
                 let n: i64 = sqlx::query_scalar(sql::ASSET_EXISTS)
