@@ -552,6 +552,11 @@ impl Store {
         dispatch!(self.fire_task(id, call, now_ms))
     }
 
+    /// Whether `uid` is a member of the call of `channel` (`None`: no such channel).
+    pub async fn is_member(&self, channel: &str, uid: &Uid) -> StoreResult<Option<bool>> {
+        dispatch!(self.is_member(channel, uid))
+    }
+
     /// Calls per state.
     pub async fn calls_by_state(&self) -> StoreResult<Vec<(String, i64)>> {
         dispatch!(self.calls_by_state())
