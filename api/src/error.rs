@@ -110,9 +110,11 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut resp = (status, Json(body)).into_response();
-        if let Some(v) = retry_after.and_then(|secs| axum::http::HeaderValue::from_str(&secs.to_string()).ok()) {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-        }
+        if let Some(v) =
+            retry_after.and_then(|secs| axum::http::HeaderValue::from_str(&secs.to_string()).ok())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
