@@ -542,6 +542,16 @@ impl Store {
         dispatch!(self.due_tasks(now_secs, limit))
     }
 
+    /// Creates many calls in one transaction.
+    pub async fn create_calls_bulk(&self, calls: &[NewCall]) -> StoreResult<()> {
+        dispatch!(self.create_calls_bulk(calls))
+    }
+
+    /// Inserts many scheduled calls in one transaction.
+    pub async fn insert_tasks_bulk(&self, tasks: &[TaskFields], now_ms: i64) -> StoreResult<()> {
+        dispatch!(self.insert_tasks_bulk(tasks, now_ms))
+    }
+
     /// Fires (with `call`) or misses (without) a scheduled call, once.
     pub async fn fire_task(
         &self,

@@ -56,6 +56,42 @@ macro_rules! sweep_store_impl {
                 Ok(rows.into_iter().map(Self::task_from_row).collect())
             }
 
+            /// Creates many calls in one transaction (imports, benchmarks).
+            pub async fn create_calls_bulk(
+                &self,
+                calls: &[$crate::store::NewCall],
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                for c in calls {
+                    Self::insert_call(&mut tx, c).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Inserts many scheduled calls in one transaction (imports, benchmarks).
+            pub async fn insert_tasks_bulk(
+                &self,
+                tasks: &[$crate::store::TaskFields],
+                now_ms: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                for f in tasks {
+                    let (dst, tones) = Self::task_json(f);
+                    sqlx::query(sql::INSERT_TASK)
+                        .bind(f.src_uid.as_str())
+                        .bind(dst)
+                        .bind(f.call_time)
+                        .bind(&f.taskid)
+                        .bind(tones)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             /// pending -> fired (placing `call` in the same transaction) or, with no call,
             /// pending -> missed. Compare-and-set: a task fires once.
             pub async fn fire_task(
