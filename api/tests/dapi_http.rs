@@ -559,6 +559,28 @@ async fn every_client_mistake_is_a_named_4xx() {
             .await
             .contains("page")
         );
+        // NUL characters (PostgreSQL cannot store them) are a 400, not a 500
+        assert!(
+            app.err(
+                "/dapi/call/user",
+                json!({"src_uid": "1", "extra_msg": "a\0b"}),
+                400,
+                "invalid_field"
+            )
+            .await
+            .contains("extra_msg")
+        );
+        assert!(
+            app.err(
+                "/dapi/call/event",
+                json!({"uid": "1", "channel": ch, "code": 2, "desp": "\0"}),
+                400,
+                "invalid_field"
+            )
+            .await
+            .contains("desp")
+        );
+        assert!(app.err("/dapi/calltask/update", json!({"src_uid": "1", "dst_uid": ["2"], "call_time": "2030-01-01 00:00:00", "taskid": "x\0"}), 400, "invalid_field").await.contains("taskid"));
         // unknown codes
         assert!(
             app.err(

@@ -67,8 +67,21 @@ fn check_extra_msg(state: &AppState, extra: &Option<String>) -> Result<(), ApiEr
             "invalid_field",
             format!("extra_msg is {} bytes; at most {max} are allowed", m.len()),
         )),
-        _ => Ok(()),
+        Some(m) => no_nul("extra_msg", m),
+        None => Ok(()),
     }
+}
+
+/// Text fields may not hold NUL characters (PostgreSQL cannot store them; they are never
+/// meaningful in these fields).
+fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_dst(state: &AppState, dst: &UidList) -> Result<(), ApiError> {
@@ -335,6 +348,9 @@ async fn call_event(
             "desp is longer than 1024 bytes",
         ));
     }
+    if let Some(d) = &req.desp {
+        no_nul("desp", d)?;
+    }
     let meta = InputMeta {
         kind: "event",
         source: "app",
@@ -509,6 +525,9 @@ impl<'de> Deserialize<'de> for ExternalTaskId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         match Value::deserialize(d)? {
+            Value::String(s) if s.contains('\0') => {
+                Err(D::Error::custom("taskid must not contain NUL characters"))
+            }
             Value::String(s) if s.len() <= 255 => Ok(Self(s)),
             Value::String(_) => Err(D::Error::custom("taskid is longer than 255 bytes")),
             Value::Number(n) => Ok(Self(n.to_string())),
