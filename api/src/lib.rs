@@ -4,7 +4,9 @@
 //! ```text
 //!  HTTP /dapi/*  --> routes::dapi --> Store (one transaction per request)
 //!                         |              |-- call_state (sans-IO state machine)
+//!                         |              |-- push_jobs (outbox, same transaction)
 //!                         +--> token (mint)
+//!  push worker   --> Store (claim due jobs) --> APNs (HTTP/2) / webhook
 //!  WS /rtc       --> rtc (hub: rooms, presence, relay)  --> token (verify)
 //! ```
 //!
@@ -19,6 +21,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod push;
 pub mod routes;
 pub mod rtc;
 pub mod store;
@@ -51,6 +54,7 @@ struct Inner {
     known_channels: routes::ChannelCache,
     dispatcher: dispatch::Dispatcher,
     rtc: rtc::Rtc,
+    push: push::Pusher,
 }
 
 impl AppState {
@@ -88,6 +92,10 @@ impl AppState {
     /// The `/rtc` channel hub: kick a uid, ask who is present.
     pub fn rtc(&self) -> &rtc::Rtc {
         &self.inner.rtc
+    }
+    /// Push providers and the worker's wake-up.
+    pub fn push(&self) -> &push::Pusher {
+        &self.inner.push
     }
 }
 
@@ -128,6 +136,7 @@ impl Application {
         };
         let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
         let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone())?;
+        let push = push::Pusher::from_config(&config.push)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -145,6 +154,7 @@ impl Application {
                 known_channels: routes::ChannelCache::default(),
                 dispatcher,
                 rtc,
+                push,
             }),
         };
         routes::admin::seed_default_asset(&state).await?;
@@ -177,6 +187,7 @@ impl Application {
             stopped(stop_rx.clone()),
         ));
         let sweeper = tokio::spawn(sweeper::run(self.state.clone(), stopped(stop_rx.clone())));
+        let pusher = tokio::spawn(push::run(self.state.clone(), stopped(stop_rx.clone())));
         let listener_task = tokio::spawn(store::listen_dispatch(
             self.state.clone(),
             stopped(stop_rx.clone()),
@@ -196,6 +207,7 @@ impl Application {
         let _ = dispatcher.await;
         let _ = listener_task.await;
         let _ = sweeper.await;
+        let _ = pusher.await;
         rtc_tasks.shutdown().await;
         tracing::info!("stopped");
         Ok(())
