@@ -26,8 +26,7 @@ cargo build --workspace --bins
 step "cargo test (SQLite and PostgreSQL: TEST_DATABASE_URL=$TEST_DATABASE_URL)"
 cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
 
-for f in scripts/audio-fuzz.sh scripts/fuzz.sh; do
-  if [ -x "$f" ]; then step "bounded fuzzing: $f"; "$f"; fi
-done
+step "bounded fuzzing (tokens, /rtc and /agent messages, audio decoder)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
 
 step "all tests passed"

@@ -5,6 +5,8 @@
 //!
 //! `cargo run --release -p api --example store_ceiling -- DATABASE_URL [CONCURRENCY] [SECONDS]`
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

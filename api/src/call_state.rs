@@ -185,11 +185,11 @@ impl Work {
 
     fn set_status(&mut self, uid: &Uid, status: MsgStatus) {
         let mut changed = false;
-        if let Some(m) = self.member_mut(uid) {
-            if status > m.status {
-                m.status = status;
-                changed = true;
-            }
+        if let Some(m) = self.member_mut(uid)
+            && status > m.status
+        {
+            m.status = status;
+            changed = true;
         }
         if changed {
             self.t.status_changes.retain(|(u, _)| u != uid);
@@ -199,11 +199,11 @@ impl Work {
 
     fn mark_joined(&mut self, uid: &Uid) {
         let mut changed = false;
-        if let Some(m) = self.member_mut(uid) {
-            if !m.joined {
-                m.joined = true;
-                changed = true;
-            }
+        if let Some(m) = self.member_mut(uid)
+            && !m.joined
+        {
+            m.joined = true;
+            changed = true;
         }
         if changed {
             self.t.joined.push(uid.clone());

@@ -76,6 +76,42 @@ pub struct Config {
     #[arg(long, env = "DAPI_MAX_EXTRA_MSG", default_value_t = 1024)]
     pub max_extra_msg: usize,
 
+    /// `open` (the original contract: no authentication, a warning at start) or `jwt`.
+    #[arg(long, env = "DAPI_AUTH", default_value = "open")]
+    pub auth: String,
+
+    /// HS256 secret of app JWTs (`DAPI_AUTH=jwt`).
+    #[arg(long, env = "DAPI_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// JWKS file with the RS256/ES256 public keys of app JWTs (`DAPI_AUTH=jwt`).
+    #[arg(long, env = "DAPI_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+
+    /// Required `aud` of app JWTs (not checked when unset).
+    #[arg(long, env = "DAPI_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of app JWTs (not checked when unset).
+    #[arg(long, env = "DAPI_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Calls a uid may create per minute (call/user, call/robot; 0: no limit).
+    #[arg(long, env = "DAPI_RATE_CALLS_PER_UID", default_value_t = 60)]
+    pub rate_calls_per_uid: u32,
+
+    /// Calls one IP address may create per minute (0: no limit).
+    #[arg(long, env = "DAPI_RATE_CALLS_PER_IP", default_value_t = 600)]
+    pub rate_calls_per_ip: u32,
+
+    /// Tokens a uid may get per minute (call/token, invite/robot; 0: no limit).
+    #[arg(long, env = "DAPI_RATE_TOKENS_PER_UID", default_value_t = 600)]
+    pub rate_tokens_per_uid: u32,
+
+    /// Tokens one IP address may get per minute (0: no limit).
+    #[arg(long, env = "DAPI_RATE_TOKENS_PER_IP", default_value_t = 6000)]
+    pub rate_tokens_per_ip: u32,
+
     /// Key robot agents present on `/agent` (unset: the agent link is refused).
     #[arg(long, env = "DAPI_AGENT_KEY", hide_env_values = true)]
     pub agent_key: Option<Secret>,
@@ -179,6 +215,15 @@ impl Config {
             dispatch_poll_ms: 1000,
             robot_max_attempts: 3,
             sweep_ms: 0,
+            auth: "open".into(),
+            jwt_secret: None,
+            jwt_jwks: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            rate_calls_per_uid: 0,
+            rate_calls_per_ip: 0,
+            rate_tokens_per_uid: 0,
+            rate_tokens_per_ip: 0,
             max_asset_bytes: 50 * 1024 * 1024,
             ice_servers: crate::rtc::ice::IceServerList::default(),
             turn_secret: None,

@@ -14,6 +14,7 @@
 //! [`Application::run_until`] serves until a shutdown future resolves. The binary and the
 //! tests start the same `Application`.
 
+pub mod auth;
 pub mod call_state;
 pub mod clock;
 pub mod config;
@@ -21,6 +22,8 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod metrics;
+pub mod rate_limit;
 pub mod push;
 pub mod routes;
 pub mod rtc;
@@ -54,6 +57,8 @@ struct Inner {
     known_channels: routes::ChannelCache,
     dispatcher: dispatch::Dispatcher,
     rtc: rtc::Rtc,
+    auth: auth::AuthMode,
+    limits: rate_limit::Limits,
     push: push::Pusher,
 }
 
@@ -76,6 +81,14 @@ impl AppState {
     }
     pub(crate) fn known_channels(&self) -> &routes::ChannelCache {
         &self.inner.known_channels
+    }
+    /// How requests are authenticated.
+    pub fn auth(&self) -> &auth::AuthMode {
+        &self.inner.auth
+    }
+    /// Rate limits of this instance.
+    pub fn limits(&self) -> &rate_limit::Limits {
+        &self.inner.limits
     }
     /// The robot dispatcher of this instance.
     pub fn dispatcher(&self) -> &dispatch::Dispatcher {
@@ -113,6 +126,8 @@ impl Application {
 
     /// As [`Application::build`], with an injected clock (tests).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything counts.
+        let _ = metrics::handle();
         let store = Store::connect(&config.database_url)
             .await
             .with_context(|| {
@@ -140,6 +155,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let auth = auth::AuthMode::from_config(&config)?;
+        let limits = rate_limit::Limits::from_config(&config);
         let dispatcher = dispatch::Dispatcher::new(
             std::time::Duration::from_secs(config.lease_seconds),
             std::time::Duration::from_secs(config.offer_timeout),
@@ -153,6 +170,8 @@ impl Application {
                 clock,
                 known_channels: routes::ChannelCache::default(),
                 dispatcher,
+                auth,
+                limits,
                 rtc,
                 push,
             }),

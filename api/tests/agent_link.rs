@@ -4,6 +4,8 @@
 //! The peers here are WebSocket clients speaking the documented protocol; the real
 //! robot-agent process is exercised by the end-to-end tests in `tests/`.
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The `api` binary: `token mint|inspect` reproduce Agora's vectors, `migrate` works, and
 //! serving prints `listening on http://ADDR:PORT` with the real port and stops on SIGTERM.
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

@@ -3,6 +3,8 @@
 //! error path, `call/msg` 0 -> 1 and the recent window, calltask pagination, and 100
 //! concurrent `call/user` requests.
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
+
 mod common;
 
 use std::collections::HashSet;
@@ -699,5 +701,49 @@ async fn health_and_readiness() {
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["database"], backend);
+        // every response carries a request id; a client's own id is kept
+        let r = app
+            .http
+            .post(format!("{}/dapi/call/user", app.base))
+            .json(&json!({"src_uid": "m1", "dst_uid": ["m2"]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("x-request-id").is_some());
+        let r = app
+            .http
+            .post(format!("{}/dapi/call/msg", app.base))
+            .header("x-request-id", "abc-123")
+            .json(&json!({"uid": "m2"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-request-id"], "abc-123");
+        // Prometheus text with the families operators alert on
+        let r = app
+            .http
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        for family in [
+            "dapi_http_requests_total",
+            "dapi_http_request_duration_seconds_bucket",
+            "dapi_tokens_minted_total",
+            "dapi_calls_created_total",
+            "dapi_calls{state=\"ringing\"}",
+            "dapi_robot_queue_depth",
+            "dapi_robot_sessions{state=\"queued\"}",
+            "dapi_agents_connected",
+            "dapi_rtc_peers",
+        ] {
+            assert!(text.contains(family), "[{backend}] /metrics lacks {family}");
+        }
+        assert!(
+            text.contains("route=\"/dapi/call/user\""),
+            "requests are labelled by route template"
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! once across restarts and across two instances, late tasks within the grace period,
 //! missed tasks, and 409 on updating a fired task.
 
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
+
 mod common;
 
 use api::clock::Clock;

@@ -9,11 +9,17 @@ use chrono::{LocalResult, NaiveDateTime, TimeZone};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+
 use crate::AppState;
+use crate::auth::Authn;
 use crate::call_state::{Input, Role};
 use crate::domain::{AssetName, ChannelName, EventCode, Uid, UidList};
 use crate::error::ApiError;
 use crate::extract::DapiJson;
+use crate::rate_limit::Kind;
 use crate::store::{
     CallKind, InputMeta, MessageRow, NewCall, NewRobotSession, StoreError, TaskFields, TaskRecord,
 };
@@ -160,8 +166,17 @@ struct CallUserReq {
 
 async fn call_user(
     State(state): State<AppState>,
+    auth: Authn,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<CallUserReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_uid(&req.src_uid)?;
+    state.limits().check(
+        Kind::Call,
+        req.src_uid.as_str(),
+        Some(addr.ip()),
+        state.clock().now_ms(),
+    )?;
     check_dst(&state, &req.dst_uid)?;
     check_extra_msg(&state, &req.extra_msg)?;
     let mut callees = req.dst_uid.0;
@@ -193,8 +208,17 @@ struct CallRobotReq {
 
 async fn call_robot(
     State(state): State<AppState>,
+    auth: Authn,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<CallRobotReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_uid(&req.src_uid)?;
+    state.limits().check(
+        Kind::Call,
+        req.src_uid.as_str(),
+        Some(addr.ip()),
+        state.clock().now_ms(),
+    )?;
     let mut call = new_call(
         &state,
         req.src_uid.clone(),
@@ -246,8 +270,10 @@ fn message_json(state: &AppState, r: &MessageRow) -> Value {
 
 async fn call_msg(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<UidReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_uid(&req.uid)?;
     let window = i64::try_from(state.config().recent_window().as_millis()).unwrap_or(60_000);
     let since = state.clock().now_ms() - window;
     let rows = state.store().recent_messages(&req.uid, since).await?;
@@ -276,9 +302,19 @@ async fn require_channel(state: &AppState, channel: &ChannelName) -> Result<(), 
 
 async fn call_token(
     State(state): State<AppState>,
+    auth: Authn,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<Value>, ApiError> {
     require_channel(&state, &req.channel).await?;
+    auth.check_member(&state, req.channel.as_str(), &req.uid)
+        .await?;
+    state.limits().check(
+        Kind::Token,
+        req.uid.as_str(),
+        Some(addr.ip()),
+        state.clock().now_ms(),
+    )?;
     Ok(ok(token_data(&state, req.channel.as_str(), &req.uid)?))
 }
 
@@ -293,8 +329,11 @@ struct EventReq {
 
 async fn call_event(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<EventReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_member(&state, req.channel.as_str(), &req.uid)
+        .await?;
     if req.desp.as_ref().is_some_and(|d| d.len() > 1024) {
         return Err(ApiError::bad(
             "invalid_field",
@@ -328,8 +367,11 @@ async fn call_event(
 
 async fn call_heartbeat(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_member(&state, req.channel.as_str(), &req.uid)
+        .await?;
     let now = state.clock().now_ms();
     let meta = InputMeta {
         kind: "heartbeat",
@@ -357,6 +399,7 @@ struct TimelineQuery {
 
 async fn call_timeline(
     State(state): State<AppState>,
+    auth: Authn,
     Query(q): Query<TimelineQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let raw = q
@@ -364,6 +407,9 @@ async fn call_timeline(
         .ok_or_else(|| ApiError::bad("missing_field", "channel is required"))?;
     let channel = ChannelName::parse(&raw)
         .map_err(|m| ApiError::bad("invalid_field", format!("channel {m}")))?;
+    if let Some(sub) = auth.0.clone() {
+        auth.check_member(&state, channel.as_str(), &sub).await?;
+    }
     let entries = state.store().timeline(channel.as_str()).await?;
     let rows: Vec<Value> = entries
         .iter()
@@ -396,8 +442,18 @@ struct InviteRobotReq {
 
 async fn invite_robot(
     State(state): State<AppState>,
+    auth: Authn,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<InviteRobotReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_member(&state, req.channel.as_str(), &req.uid)
+        .await?;
+    state.limits().check(
+        Kind::Token,
+        req.uid.as_str(),
+        Some(addr.ip()),
+        state.clock().now_ms(),
+    )?;
     let robot = robot_session(&state, req.audio, req.loop_audio).await?;
     let now = state.clock().now_ms();
     state
@@ -410,8 +466,11 @@ async fn invite_robot(
 
 async fn quit_robot(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_member(&state, req.channel.as_str(), &req.uid)
+        .await?;
     let now = state.clock().now_ms();
     let running = state
         .store()
@@ -520,8 +579,10 @@ fn task_json(state: &AppState, t: &TaskRecord) -> Value {
 
 async fn calltask_update(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<CalltaskUpdateReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_uid(&req.src_uid)?;
     if req.dst_uid.0.is_empty() {
         return Err(ApiError::bad(
             "invalid_field",
@@ -560,8 +621,10 @@ struct CalltaskListReq {
 
 async fn calltask_list(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<CalltaskListReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_uid(&req.uid)?;
     let page = req.page.unwrap_or(1);
     if page < 1 {
         return Err(ApiError::bad("invalid_field", "page must be 1 or more"));
@@ -588,8 +651,10 @@ struct CalltaskDeleteReq {
 
 async fn calltask_delete(
     State(state): State<AppState>,
+    auth: Authn,
     DapiJson(req): DapiJson<CalltaskDeleteReq>,
 ) -> Result<Json<Value>, ApiError> {
+    auth.check_uid(&req.uid)?;
     let id = req
         .id
         .0

@@ -35,8 +35,12 @@ struct RegisterReq {
 /// same token registered by another uid moves to it.
 async fn register(
     State(state): State<AppState>,
+    auth: crate::auth::Authn,
     DapiJson(req): DapiJson<RegisterReq>,
 ) -> Result<Json<Value>, ApiError> {
+    // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
+    // the caller and extra_msg.
+    auth.check_uid(&req.uid)?;
     let push_token = PushToken::parse(req.platform, &req.push_token)
         .map_err(|m| ApiError::bad("invalid_field", format!("push_token {m}")))?;
     let device = NewDevice {
@@ -75,8 +79,12 @@ struct UnregisterReq {
 /// an unknown device succeeds with `removed: false`.
 async fn unregister(
     State(state): State<AppState>,
+    auth: crate::auth::Authn,
     DapiJson(req): DapiJson<UnregisterReq>,
 ) -> Result<Json<Value>, ApiError> {
+    // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
+    // the caller and extra_msg.
+    auth.check_uid(&req.uid)?;
     if req.push_token.is_empty() || req.push_token.len() > MAX_TOKEN_LEN {
         return Err(ApiError::bad(
             "invalid_field",

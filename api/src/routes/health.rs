@@ -1,5 +1,5 @@
-//! `/healthz` (the process is up) and `/readyz` (the database answers and every
-//! migration is applied).
+//! `/healthz` (the process is up), `/readyz` (the database answers and every
+//! migration is applied) and `/metrics` (Prometheus text).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,6 +14,17 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(&state).await,
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -23,8 +23,43 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(admin::router(state.config().max_asset_bytes))
         .merge(crate::rtc::router())
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
+        // Every request gets an `x-request-id` (kept if the client sent one), returned in
+        // the response and carried by the `request` span, so every log line has it.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::extract::Request| {
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(RequestIds))
         .with_state(state)
+}
+
+/// Request ids: a per-process random prefix and a counter (cheap, unique, sortable).
+#[derive(Clone, Copy)]
+struct RequestIds;
+
+impl tower_http::request_id::MakeRequestId for RequestIds {
+    fn make_request_id<B>(
+        &mut self,
+        _: &http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        static N: AtomicU64 = AtomicU64::new(1);
+        let prefix = PREFIX.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
+        let id = format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed));
+        http::HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {

@@ -256,6 +256,14 @@ impl Hub {
         self.conns.len()
     }
 
+    /// Channels with at least one member, and members over all channels (metrics).
+    pub fn occupancy(&self) -> (usize, usize) {
+        (
+            self.rooms.len(),
+            self.rooms.values().map(|r| r.members.len()).sum(),
+        )
+    }
+
     /// Uids present in `channel`, in join order.
     pub fn present(&self, channel: &ChannelName) -> Vec<Uid> {
         self.rooms

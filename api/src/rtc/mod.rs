@@ -212,6 +212,12 @@ impl Rtc {
         self.lock().hub.present(channel)
     }
 
+    /// (channels, peers, sockets) on this instance, for metrics.
+    pub fn occupancy(&self) -> (usize, usize, usize) {
+        let (channels, peers) = self.lock().hub.occupancy();
+        (channels, peers, self.shared.sockets.load(Ordering::SeqCst))
+    }
+
     /// Largest frame a socket may send.
     pub(crate) fn max_frame(&self) -> usize {
         self.shared.max_frame

@@ -58,9 +58,12 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(d) => {
                 // PostgreSQL: class 08 (connection), 57P01-03 (shutdown), 53 (resources).
                 let code = d.code().unwrap_or_default();
-                if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
-                    Self::Unavailable(e)
-                } else if d.message().contains("database is locked") {
+                // SQLite: "database is locked" after the busy timeout.
+                let transient = code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("53")
+                    || d.message().contains("database is locked");
+                if transient {
                     Self::Unavailable(e)
                 } else {
                     Self::Other(e)
@@ -87,7 +90,8 @@ pub enum CallKind {
 }
 
 impl CallKind {
-    fn as_str(self) -> &'static str {
+    /// Stored form (and metrics label).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
             Self::Robot => "robot",
@@ -332,7 +336,9 @@ impl Store {
 
     /// Creates a call with its member rows (and robot session) in one transaction.
     pub async fn create_call(&self, call: &NewCall) -> StoreResult<i64> {
-        dispatch!(self.create_call(call))
+        let id = dispatch!(self.create_call(call))?;
+        metrics::counter!("dapi_calls_created_total", "kind" => call.kind.as_str()).increment(1);
+        Ok(id)
     }
 
     /// The call of a channel.
@@ -354,7 +360,12 @@ impl Store {
         input: &Input,
         meta: &InputMeta,
     ) -> StoreResult<Transition> {
-        dispatch!(self.apply_input(channel, input, meta))
+        let t = dispatch!(self.apply_input(channel, input, meta))?;
+        if let Some((CallState::Ended, code)) = t.new_state {
+            let code = code.map(|c| c.to_string()).unwrap_or_default();
+            metrics::counter!("dapi_calls_ended_total", "code" => code).increment(1);
+        }
+        Ok(t)
     }
 
     /// Queues a robot for an existing channel unless one is already queued or present.
@@ -541,6 +552,16 @@ impl Store {
         now_ms: i64,
     ) -> StoreResult<FireOutcome> {
         dispatch!(self.fire_task(id, call, now_ms))
+    }
+
+    /// Whether `uid` is a member of the call of `channel` (`None`: no such channel).
+    pub async fn is_member(&self, channel: &str, uid: &Uid) -> StoreResult<Option<bool>> {
+        dispatch!(self.is_member(channel, uid))
+    }
+
+    /// Calls per state.
+    pub async fn calls_by_state(&self) -> StoreResult<Vec<(String, i64)>> {
+        dispatch!(self.calls_by_state())
     }
 
     /// Whether an asset exists.

@@ -162,6 +162,8 @@ mod sql {
     pub const LIST_ASSETS: &str =
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name";
     pub const ASSET_EXISTS: &str = "SELECT COUNT(*) FROM audio_assets WHERE name = $1";
+    pub const CALLS_BY_STATE: &str = "SELECT state, COUNT(*) FROM calls GROUP BY state";
+    pub const IS_MEMBER: &str = "SELECT (SELECT COUNT(*) FROM call_members m WHERE m.call_id = c.id AND m.uid = $2) FROM calls c WHERE c.channel = $1";
     pub const DELETE_ASSET: &str = "DELETE FROM audio_assets WHERE name = $1";
     // ---- sweeper
     pub const DUE_RING_TIMEOUTS: &str =

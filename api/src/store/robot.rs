@@ -654,6 +654,27 @@ macro_rules! robot_store_impl {
                     .collect())
             }
 
+            /// Whether `uid` is a member of the call of `channel` (`None`: no such channel).
+            pub async fn is_member(
+                &self,
+                channel: &str,
+                uid: &$crate::domain::Uid,
+            ) -> $crate::store::StoreResult<Option<bool>> {
+                let n: Option<i64> = sqlx::query_scalar(sql::IS_MEMBER)
+                    .bind(channel)
+                    .bind(uid.as_str())
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                Ok(n.map(|n| n > 0))
+            }
+
+            /// Calls per state (metrics).
+            pub async fn calls_by_state(&self) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(sql::CALLS_BY_STATE)
+                    .fetch_all(self.read_pool())
+                    .await?)
+            }
+
             /// Whether an asset exists.
             pub async fn asset_exists(&self, name: &str) -> $crate::store::StoreResult<bool> {
                 let n: i64 = sqlx::query_scalar(sql::ASSET_EXISTS)

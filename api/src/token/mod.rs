@@ -560,6 +560,7 @@ impl TokenIssuer {
     /// Mints a join-only token for `uid` in `channel`, issued at `now` (unix seconds).
     pub fn mint(&self, channel: &str, uid: &str, now: u64) -> Result<String, TokenError> {
         use rand::Rng;
+        metrics::counter!("dapi_tokens_minted_total").increment(1);
         let salt: u32 = rand::rng().random_range(1..=99_999_999);
         let now32 = u32::try_from(now).map_err(|_| TokenError::Malformed("time out of range"))?;
         match self.version {

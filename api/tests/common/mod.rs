@@ -1,4 +1,5 @@
 //! `spawn_app()`: the real API on port 0 with a fresh database, for each backend.
+#![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
 #![allow(dead_code)]
 
 use std::time::Duration;

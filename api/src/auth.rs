@@ -1,0 +1,205 @@
+//! Who is calling. `DAPI_AUTH=open` (the original contract, the default, with a loud
+//! warning) trusts the uid in the body. `DAPI_AUTH=jwt` requires
+//! `Authorization: Bearer <JWT>` issued by the app's own backend (HS256 with
+//! `DAPI_JWT_SECRET`, or RS256/ES256 keys from the JWKS file `DAPI_JWT_JWKS`): the uid in
+//! every body must equal the token's `sub` (403 otherwise), and channel operations need
+//! the uid to be a member of the call (caller, callee or invited; 403 otherwise).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::AppState;
+use crate::domain::Uid;
+use crate::error::ApiError;
+
+/// How requests are authenticated.
+#[derive(Clone)]
+pub enum AuthMode {
+    /// No authentication: the original behaviour.
+    Open,
+    /// JWTs from the app's backend.
+    Jwt(JwtVerifier),
+}
+
+impl std::fmt::Debug for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Open => f.write_str("Open"),
+            Self::Jwt(v) => write!(f, "Jwt({} keys)", v.keys.len()),
+        }
+    }
+}
+
+/// Verifies app JWTs against configured keys.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl AuthMode {
+    /// Builds the mode from configuration (`DAPI_AUTH`, `DAPI_JWT_SECRET`, `DAPI_JWT_JWKS`).
+    pub fn from_config(c: &crate::config::Config) -> anyhow::Result<Self> {
+        match c.auth.as_str() {
+            "open" => {
+                tracing::warn!(
+                    "DAPI_AUTH=open: anyone who can reach this API can get a token for any channel as any uid; set DAPI_AUTH=jwt in production"
+                );
+                Ok(Self::Open)
+            }
+            "jwt" => {
+                let mut keys = Vec::new();
+                if let Some(secret) = &c.jwt_secret {
+                    let key = DecodingKey::from_secret(secret.expose().as_bytes())
+                        .map_err(|_| anyhow::anyhow!("DAPI_JWT_SECRET must not be empty"))?;
+                    keys.push((None, key, Algorithm::HS256));
+                }
+                if let Some(path) = &c.jwt_jwks {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("reading DAPI_JWT_JWKS {path}: {e}"))?;
+                    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("DAPI_JWT_JWKS {path} is not a JWKS: {e}"))?;
+                    for jwk in &set.keys {
+                        let alg = match &jwk.algorithm {
+                            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
+                                Algorithm::ES256
+                            }
+                            _ => anyhow::bail!(
+                                "DAPI_JWT_JWKS: only RSA (RS256) and EC P-256 (ES256) keys are supported"
+                            ),
+                        };
+                        let key = DecodingKey::from_jwk(jwk)
+                            .map_err(|e| anyhow::anyhow!("DAPI_JWT_JWKS key: {e}"))?;
+                        keys.push((jwk.common.key_id.clone(), key, alg));
+                    }
+                }
+                if keys.is_empty() {
+                    anyhow::bail!(
+                        "DAPI_AUTH=jwt needs DAPI_JWT_SECRET (HS256) or DAPI_JWT_JWKS (RS256/ES256)"
+                    );
+                }
+                Ok(Self::Jwt(JwtVerifier {
+                    keys,
+                    audience: c.jwt_audience.clone(),
+                    issuer: c.jwt_issuer.clone(),
+                }))
+            }
+            other => anyhow::bail!("DAPI_AUTH must be open or jwt, not {other:?}"),
+        }
+    }
+}
+
+impl JwtVerifier {
+    /// The token's subject, if the token verifies with one of the keys.
+    pub fn verify(&self, token: &str) -> Result<Uid, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::Unauthorized("the bearer token is not a JWT".into()))?;
+        let mut last = None;
+        for (kid, key, alg) in &self.keys {
+            if *alg != header.alg || (kid.is_some() && header.kid.is_some() && kid != &header.kid) {
+                continue;
+            }
+            let mut v = Validation::new(*alg);
+            v.leeway = 30;
+            match &self.audience {
+                Some(a) => v.set_audience(&[a]),
+                None => v.validate_aud = false,
+            }
+            if let Some(i) = &self.issuer {
+                v.set_issuer(&[i]);
+            }
+            match jsonwebtoken::decode::<Claims>(token, key, &v) {
+                Ok(data) => {
+                    return Uid::parse(&data.claims.sub)
+                        .map_err(|m| ApiError::Unauthorized(format!("the token's sub {m}")));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let why = match last.as_ref().map(|e| e.kind()) {
+            Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                "the bearer token has expired"
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+                "the bearer token is for another audience"
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => {
+                "the bearer token has another issuer"
+            }
+            Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_)) => {
+                "the bearer token lacks a required claim (exp, sub)"
+            }
+            None => "no configured key matches the token's algorithm or key id",
+            _ => "the bearer token does not verify",
+        };
+        Err(ApiError::Unauthorized(why.into()))
+    }
+}
+
+/// The authenticated caller of a request: `None` in open mode.
+#[derive(Debug, Clone)]
+pub struct Authn(pub Option<Uid>);
+
+impl FromRequestParts<AppState> for Authn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match state.auth() {
+            AuthMode::Open => Ok(Self(None)),
+            AuthMode::Jwt(v) => {
+                let token = parts
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        ApiError::Unauthorized(
+                            "Authorization: Bearer <JWT> is required (DAPI_AUTH=jwt)".into(),
+                        )
+                    })?;
+                v.verify(token.trim()).map(|sub| Self(Some(sub)))
+            }
+        }
+    }
+}
+
+impl Authn {
+    /// 403 unless the body's uid is the token's subject.
+    pub fn check_uid(&self, uid: &Uid) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(sub) if sub != uid => Err(ApiError::Forbidden(format!(
+                "the token is for {sub}, not for uid {uid}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// 403 unless `uid` is the subject and a member of the channel's call (404 for an
+    /// unknown channel, as in open mode).
+    pub async fn check_member(
+        &self,
+        state: &AppState,
+        channel: &str,
+        uid: &Uid,
+    ) -> Result<(), ApiError> {
+        self.check_uid(uid)?;
+        if self.0.is_none() {
+            return Ok(());
+        }
+        match state.store().is_member(channel, uid).await? {
+            Some(true) => Ok(()),
+            Some(false) => Err(ApiError::Forbidden(format!(
+                "uid {uid} is not a member of channel {channel}"
+            ))),
+            None => Err(ApiError::NotFound(format!("unknown channel {channel}"))),
+        }
+    }
+}
