@@ -181,6 +181,10 @@ pub struct Config {
     /// before it is dropped.
     #[arg(long, env = "DAPI_RTC_IDLE_TIMEOUT", default_value_t = 30)]
     pub rtc_idle_timeout: u64,
+
+    /// Push: the worker, APNs and the webhook (`DAPI_PUSH_*`, `DAPI_APNS_*`).
+    #[command(flatten)]
+    pub push: crate::push::PushConfig,
 }
 
 impl Config {
@@ -228,6 +232,11 @@ impl Config {
             rtc_max_frame: 64 * 1024,
             rtc_msgs_per_sec: 50,
             rtc_idle_timeout: 30,
+            // no worker: tests drive `push::deliver_once`
+            push: crate::push::PushConfig {
+                push_ms: 0,
+                ..crate::push::PushConfig::default()
+            },
         }
     }
 

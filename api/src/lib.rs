@@ -4,7 +4,9 @@
 //! ```text
 //!  HTTP /dapi/*  --> routes::dapi --> Store (one transaction per request)
 //!                         |              |-- call_state (sans-IO state machine)
+//!                         |              |-- push_jobs (outbox, same transaction)
 //!                         +--> token (mint)
+//!  push worker   --> Store (claim due jobs) --> APNs (HTTP/2) / webhook
 //!  WS /rtc       --> rtc (hub: rooms, presence, relay)  --> token (verify)
 //! ```
 //!
@@ -22,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod rate_limit;
+pub mod push;
 pub mod routes;
 pub mod rtc;
 pub mod store;
@@ -56,6 +59,7 @@ struct Inner {
     rtc: rtc::Rtc,
     auth: auth::AuthMode,
     limits: rate_limit::Limits,
+    push: push::Pusher,
 }
 
 impl AppState {
@@ -102,6 +106,10 @@ impl AppState {
     pub fn rtc(&self) -> &rtc::Rtc {
         &self.inner.rtc
     }
+    /// Push providers and the worker's wake-up.
+    pub fn push(&self) -> &push::Pusher {
+        &self.inner.push
+    }
 }
 
 /// A built server: listener bound, store connected and migrated.
@@ -143,6 +151,7 @@ impl Application {
         };
         let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
         let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone())?;
+        let push = push::Pusher::from_config(&config.push)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -164,6 +173,7 @@ impl Application {
                 auth,
                 limits,
                 rtc,
+                push,
             }),
         };
         routes::admin::seed_default_asset(&state).await?;
@@ -196,6 +206,7 @@ impl Application {
             stopped(stop_rx.clone()),
         ));
         let sweeper = tokio::spawn(sweeper::run(self.state.clone(), stopped(stop_rx.clone())));
+        let pusher = tokio::spawn(push::run(self.state.clone(), stopped(stop_rx.clone())));
         let listener_task = tokio::spawn(store::listen_dispatch(
             self.state.clone(),
             stopped(stop_rx.clone()),
@@ -215,6 +226,7 @@ impl Application {
         let _ = dispatcher.await;
         let _ = listener_task.await;
         let _ = sweeper.await;
+        let _ = pusher.await;
         rtc_tasks.shutdown().await;
         tracing::info!("stopped");
         Ok(())

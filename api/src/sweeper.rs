@@ -43,6 +43,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     let now = state.clock().now_ms();
     let mut report = SweepReport::default();
     let mut robot_changed = false;
+    let mut push_queued = false;
 
     for channel in store.due_ring_timeouts(now, BATCH).await? {
         let t = store
@@ -54,6 +55,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             .await?;
         if t.ignored.is_none() {
             robot_changed |= t.robot_leave;
+            push_queued |= !t.cancel_push.is_empty();
             report.rang_out.push(channel);
         }
     }
@@ -66,6 +68,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             .await?;
         if t.ignored.is_none() {
             robot_changed |= t.robot_leave;
+            push_queued |= !t.cancel_push.is_empty();
             report.dropped.push((channel, uid.as_str().to_owned()));
         }
     }
@@ -113,12 +116,16 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
         if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
             tracing::info!(task = task.id, channel = %channel, "scheduled call placed");
             robot_changed |= call.robot.is_some();
+            push_queued = true;
             report.fired.push((task.id, channel));
         }
     }
 
     if robot_changed {
         state.robot_changed().await;
+    }
+    if push_queued {
+        state.push().wake();
     }
     Ok(report)
 }

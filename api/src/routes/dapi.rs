@@ -201,7 +201,12 @@ async fn call_user(
         CallKind::User,
         req.extra_msg,
     );
+    let has_callees = !call.callees.is_empty();
     let channel = create_call(&state, call).await?;
+    if has_callees {
+        // The call's pushes are in the outbox: the worker sends them, off this request.
+        state.push().wake();
+    }
     Ok(ok(token_data(&state, channel.as_str(), &req.src_uid)?))
 }
 
@@ -369,6 +374,9 @@ async fn call_event(
         .await?;
     if t.robot_leave {
         state.robot_changed().await;
+    }
+    if !t.cancel_push.is_empty() {
+        state.push().wake();
     }
     Ok(ok(Value::Null))
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod dapi;
+pub mod device;
 pub mod health;
 
 use std::collections::HashSet;
@@ -18,6 +19,7 @@ use crate::error::ApiError;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(dapi::router())
+        .merge(device::router())
         .merge(health::router())
         .merge(admin::router(state.config().max_asset_bytes))
         .merge(crate::rtc::router())

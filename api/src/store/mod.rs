@@ -13,6 +13,7 @@
 //! parameters (unix milliseconds), never `now()` in SQL.
 
 mod postgres;
+pub mod push;
 pub mod robot;
 mod sqlite;
 pub mod sweep;
@@ -24,6 +25,7 @@ use crate::call_state::{CallState, Input, Role, Transition};
 use crate::domain::{ChannelName, MsgStatus, Uid};
 
 pub use postgres::PgStore;
+pub use push::{DeviceRecord, NewDevice, PushJob, PushJobState, PushKind, PushResult};
 pub use robot::{QueueStats, RescueOutcome, RobotSession, RobotState, StatusOutcome};
 pub use sqlite::SqliteStore;
 pub use sweep::FireOutcome;
@@ -590,6 +592,80 @@ impl Store {
     pub async fn delete_asset(&self, name: &str) -> StoreResult<bool> {
         dispatch!(self.delete_asset(name))
     }
+
+    /// Registers a device (upsert on platform and token: a token that moves to another
+    /// uid moves, and queued pushes for its old uid are dropped); keeps the newest
+    /// `max_per_uid` devices of the uid.
+    pub async fn register_device(
+        &self,
+        d: &NewDevice,
+        max_per_uid: i64,
+        now_ms: i64,
+    ) -> StoreResult<DeviceRecord> {
+        dispatch!(self.register_device(d, max_per_uid, now_ms))
+    }
+
+    /// Removes `uid`'s device with `push_token` and drops its queued pushes; false when
+    /// there was none.
+    pub async fn unregister_device(
+        &self,
+        uid: &Uid,
+        push_token: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        dispatch!(self.unregister_device(uid, push_token, now_ms))
+    }
+
+    /// Removes a token the provider called invalid (whatever its uid) and drops its
+    /// queued pushes with `reason`.
+    pub async fn remove_push_token(
+        &self,
+        platform: &str,
+        push_token: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        dispatch!(self.remove_push_token(platform, push_token, reason, now_ms))
+    }
+
+    /// The devices of `uid`, oldest first.
+    pub async fn devices(&self, uid: &Uid) -> StoreResult<Vec<DeviceRecord>> {
+        dispatch!(self.devices(uid))
+    }
+
+    /// Claims up to `limit` due push jobs (queued, or sending with a lapsed lease):
+    /// -> sending until `lease_until_ms`, one more attempt. Compare-and-set (SKIP LOCKED
+    /// on PostgreSQL): two workers never hold the same job.
+    pub async fn claim_push_jobs(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<PushJob>> {
+        dispatch!(self.claim_push_jobs(now_ms, lease_until_ms, limit))
+    }
+
+    /// Ends the attempt `attempts` of a claimed job; false when the job is no longer
+    /// that claim (its lease lapsed and another worker took it, or the call ended).
+    pub async fn finish_push_job(
+        &self,
+        id: i64,
+        attempts: i64,
+        result: &PushResult,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        dispatch!(self.finish_push_job(id, attempts, result, now_ms))
+    }
+
+    /// The push jobs of a channel's call, in order.
+    pub async fn push_jobs(&self, channel: &str) -> StoreResult<Vec<PushJob>> {
+        dispatch!(self.push_jobs(channel))
+    }
+
+    /// Deletes finished (sent, dead, dropped) push jobs last changed before `before_ms`.
+    pub async fn prune_push_jobs(&self, before_ms: i64) -> StoreResult<u64> {
+        dispatch!(self.prune_push_jobs(before_ms))
+    }
 }
 
 /// Wakes this instance's dispatcher whenever another instance sends `NOTIFY` (PostgreSQL
@@ -721,6 +797,10 @@ macro_rules! store_impl {
                         .bind(None::<i64>)
                         .execute(&mut **tx)
                         .await?;
+                }
+                if !c.callees.is_empty() {
+                    // The outbox: one `call` push per callee device, with the call.
+                    Self::enqueue_call_pushes(tx, call_id, c.now_ms, c.ring_deadline_ms).await?;
                 }
                 Self::record(
                     tx,
@@ -986,6 +1066,10 @@ macro_rules! store_impl {
                                 .await?;
                         }
                     }
+                }
+                for uid in &t.cancel_push {
+                    // The outbox: cancel pushes for callees who never answered.
+                    Self::enqueue_cancel_pushes(&mut tx, call_id, uid, meta.now_ms).await?;
                 }
                 if t.robot_leave {
                     sqlx::query(sql::CANCEL_QUEUED_ROBOT)
@@ -1321,3 +1405,5 @@ pub(crate) use store_impl;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod push_conformance;

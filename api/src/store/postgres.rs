@@ -176,8 +176,53 @@ mod sql {
          FROM calltasks WHERE state = 'pending' AND call_time <= $1 ORDER BY call_time, id LIMIT $2";
     pub const FINISH_TASK: &str = "UPDATE calltasks SET state = $2, channel = $3, fired_at = $4, updated_at = $4 \
          WHERE id = $1 AND state = 'pending'";
+    // ---- push (store/push.rs)
+    pub const UPSERT_DEVICE: &str = "INSERT INTO push_devices (uid, platform, push_token, voip, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (platform, push_token) DO UPDATE \
+         SET uid = excluded.uid, voip = excluded.voip, updated_at = excluded.updated_at \
+         RETURNING id, uid, platform, push_token, voip, created_at, updated_at";
+    pub const TRIM_DEVICES: &str = "DELETE FROM push_devices WHERE uid = $1 AND id NOT IN \
+         (SELECT id FROM push_devices WHERE uid = $1 ORDER BY updated_at DESC, id DESC LIMIT $2)";
+    pub const DEVICES_OF_UID: &str = "SELECT id, uid, platform, push_token, voip, created_at, updated_at \
+         FROM push_devices WHERE uid = $1 ORDER BY id";
+    pub const DELETE_DEVICE_OF_UID: &str =
+        "DELETE FROM push_devices WHERE uid = $1 AND push_token = $2";
+    pub const DELETE_DEVICE_TOKEN: &str =
+        "DELETE FROM push_devices WHERE platform = $1 AND push_token = $2";
+    pub const DROP_QUEUED_PUSHES_OF_OTHER_UIDS: &str = "UPDATE push_jobs SET state = 'dropped', last_error = $4, updated_at = $5 \
+         WHERE platform = $1 AND push_token = $2 AND uid <> $3 AND state = 'queued'";
+    pub const DROP_QUEUED_PUSHES_OF_UID_TOKEN: &str = "UPDATE push_jobs SET state = 'dropped', last_error = $3, updated_at = $4 \
+         WHERE uid = $1 AND push_token = $2 AND state = 'queued'";
+    pub const DROP_QUEUED_PUSHES_OF_TOKEN: &str = "UPDATE push_jobs SET state = 'dropped', last_error = $3, updated_at = $4 \
+         WHERE platform = $1 AND push_token = $2 AND state = 'queued'";
+    pub const ENQUEUE_CALL_PUSHES: &str = "INSERT INTO push_jobs (call_id, channel, kind, uid, caller_uid, extra_msg, platform, push_token, voip, state, attempts, run_at, expires_at, created_at, updated_at) \
+         SELECT c.id, c.channel, 'call', d.uid, c.caller_uid, c.extra_msg, d.platform, d.push_token, d.voip, 'queued', 0, $2, $3, $2, $2 \
+         FROM calls c JOIN call_members m ON m.call_id = c.id JOIN push_devices d ON d.uid = m.uid \
+         WHERE c.id = $1 AND m.role = 'callee' ORDER BY m.id, d.id ON CONFLICT DO NOTHING";
+    pub const ENQUEUE_CANCEL_PUSHES: &str = "INSERT INTO push_jobs (call_id, channel, kind, uid, caller_uid, extra_msg, platform, push_token, voip, state, attempts, run_at, expires_at, created_at, updated_at) \
+         SELECT j.call_id, j.channel, 'cancel', j.uid, j.caller_uid, j.extra_msg, j.platform, j.push_token, j.voip, 'queued', 0, $3, $4, $3, $3 \
+         FROM push_jobs j WHERE j.call_id = $1 AND j.uid = $2 AND j.kind = 'call' AND j.state IN ('sending', 'sent') \
+         AND EXISTS (SELECT 1 FROM push_devices d WHERE d.platform = j.platform AND d.push_token = j.push_token AND d.uid = j.uid) \
+         ORDER BY j.id ON CONFLICT DO NOTHING";
+    pub const DROP_UNSENT_CALL_PUSHES: &str = "UPDATE push_jobs SET state = 'dropped', last_error = $3, updated_at = $4 \
+         WHERE call_id = $1 AND uid = $2 AND kind = 'call' AND state IN ('queued', 'sending')";
+    // A CTE: `id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` may re-run the subquery
+    // per row and claim more than n.
+    pub const CLAIM_PUSH_JOBS: &str = "WITH due AS (SELECT id FROM push_jobs \
+         WHERE state IN ('queued', 'sending') AND run_at <= $1 ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE push_jobs j SET state = 'sending', attempts = j.attempts + 1, run_at = $2, updated_at = $1 \
+         FROM due WHERE j.id = due.id \
+         RETURNING j.id, j.call_id, j.channel, j.kind, j.uid, j.caller_uid, j.extra_msg, j.platform, j.push_token, j.voip, j.state, j.attempts, j.run_at, j.expires_at, j.last_error, j.created_at";
+    pub const FINISH_PUSH_JOB: &str = "UPDATE push_jobs SET state = $3, run_at = COALESCE($4::BIGINT, run_at), \
+         last_error = COALESCE($5::TEXT, last_error), updated_at = $6 \
+         WHERE id = $1 AND attempts = $2 AND state = 'sending'";
+    pub const PUSH_JOBS_OF_CHANNEL: &str = "SELECT id, call_id, channel, kind, uid, caller_uid, extra_msg, platform, push_token, voip, state, attempts, run_at, expires_at, last_error, created_at \
+         FROM push_jobs WHERE call_id = (SELECT id FROM calls WHERE channel = $1) ORDER BY id";
+    pub const PRUNE_PUSH_JOBS: &str =
+        "DELETE FROM push_jobs WHERE state IN ('sent', 'dead', 'dropped') AND updated_at < $1";
 }
 
 super::store_impl!(PgStore, Postgres);
 super::robot::robot_store_impl!(PgStore, Postgres);
 super::sweep::sweep_store_impl!(PgStore, Postgres);
+super::push::push_store_impl!(PgStore, Postgres);

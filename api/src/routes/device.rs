@@ -1,0 +1,100 @@
+//! Device registration for push (ext): `POST /dapi/device/register` and
+//! `POST /dapi/device/unregister`, in the `/dapi` request and response shapes.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::domain::Uid;
+use crate::error::ApiError;
+use crate::extract::DapiJson;
+use crate::push::device::{MAX_TOKEN_LEN, Platform, PushToken};
+use crate::store::NewDevice;
+
+/// The device routes.
+pub fn router() -> Router<AppState> {
+    let m = super::method_not_allowed;
+    Router::new()
+        .route("/dapi/device/register", post(register).fallback(m))
+        .route("/dapi/device/unregister", post(unregister).fallback(m))
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterReq {
+    uid: Uid,
+    platform: Platform,
+    push_token: String,
+    #[serde(default)]
+    voip: bool,
+}
+
+/// Registers (or re-registers) a device: an upsert on (platform, push_token), so the
+/// same token registered by another uid moves to it.
+async fn register(
+    State(state): State<AppState>,
+    auth: crate::auth::Authn,
+    DapiJson(req): DapiJson<RegisterReq>,
+) -> Result<Json<Value>, ApiError> {
+    // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
+    // the caller and extra_msg.
+    auth.check_uid(&req.uid)?;
+    let push_token = PushToken::parse(req.platform, &req.push_token)
+        .map_err(|m| ApiError::bad("invalid_field", format!("push_token {m}")))?;
+    let device = NewDevice {
+        uid: req.uid,
+        platform: req.platform,
+        push_token,
+        voip: req.voip,
+    };
+    let now = state.clock().now_ms();
+    let rec = state
+        .store()
+        .register_device(&device, state.push().max_devices(), now)
+        .await?;
+    tracing::info!(
+        uid = %rec.uid,
+        platform = %rec.platform,
+        voip = rec.voip,
+        token = %device.push_token.redacted(),
+        "device registered"
+    );
+    Ok(Json(json!({"success": true, "data": {
+        "id": rec.id,
+        "uid": rec.uid,
+        "platform": rec.platform,
+        "voip": rec.voip,
+    }})))
+}
+
+#[derive(Debug, Deserialize)]
+struct UnregisterReq {
+    uid: Uid,
+    push_token: String,
+}
+
+/// Removes `uid`'s device with this token and drops its queued pushes; unregistering
+/// an unknown device succeeds with `removed: false`.
+async fn unregister(
+    State(state): State<AppState>,
+    auth: crate::auth::Authn,
+    DapiJson(req): DapiJson<UnregisterReq>,
+) -> Result<Json<Value>, ApiError> {
+    // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
+    // the caller and extra_msg.
+    auth.check_uid(&req.uid)?;
+    if req.push_token.is_empty() || req.push_token.len() > MAX_TOKEN_LEN {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!("push_token must be 1-{MAX_TOKEN_LEN} characters"),
+        ));
+    }
+    let now = state.clock().now_ms();
+    let removed = state
+        .store()
+        .unregister_device(&req.uid, &req.push_token, now)
+        .await?;
+    Ok(Json(json!({"success": true, "data": {"removed": removed}})))
+}
