@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: the API on SQLite (./var/dapi.db), and one robot
-# agent when it is built. Installs what the build needs (cmake, for libopus) when missing.
-# Stop with Ctrl-C.
+# The main job on the embedded defaults: the API on SQLite (./var/dapi.db) and one robot
+# agent connected to it. Installs what the build needs (cmake, for libopus) when missing,
+# builds both in release mode, generates the agent and admin keys once (./var/keys.env) when
+# DAPI_AGENT_KEY / DAPI_ADMIN_KEY are unset, waits for the API's `listening on`, prints the
+# demo URL, and stops both on Ctrl-C or SIGTERM. Extra arguments go to the api.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,8 +14,57 @@ if ! command -v cmake >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cmake >/dev/null
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-echo "run: building (release)" >&2
-cargo build --release -p api --bin api
+echo "run: building api and robot-agent (release)" >&2
+cargo build --release -p api --bin api -p robot-agent --bin robot-agent
 mkdir -p var
+
+# Keys: from the environment, else generated once and kept in var/keys.env (mode 600).
+if [ -z "${DAPI_AGENT_KEY:-}" ] || [ -z "${DAPI_ADMIN_KEY:-}" ]; then
+  if [ ! -f var/keys.env ]; then
+    umask 077
+    {
+      echo "DAPI_AGENT_KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+      echo "DAPI_ADMIN_KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+    } > var/keys.env
+    echo "run: generated DAPI_AGENT_KEY and DAPI_ADMIN_KEY in var/keys.env" >&2
+  fi
+  # shellcheck disable=SC1091
+  set -a; . var/keys.env; set +a
+fi
+export DAPI_AGENT_KEY DAPI_ADMIN_KEY
 export DATABASE_URL="${DATABASE_URL:-sqlite://$ROOT/var/dapi.db}"
-exec "$CARGO_TARGET_DIR/release/api" "$@"
+
+API_PID=""; AGENT_PID=""
+stop() {
+  trap - INT TERM EXIT
+  [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null || true
+  [ -n "$API_PID" ] && kill -TERM "$API_PID" 2>/dev/null || true
+  [ -n "$AGENT_PID" ] && wait "$AGENT_PID" 2>/dev/null || true
+  [ -n "$API_PID" ] && wait "$API_PID" 2>/dev/null || true
+}
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap stop EXIT
+
+OUT="var/api.stdout"
+: > "$OUT"
+"$CARGO_TARGET_DIR/release/api" "$@" > >(tee "$OUT") &
+API_PID=$!
+URL=""
+for _ in $(seq 1 300); do
+  URL="$(sed -n 's/^listening on //p' "$OUT" | head -n1)"
+  [ -n "$URL" ] && break
+  kill -0 "$API_PID" 2>/dev/null || { echo "run: the api exited" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$URL" ] || { echo "run: the api did not start listening" >&2; exit 1; }
+
+# The agent talks to the API on loopback; a wildcard listen address is reached there.
+AGENT_URL="$(printf '%s' "$URL" | sed 's#//0\.0\.0\.0:#//127.0.0.1:#; s#//\[::\]:#//127.0.0.1:#')"
+"$CARGO_TARGET_DIR/release/robot-agent" --api-url "$AGENT_URL" \
+  --capacity "${ROBOT_CAPACITY:-8}" --cache-dir "${ROBOT_CACHE_DIR:-$ROOT/var/robot-cache}" &
+AGENT_PID=$!
+
+echo "run: demo at $URL/demo (go online, then \"Call the robot\"); Ctrl-C stops the api and the agent" >&2
+# Whichever exits first ends the run.
+wait -n "$API_PID" "$AGENT_PID" || true

@@ -1,0 +1,94 @@
+//! The media transport: how the robot's Opus frames reach each listener.
+//!
+//! ```text
+//!   RobotSession ──► RtcTransport::listener(peer uid) ──► Listener (one per peer)
+//!        │                                                 ├─ offer() / answer(sdp) / set_answer(sdp)
+//!        │                                                 ├─ add_candidate(c)
+//!        └──── same encoded frame every 20 ms ───────────► └─ send_frame(bytes)
+//!                                              events: Connected / Closed ──► session
+//! ```
+//!
+//! This is the only module that imports the `webrtc` and `rtc` crates (DESIGN.md decision
+//! 7; STYLE.md 3). The rest of the agent sees [`RtcTransport`], [`Listener`] and the small
+//! owned types here. [`WebrtcTransport`] implements them with webrtc =0.21.1: one
+//! PeerConnection and one local track per listener (a local track binds to one
+//! connection in that line), mDNS disabled, an explicit bind address, the payload type read
+//! after negotiation, complete SDP out (candidates inside, no trickle needed) and both
+//! complete SDP and trickled candidates in.
+
+pub mod probe;
+mod webrtc_impl;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::signaling::{IceCandidate, IceServer};
+use tokio::sync::mpsc;
+
+pub use webrtc_impl::WebrtcTransport;
+
+/// What happened to a listener's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerState {
+    /// ICE and DTLS are up: frames sent now are heard.
+    Connected,
+    /// Disconnected, failed or closed: the listener is gone (close it).
+    Closed,
+}
+
+/// A state change of the connection to `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerEvent {
+    /// The listener's uid.
+    pub peer: String,
+    /// Which listener of that uid (a uid that rejoins gets a new one).
+    pub generation: u64,
+    /// Its new state.
+    pub state: ListenerState,
+}
+
+/// Transport errors: what failed, in words that never carry SDP or candidates.
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    /// Building the connection failed (bind, configuration).
+    #[error("cannot create the connection: {0}")]
+    Setup(String),
+    /// The remote description or candidate was refused.
+    #[error("negotiation failed: {0}")]
+    Negotiation(String),
+    /// Sending failed (the connection is closing).
+    #[error("send failed: {0}")]
+    Send(String),
+}
+
+/// Creates listeners. One per process, shared by every session.
+#[async_trait]
+pub trait RtcTransport: Send + Sync + 'static {
+    /// A new connection to `peer` (not negotiated yet); its state changes go to `events`.
+    async fn listener(
+        &self,
+        peer: &str,
+        generation: u64,
+        ice_servers: &[IceServer],
+        events: mpsc::UnboundedSender<ListenerEvent>,
+    ) -> Result<Arc<dyn Listener>, RtcError>;
+}
+
+/// One listener's connection: negotiation in, Opus frames out.
+#[async_trait]
+pub trait Listener: Send + Sync + 'static {
+    /// Creates an offer and returns its SDP once candidates are gathered (complete SDP).
+    async fn offer(&self) -> Result<String, RtcError>;
+    /// Takes a remote offer (first or renegotiation) and returns the complete answer SDP.
+    async fn answer(&self, offer_sdp: String) -> Result<String, RtcError>;
+    /// Takes the remote answer to our offer.
+    async fn set_answer(&self, answer_sdp: String) -> Result<(), RtcError>;
+    /// Adds a trickled remote candidate (kept until the remote description is set).
+    async fn add_candidate(&self, candidate: IceCandidate) -> Result<(), RtcError>;
+    /// Sends one 20 ms Opus frame; `skipped` frames before it were not sent (the RTP
+    /// timestamp and sequence advance past them). A no-op until negotiation finished.
+    async fn send_frame(&self, frame: Bytes, skipped: u16) -> Result<(), RtcError>;
+    /// Closes the connection.
+    async fn close(&self);
+}

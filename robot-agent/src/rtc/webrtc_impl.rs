@@ -1,0 +1,348 @@
+//! [`RtcTransport`] on webrtc =0.21.1 (with rtc =0.21.1). See `../shared/notes/webrtc.md`
+//! for why each setting is what it is.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use ::rtc::ice::mdns::MulticastDnsMode;
+use ::rtc::media::Sample;
+use ::rtc::media_stream::MediaStreamTrack;
+use ::rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use ::rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::signaling::{IceCandidate, IceServer};
+use tokio::sync::{Mutex, mpsc, watch};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use super::{Listener, ListenerEvent, ListenerState, RtcError, RtcTransport};
+use crate::pacer::FRAME;
+
+/// The payload type we register Opus under; the negotiated one may differ (aiortc: 96).
+const OPUS_PT: u8 = 111;
+/// No payload type negotiated yet.
+const NO_PT: u16 = u16::MAX;
+/// How long to wait for ICE gathering before sending what we have.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One PeerConnection per listener, bound to `bind_ip` port 0.
+#[derive(Debug, Clone)]
+pub struct WebrtcTransport {
+    bind_ip: IpAddr,
+}
+
+impl WebrtcTransport {
+    /// A transport whose UDP sockets bind `bind_ip` (`127.0.0.1` on loopback; `0.0.0.0`:
+    /// every non-loopback interface).
+    pub fn new(bind_ip: IpAddr) -> Self {
+        Self { bind_ip }
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        // opus/48000/2 in SDP even for mono: what every peer expects (notes, 7.9).
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn setup<E: std::fmt::Display>(e: E) -> RtcError {
+    RtcError::Setup(e.to_string())
+}
+
+fn negotiation<E: std::fmt::Display>(e: E) -> RtcError {
+    RtcError::Negotiation(e.to_string())
+}
+
+#[async_trait]
+impl RtcTransport for WebrtcTransport {
+    async fn listener(
+        &self,
+        peer: &str,
+        generation: u64,
+        ice_servers: &[IceServer],
+        events: mpsc::UnboundedSender<ListenerEvent>,
+    ) -> Result<Arc<dyn Listener>, RtcError> {
+        let mut media = MediaEngine::default();
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: opus_codec(),
+                    payload_type: OPUS_PT,
+                },
+                RtpCodecKind::Audio,
+            )
+            .map_err(setup)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(
+                ice_servers
+                    .iter()
+                    .map(|s| RTCIceServer {
+                        urls: s.urls.clone(),
+                        username: s.username.clone().unwrap_or_default(),
+                        credential: s.credential.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            )
+            .build();
+        let (gathered_tx, gathered_rx) = watch::channel(false);
+        let handler = Arc::new(Handler {
+            peer: peer.to_owned(),
+            generation,
+            events,
+            gathered: gathered_tx,
+            closed: AtomicBool::new(false),
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_setting_engine(settings)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_handler(handler.clone() as Arc<dyn PeerConnectionEventHandler>)
+            .with_udp_addrs(vec![std::net::SocketAddr::new(self.bind_ip, 0)])
+            .build()
+            .await
+            .map_err(setup)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let ssrc: u32 = rand::random();
+        let track = Arc::new(
+            TrackLocalStaticSample::new(
+                Instant::now(),
+                MediaStreamTrack::new(
+                    "robot".to_owned(),
+                    format!("robot-audio-{ssrc}"),
+                    "robot".to_owned(),
+                    RtpCodecKind::Audio,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: opus_codec(),
+                        ..Default::default()
+                    }],
+                ),
+            )
+            .map_err(setup)?,
+        );
+        let sender = match pc
+            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(setup(e));
+            }
+        };
+        Ok(Arc::new(WebrtcListener {
+            pc,
+            track,
+            sender,
+            ssrc,
+            payload_type: AtomicU16::new(NO_PT),
+            pending: Mutex::new(Some(Vec::new())),
+            gathered: gathered_rx,
+            handler,
+        }))
+    }
+}
+
+/// Event handler: forwards state changes, never blocks the driver.
+struct Handler {
+    peer: String,
+    generation: u64,
+    events: mpsc::UnboundedSender<ListenerEvent>,
+    gathered: watch::Sender<bool>,
+    closed: AtomicBool,
+}
+
+impl Handler {
+    fn emit(&self, state: ListenerState) {
+        if state == ListenerState::Closed && self.closed.swap(true, Ordering::SeqCst) {
+            return; // report Closed once
+        }
+        let _ = self.events.send(ListenerEvent {
+            peer: self.peer.clone(),
+            generation: self.generation,
+            state,
+        });
+    }
+}
+
+#[async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        match state {
+            RTCPeerConnectionState::Connected => self.emit(ListenerState::Connected),
+            // A peer that goes away silently shows up as disconnected after the consent
+            // checks fail: close on that (notes, 7.11).
+            RTCPeerConnectionState::Disconnected
+            | RTCPeerConnectionState::Failed
+            | RTCPeerConnectionState::Closed => self.emit(ListenerState::Closed),
+            _ => {}
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // A listener may send its microphone; the robot does not listen. Drain the events
+        // so nothing queues up.
+        tokio::spawn(async move { while track.poll().await.is_some() {} });
+    }
+}
+
+struct WebrtcListener {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    /// The negotiated payload type, or [`NO_PT`] before negotiation.
+    payload_type: AtomicU16,
+    /// Remote candidates that came before the remote description (None once it is set).
+    pending: Mutex<Option<Vec<RTCIceCandidateInit>>>,
+    gathered: watch::Receiver<bool>,
+    handler: Arc<Handler>,
+}
+
+impl WebrtcListener {
+    async fn wait_gathered(&self) {
+        let mut rx = self.gathered.clone();
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, rx.wait_for(|done| *done)).await;
+    }
+
+    async fn local_sdp(&self) -> Result<String, RtcError> {
+        self.wait_gathered().await;
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| RtcError::Negotiation("no local description".into()))
+    }
+
+    /// After the remote description: apply queued candidates, read the negotiated PT.
+    async fn remote_set(&self) -> Result<(), RtcError> {
+        let queued = self.pending.lock().await.take().unwrap_or_default();
+        for c in queued {
+            if let Err(e) = self.pc.add_ice_candidate(c).await {
+                tracing::debug!(error = %e, "a queued remote candidate was refused");
+            }
+        }
+        let params = self.sender.get_parameters().await.map_err(negotiation)?;
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)
+            .ok_or_else(|| RtcError::Negotiation("the peer accepted no Opus codec".into()))?;
+        self.payload_type.store(u16::from(pt), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Listener for WebrtcListener {
+    async fn offer(&self) -> Result<String, RtcError> {
+        let offer = self.pc.create_offer(None).await.map_err(negotiation)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(negotiation)?;
+        self.local_sdp().await
+    }
+
+    async fn answer(&self, offer_sdp: String) -> Result<String, RtcError> {
+        let offer = RTCSessionDescription::offer(offer_sdp).map_err(negotiation)?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(negotiation)?;
+        let answer = self.pc.create_answer(None).await.map_err(negotiation)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(negotiation)?;
+        self.remote_set().await?;
+        self.local_sdp().await
+    }
+
+    async fn set_answer(&self, answer_sdp: String) -> Result<(), RtcError> {
+        let answer = RTCSessionDescription::answer(answer_sdp).map_err(negotiation)?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(negotiation)?;
+        self.remote_set().await
+    }
+
+    async fn add_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
+        if c.candidate.is_empty() {
+            return Ok(()); // end of candidates of one section
+        }
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            username_fragment: c.username_fragment,
+            url: None,
+        };
+        {
+            let mut pending = self.pending.lock().await;
+            if let Some(q) = pending.as_mut() {
+                q.push(init);
+                return Ok(());
+            }
+        }
+        self.pc.add_ice_candidate(init).await.map_err(negotiation)
+    }
+
+    async fn send_frame(&self, frame: Bytes, skipped: u16) -> Result<(), RtcError> {
+        let Ok(pt) = u8::try_from(self.payload_type.load(Ordering::Relaxed)) else {
+            return Ok(()); // not negotiated yet
+        };
+        let sample = Sample {
+            data: frame,
+            duration: FRAME,
+            prev_dropped_packets: skipped,
+            ..Sample::new(Instant::now())
+        };
+        self.track
+            .write_sample(self.ssrc, pt, &sample, &[])
+            .await
+            .map_err(|e| RtcError::Send(e.to_string()))
+    }
+
+    async fn close(&self) {
+        self.handler.closed.store(true, Ordering::SeqCst);
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(error = %e, "closing a peer connection");
+        }
+    }
+}

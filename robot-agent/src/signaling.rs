@@ -1,0 +1,169 @@
+//! The robot's `/rtc` socket: it joins a channel exactly like an app (docs/rtc-protocol.md).
+//!
+//! ```text
+//!  ChannelSocket::join(url, app_id, channel, uid, token)
+//!     ──► {"type":"join",...}   ◄── {"type":"joined", peers, ice_servers}
+//!  send(ClientMessage)  /  next() -> ServerMessage      (pings answered by tungstenite)
+//! ```
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::signaling::{ClientMessage, IceServer, ServerMessage};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The socket could not be opened.
+    #[error("cannot reach /rtc: {0}")]
+    Unreachable(String),
+    /// The server refused the join (bad token, channel full...).
+    #[error("join refused: {code}: {message}")]
+    Refused {
+        /// Error code of the `/rtc` protocol.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// No `joined` in time, or the socket closed.
+    #[error("join did not complete: {0}")]
+    Incomplete(String),
+}
+
+/// What `joined` said.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Uids already present.
+    pub peers: Vec<String>,
+    /// ICE servers to use.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// A joined `/rtc` socket.
+pub struct ChannelSocket {
+    ws: Ws,
+}
+
+impl std::fmt::Debug for ChannelSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelSocket")
+    }
+}
+
+/// `ws(s)://host/rtc` for an API base URL `http(s)://host`.
+pub fn rtc_url(api_url: &str) -> String {
+    ws_url(api_url, "/rtc")
+}
+
+/// The WebSocket URL of `path` on the API.
+pub fn ws_url(api_url: &str, path: &str) -> String {
+    let base = api_url.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}{path}")
+}
+
+impl ChannelSocket {
+    /// Opens the socket and joins; returns once `joined` arrived.
+    pub async fn join(
+        url: &str,
+        app_id: &str,
+        channel: &str,
+        uid: &str,
+        token: &str,
+    ) -> Result<(Self, Joined), JoinError> {
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .map_err(|_| JoinError::Unreachable("timed out".into()))?
+        .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+        let mut s = Self { ws };
+        s.send(&ClientMessage::Join {
+            app_id: app_id.to_owned(),
+            channel: channel.to_owned(),
+            uid: uid.to_owned(),
+            token: token.to_owned(),
+        })
+        .await
+        .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+        let joined = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.next().await {
+                    Some(ServerMessage::Joined {
+                        peers, ice_servers, ..
+                    }) => return Ok(Joined { peers, ice_servers }),
+                    Some(ServerMessage::Error { code, message }) => {
+                        return Err(JoinError::Refused { code, message });
+                    }
+                    Some(ServerMessage::Kicked { reason }) => {
+                        return Err(JoinError::Refused {
+                            code: "kicked".into(),
+                            message: reason,
+                        });
+                    }
+                    Some(_) => continue,
+                    None => return Err(JoinError::Incomplete("the socket closed".into())),
+                }
+            }
+        })
+        .await
+        .map_err(|_| JoinError::Incomplete("no joined within 10 s".into()))??;
+        Ok((s, joined))
+    }
+
+    /// Sends one message.
+    pub async fn send(
+        &mut self,
+        msg: &ClientMessage,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::Text(msg.to_json().into())).await
+    }
+
+    /// The next server message; `None` once the socket is closed. Frames that do not
+    /// parse are skipped (logged without their content).
+    pub async fn next(&mut self) -> Option<ServerMessage> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => match ServerMessage::parse(&t) {
+                    Ok(m) => return Some(m),
+                    Err(e) => tracing::warn!(error = %e, "unreadable /rtc frame"),
+                },
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends `leave` and closes the socket (best effort, bounded).
+    pub async fn leave(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let _ = self.send(&ClientMessage::Leave).await;
+            let _ = self.ws.close(None).await;
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls() {
+        assert_eq!(
+            super::rtc_url("http://127.0.0.1:80/"),
+            "ws://127.0.0.1:80/rtc"
+        );
+        assert_eq!(super::rtc_url("https://a.example"), "wss://a.example/rtc");
+        assert_eq!(super::ws_url("http://h:1", "/agent"), "ws://h:1/agent");
+    }
+}

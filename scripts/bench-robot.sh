@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Robot benchmarks on loopback, release builds, real processes:
+#   1. latency: POST /dapi/call/robot -> first RTP packet at an aiortc app, p50/p95 over
+#      $CALLS sequential calls (the `default` asset, cached after a warm-up call);
+#   2. fan-out: one agent holding N channels with one listener each, N raised through
+#      $STEPS until the p99 send lateness passes 5 ms (robot-agent/examples/fanout.rs).
+# Prints markdown tables; the figures go into BENCHMARKS-robot.md by hand.
+#   scripts/bench-robot.sh [latency|fanout|all]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WHAT="${1:-all}"
+# Each channel costs a UDP socket and a WebSocket in the agent, the API and the probes.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+CALLS="${CALLS:-50}"
+STEPS="${STEPS:-50,100,150,200,250,300,350,400}"
+MEASURE="${MEASURE:-10}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PY="${RTC_VENV:-$ROOT/.venv}/bin/python"
+[ -x "$PY" ] || { echo "bench-robot: $PY missing: run scripts/install-test-deps.sh" >&2; exit 1; }
+
+cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
+BIN="$CARGO_TARGET_DIR/release"
+TMP="$(mktemp -d)"
+API_PID=""; AGENT_PID=""
+cleanup() {
+  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null || true
+  [ -n "$API_PID" ] && kill "$API_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+export DAPI_AGENT_KEY=bench-agent-key DAPI_ADMIN_KEY=bench-admin-key
+start() {
+  DAPI_LISTEN=127.0.0.1:0 DATABASE_URL="sqlite://$TMP/api.db?mode=rwc" RUST_LOG=warn \
+    DAPI_RTC_MAX_PEERS=16 "$BIN/api" > "$TMP/api.out" 2> "$TMP/api.err" &
+  API_PID=$!
+  for _ in $(seq 1 300); do
+    BASE="$(sed -n 's/^listening on //p' "$TMP/api.out" | head -n1)"
+    [ -n "$BASE" ] && break
+    sleep 0.1
+  done
+  [ -n "$BASE" ] || { echo "api did not start" >&2; cat "$TMP/api.err" >&2; exit 1; }
+  RUST_LOG=warn "$BIN/robot-agent" --api-url "$BASE" --capacity 1000 --bind-ip 127.0.0.1 \
+    --cache-dir "$TMP/cache" --health-listen 127.0.0.1:0 --leave-grace 60 \
+    > "$TMP/agent.out" 2> "$TMP/agent.err" &
+  AGENT_PID=$!
+  for _ in $(seq 1 100); do
+    HEALTH="$(sed -n 's/^health listening on //p' "$TMP/agent.out" | head -n1)"
+    [ -n "$HEALTH" ] && curl -sf "$HEALTH/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf "$HEALTH/readyz" >/dev/null || { echo "agent not ready" >&2; cat "$TMP/agent.err" >&2; exit 1; }
+}
+
+echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+start
+if [ "$WHAT" = latency ] || [ "$WHAT" = all ]; then
+  echo "## latency: POST /dapi/call/robot -> first RTP packet ($CALLS calls, after 1 warm-up)"
+  "$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench 1 >/dev/null
+  "$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench "$CALLS"
+  echo "agent metrics after the latency run:"
+  curl -s "$HEALTH/metrics" | grep -E '^robot_(audio_cache|asset_fetches|frames_late_total|frames_total)'
+fi
+if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
+  echo "## fan-out: one agent, N channels x 1 listener (steps $STEPS, ${MEASURE}s each)"
+  "$BIN/examples/fanout" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
+    --steps "$STEPS" --measure-secs "$MEASURE"
+fi
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
