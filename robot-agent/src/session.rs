@@ -440,8 +440,10 @@ impl Playback {
             while let Some(due) = pacer.poll(now) {
                 let n = self.first + due.index;
                 let Some(frame) = self.playlist.frame(n, self.looping) else {
-                    self.position
-                        .store(self.playlist.position_ms(n, self.looping), Ordering::Relaxed);
+                    self.position.store(
+                        self.playlist.position_ms(n, self.looping),
+                        Ordering::Relaxed,
+                    );
                     let _ = ended.send(());
                     return;
                 };
