@@ -332,6 +332,7 @@ def write_wav(path, x):
 async def bench(base, audio, n):
     """n sequential calls; each: POST call/robot -> the first RTP packet from the robot."""
     times = []
+    offered = []
     for i in range(n):
         FIRST_RTP["t"] = None
         app = Listener(base, f"bench{i}")
@@ -352,6 +353,7 @@ async def bench(base, audio, n):
                 if FIRST_RTP["t"] is None:
                     raise RuntimeError(f"call {i}: no RTP within 20 s")
                 times.append((FIRST_RTP["t"] - t_post) * 1000)
+                offered.append(app.offered)
                 post(base, "quit/robot", {"channel": creds["channel"], "uid": app.uid})
                 await asyncio.wait_for(app.left_event.wait(), 5)
                 await app.send({"type": "leave"})
@@ -369,6 +371,8 @@ async def bench(base, audio, n):
         "min_ms": float(t.min()),
         "max_ms": float(t.max()),
         "all_ms": [round(x, 1) for x in times],
+        # who sent the offer: the app (the robot was there first) or the robot
+        "app_offered": offered,
     }
 
 

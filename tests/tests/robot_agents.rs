@@ -63,3 +63,31 @@ async fn two_agents_of_capacity_one_take_one_call_each_and_a_third_waits() {
     b.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn the_robot_leaves_a_channel_nobody_joins_after_the_grace_period() {
+    let api = RobotApi::start().await;
+    let agent = RobotAgent::start(&api, "lonely", 1, &["--leave-grace", "1"]).await;
+    api.wait_agents(1).await;
+    let t0 = std::time::Instant::now();
+    let call = api
+        .dapi("call/robot", robot_call("nobody", None, true))
+        .await;
+    let channel = call["channel"].as_str().unwrap();
+    api.wait_session(channel, 10, "the robot left", |s| s["state"] == "left")
+        .await;
+    // It joined, waited the 1 s grace for a person, and left; not before.
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    let tl = api
+        .http
+        .get(format!("{}/dapi/call/timeline?channel={channel}", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(tl.contains("nobody in the channel for 1 s"), "{tl}");
+    agent.stop().await;
+    api.stop().await;
+}

@@ -34,6 +34,10 @@ use crate::pacer::FRAME;
 
 /// The payload type we register Opus under; the negotiated one may differ (aiortc: 96).
 const OPUS_PT: u8 = 111;
+/// ICE connectivity check interval (the crate's default is 200 ms).
+const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Binding requests per candidate pair: 28 × 50 ms keeps the default 1.4 s.
+const ICE_MAX_BINDING_REQUESTS: u16 = 28;
 /// No payload type negotiated yet.
 const NO_PT: u16 = u16::MAX;
 /// How long to wait for ICE gathering before sending what we have.
@@ -94,6 +98,10 @@ impl RtcTransport for WebrtcTransport {
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            // Connectivity checks every 50 ms instead of 200 (same 1.4 s per candidate):
+            // when the robot offers it is the controlling agent and nominates on a check
+            // tick, which otherwise costs up to 200 ms before the first frame.
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             .build();
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(
