@@ -14,6 +14,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 pg_isready -q -d "$TEST_DATABASE_URL" || { echo "PostgreSQL at $TEST_DATABASE_URL is not reachable" >&2; exit 1; }
 
+# The build needs about 6 GB (target/ plus the two fuzz target directories).
+df -h "$CARGO_TARGET_DIR" 2>/dev/null | tail -n1 | awk '{print "disk: " $4 " free where the build goes"}' >&2 || true
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -29,4 +32,5 @@ cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
 step "bounded fuzzing (tokens, /rtc and /agent messages, audio decoder)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
 
+du -sh "$CARGO_TARGET_DIR" 2>/dev/null | awk '{print "target size: " $1}' >&2 || true
 step "all tests passed"
