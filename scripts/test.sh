@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then formatting, lints,
 # every Rust test on SQLite and on PostgreSQL (a fresh database per test), the browser
-# and aiortc end-to-end tests, and bounded fuzzing.
+# and aiortc end-to-end tests, schemathesis against /openapi.json, and bounded fuzzing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,9 +25,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "building binaries"
 cargo build --workspace --bins
+# The end-to-end tests run these binaries. Without the variables each test crate builds them
+# with `cargo build -p <crate>`, whose feature set differs from the workspace build's, which
+# rebuilds dependencies (8 minutes and gigabytes of target/ on a clean clone).
+export API_BIN="$CARGO_TARGET_DIR/debug/api" ROBOT_AGENT_BIN="$CARGO_TARGET_DIR/debug/robot-agent"
 
 step "cargo test (SQLite and PostgreSQL: TEST_DATABASE_URL=$TEST_DATABASE_URL)"
 cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
+
+step "deployment files (compose, Dockerfiles, systemd units) name only real settings"
+scripts/check-deploy.sh
+
+step "schemathesis against /openapi.json (no 5xx, every answer matches the document)"
+scripts/schemathesis.sh
 
 step "bounded fuzzing (tokens, /rtc and /agent messages, audio decoder)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh

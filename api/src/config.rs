@@ -272,9 +272,34 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// An empty value is refused rather than taken as a key: `DAPI_ADMIN_KEY=` in an env file
+/// would otherwise turn an endpoint on with the empty string as its key.
 impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
+    type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err("a secret must not be empty: unset the variable instead".into());
+        }
         Ok(Self(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn an_empty_secret_is_refused_not_taken_as_a_key() {
+        assert!("".parse::<Secret>().is_err());
+        assert!("  ".parse::<Secret>().is_err());
+        assert!("k".parse::<Secret>().unwrap().matches("k"));
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let err = Cli::try_parse_from(["api", "--admin-key", ""]).unwrap_err();
+        assert!(err.to_string().contains("must not be empty"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod push;
 pub mod rate_limit;
 pub mod routes;

@@ -7,7 +7,11 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `format` is `json`, `pretty` or `auto`.
 pub fn init(format: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+        // symphonia logs an ERROR line of its own for every file it cannot probe; an
+        // upload that does not decode is the client's mistake, answered with a 400.
+        .unwrap_or_else(|_| {
+            EnvFilter::new("info,sqlx=warn,tower_http=info,symphonia_core::formats::probe=off")
+        });
     let json = match format {
         "json" => true,
         "pretty" => false,

@@ -46,7 +46,12 @@ pub fn check_bearer(
     }
 }
 
-/// The upgrade handler.
+/// The robot agents' link (docs/agent-protocol.md): offers, accepts, leases and status
+/// reports over one WebSocket per agent.
+#[utoipa::path(get, path = "/agent", tag = "agents", security(("agent_key" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain", body = String)))]
 pub async fn agent_ws(
     State(state): State<AppState>,
     headers: HeaderMap,

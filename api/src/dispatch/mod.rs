@@ -40,7 +40,7 @@ struct AgentConn {
 }
 
 /// What the admin endpoint shows of an agent.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AgentInfo {
     /// Agent id.
     pub agent_id: String,

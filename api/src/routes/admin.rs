@@ -15,14 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::AppState;
+use crate::dispatch::AgentInfo;
 use crate::dispatch::agent_link::{agent_ws, check_bearer};
 use crate::domain::AssetName;
 use crate::error::ApiError;
-use crate::store::AssetRecord;
+use crate::openapi::{Null, OkNull};
+use crate::store::{AssetRecord, QueueStats, RobotSession};
 
 /// The shipped default asset (espeak-ng speech, Ogg Opus).
 pub const DEFAULT_ASSET: &[u8] = include_bytes!("../../assets/default.opus");
@@ -60,8 +61,45 @@ fn asset_name(raw: &str) -> Result<AssetName, ApiError> {
     AssetName::parse(raw).map_err(|m| ApiError::bad("invalid_field", format!("asset name {m}")))
 }
 
-fn ok(data: Value) -> Json<Value> {
-    Json(json!({"success": true, "data": data}))
+crate::envelope!(
+    /// One stored audio asset.
+    AssetResp,
+    AssetRecord
+);
+crate::envelope!(
+    /// Every stored audio asset.
+    AssetListResp,
+    Vec<AssetRecord>
+);
+crate::envelope!(
+    /// Robot sessions.
+    SessionListResp,
+    Vec<RobotSession>
+);
+crate::envelope!(
+    /// One robot session.
+    SessionResp,
+    RobotSession
+);
+crate::envelope!(
+    /// The agents connected to this instance.
+    AgentListResp,
+    Vec<AgentInfo>
+);
+crate::envelope!(
+    /// Queue figures.
+    QueueResp,
+    QueueStats
+);
+
+/// The `{name}` path parameter of the asset routes.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the `Path<String>` the handlers take
+struct NameParam {
+    /// An asset name.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
+    name: String,
 }
 
 /// Validates `content` by decoding all of it; returns the record to store.
@@ -114,29 +152,44 @@ pub async fn seed_default_asset(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Uploads (or replaces) an audio asset: the body is the file (any format the robot
+/// decodes: Ogg Opus, WAV, FLAC, MP3, AAC/M4A, Vorbis); it is decoded whole first.
+#[utoipa::path(put, path = "/admin/audio/{name}", tag = "admin", params(NameParam),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    security(("admin_key" = [])),
+    responses((status = 200, description = "Stored", body = AssetResp)))]
 async fn put_audio(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetResp>, ApiError> {
     admin(&state, &headers)?;
     let name = asset_name(&name)?;
     let rec = validate_asset(&name, body.clone(), state.clock().now_ms()).await?;
     state.store().put_asset(&rec, &body).await?;
     tracing::info!(asset = %rec.name, bytes = rec.bytes, duration_ms = rec.duration_ms, "audio asset stored");
-    Ok(ok(serde_json::to_value(&rec).unwrap_or(Value::Null)))
+    Ok(AssetResp::new(rec))
 }
 
+/// Lists the stored audio assets.
+#[utoipa::path(get, path = "/admin/audio", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, description = "Done", body = AssetListResp)))]
 async fn list_audio(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetListResp>, ApiError> {
     admin(&state, &headers)?;
     let list = state.store().list_assets().await?;
-    Ok(ok(serde_json::to_value(list).unwrap_or(Value::Null)))
+    Ok(AssetListResp::new(list))
 }
 
+/// Downloads an audio asset (ETag = its SHA-256; `If-None-Match` answers 304).
+#[utoipa::path(get, path = "/admin/audio/{name}", tag = "admin", params(NameParam),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified")))]
 async fn get_audio(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,11 +199,15 @@ async fn get_audio(
     serve_asset(&state, &headers, &name).await
 }
 
+/// Deletes an audio asset.
+#[utoipa::path(delete, path = "/admin/audio/{name}", tag = "admin", params(NameParam),
+    security(("admin_key" = [])),
+    responses((status = 200, description = "Deleted", body = OkNull)))]
 async fn delete_audio(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkNull>, ApiError> {
     admin(&state, &headers)?;
     let name = asset_name(&name)?;
     if !state.store().delete_asset(name.as_str()).await? {
@@ -159,9 +216,15 @@ async fn delete_audio(
             name.as_str()
         )));
     }
-    Ok(ok(Value::Null))
+    Ok(OkNull::new(Null))
 }
 
+/// An audio asset, for robot agents (ETag = its SHA-256; `If-None-Match` answers 304).
+#[utoipa::path(get, path = "/agent/audio/{name}", tag = "agents", params(NameParam),
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified")))]
 async fn agent_audio(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -207,64 +270,92 @@ async fn serve_asset(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct SessionsQuery {
+    /// The channel.
+    #[param(required = true, value_type = String, min_length = 1, max_length = 64)]
     channel: Option<String>,
 }
 
+/// The robot sessions of a channel: state, attempts and every attempt's error.
+#[utoipa::path(get, path = "/admin/robot/sessions", tag = "admin",
+    params(SessionsQuery), security(("admin_key" = [])),
+    responses((status = 200, description = "Done", body = SessionListResp)))]
 async fn list_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<SessionsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionListResp>, ApiError> {
     admin(&state, &headers)?;
     let channel = q
         .channel
         .ok_or_else(|| ApiError::bad("missing_field", "channel is required"))?;
     let sessions = state.store().channel_sessions(&channel).await?;
-    Ok(ok(serde_json::to_value(sessions).unwrap_or(Value::Null)))
+    Ok(SessionListResp::new(sessions))
 }
 
+/// One robot session.
+#[utoipa::path(get, path = "/admin/robot/sessions/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "Session id")), security(("admin_key" = [])),
+    responses((status = 200, description = "Done", body = SessionResp)))]
 async fn get_session(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+    Path(id): Path<String>,
+) -> Result<Json<SessionResp>, ApiError> {
     admin(&state, &headers)?;
+    // Parsed here, not by `Path<i64>`, so a bad id is a 400 in the API's error shape.
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad(
+            "invalid_field",
+            format!("session id {id:?} is not an integer"),
+        )
+    })?;
     let s = state
         .store()
         .robot_session(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown robot session {id}")))?;
-    Ok(ok(serde_json::to_value(s).unwrap_or(Value::Null)))
+    Ok(SessionResp::new(s))
 }
 
+/// The robot agents connected to this instance.
+#[utoipa::path(get, path = "/admin/agents", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, description = "Done", body = AgentListResp)))]
 async fn list_agents(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AgentListResp>, ApiError> {
     admin(&state, &headers)?;
-    Ok(ok(
-        serde_json::to_value(state.dispatcher().agents()).unwrap_or(Value::Null)
-    ))
+    Ok(AgentListResp::new(state.dispatcher().agents()))
 }
 
+/// Drains an agent: it takes no new sessions and finishes or hands back its own.
+#[utoipa::path(post, path = "/admin/agents/{id}/drain", tag = "admin",
+    params(("id" = String, Path, description = "Agent id")), security(("admin_key" = [])),
+    responses((status = 200, description = "Draining", body = OkNull)))]
 async fn drain_agent(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkNull>, ApiError> {
     admin(&state, &headers)?;
     if !state.dispatcher().drain(&id) {
         return Err(ApiError::NotFound(format!(
             "agent {id} is not connected to this instance"
         )));
     }
-    Ok(ok(Value::Null))
+    Ok(OkNull::new(Null))
 }
 
-async fn queue(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// Robot queue figures: depth, oldest queued age, sessions by state, re-dispatches.
+#[utoipa::path(get, path = "/admin/queue", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, description = "Done", body = QueueResp)))]
+async fn queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<QueueResp>, ApiError> {
     admin(&state, &headers)?;
     let stats = state.store().queue_stats(state.clock().now_ms()).await?;
-    Ok(ok(serde_json::to_value(stats).unwrap_or(Value::Null)))
+    Ok(QueueResp::new(stats))
 }

@@ -6,8 +6,9 @@ use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{LocalResult, NaiveDateTime, TimeZone};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,7 @@ use crate::call_state::{Input, Role};
 use crate::domain::{AssetName, ChannelName, EventCode, Uid, UidList};
 use crate::error::ApiError;
 use crate::extract::DapiJson;
+use crate::openapi::{Null, OkNull, uid_out_schema};
 use crate::rate_limit::Kind;
 use crate::store::{
     CallKind, InputMeta, MessageRow, NewCall, NewRobotSession, StoreError, TaskFields, TaskRecord,
@@ -42,21 +44,40 @@ pub fn router() -> Router<AppState> {
         .route("/dapi/calltask/delete", post(calltask_delete).fallback(m))
 }
 
-fn ok(data: Value) -> Json<Value> {
-    Json(json!({"success": true, "data": data}))
+/// What a caller needs to join a channel.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenData {
+    /// The Agora app ID the token is for.
+    #[serde(rename = "appID")]
+    #[schema(example = "970CA35de60c44645bbae8a215061b33")]
+    pub app_id: String,
+    /// The channel.
+    #[schema(example = "ch_4aY875LP4o")]
+    pub channel: String,
+    /// The uid the token is for, as text.
+    #[schema(example = "1001")]
+    pub uid: String,
+    /// An Agora AccessToken (006 by default, 007 when configured) with the join privilege.
+    pub token: String,
 }
 
+crate::envelope!(
+    /// A channel and a token to join it.
+    TokenResp,
+    TokenData
+);
+
 /// `{appID, channel, uid, token}` for `uid` in `channel`.
-fn token_data(state: &AppState, channel: &str, uid: &Uid) -> Result<Value, ApiError> {
+fn token_data(state: &AppState, channel: &str, uid: &Uid) -> Result<Json<TokenResp>, ApiError> {
     let token = state
         .tokens()
         .mint(channel, uid.as_str(), state.clock().now_secs())
         .map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(json!({
-        "appID": state.tokens().app_id,
-        "channel": channel,
-        "uid": uid.as_str(),
-        "token": token,
+    Ok(TokenResp::new(TokenData {
+        app_id: state.tokens().app_id.clone(),
+        channel: channel.to_owned(),
+        uid: uid.as_str().to_owned(),
+        token,
     }))
 }
 
@@ -168,7 +189,7 @@ fn heartbeat_ms(state: &AppState) -> i64 {
     i64::try_from(state.config().heartbeat_timeout).unwrap_or(45) * 1000
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CallUserReq {
     src_uid: Uid,
     #[serde(default)]
@@ -177,12 +198,16 @@ struct CallUserReq {
     extra_msg: Option<String>,
 }
 
+/// Starts a call to one or more users: a fresh channel and the caller's token.
+#[utoipa::path(post, path = "/dapi/call/user", tag = "calls",
+    request_body = CallUserReq,
+    responses((status = 200, description = "Done", body = TokenResp)))]
 async fn call_user(
     State(state): State<AppState>,
     auth: Authn,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<CallUserReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
     state.limits().check(
         Kind::Call,
@@ -207,10 +232,10 @@ async fn call_user(
         // The call's pushes are in the outbox: the worker sends them, off this request.
         state.push().wake();
     }
-    Ok(ok(token_data(&state, channel.as_str(), &req.src_uid)?))
+    token_data(&state, channel.as_str(), &req.src_uid)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CallRobotReq {
     src_uid: Uid,
     #[serde(default)]
@@ -219,12 +244,16 @@ struct CallRobotReq {
     loop_audio: bool,
 }
 
+/// Starts a call with the robot: a fresh channel, the caller's token, a robot session queued.
+#[utoipa::path(post, path = "/dapi/call/robot", tag = "robot",
+    request_body = CallRobotReq,
+    responses((status = 200, description = "Done", body = TokenResp)))]
 async fn call_robot(
     State(state): State<AppState>,
     auth: Authn,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<CallRobotReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
     state.limits().check(
         Kind::Call,
@@ -242,10 +271,10 @@ async fn call_robot(
     call.robot = Some(robot_session(&state, req.audio, req.loop_audio).await?);
     let channel = create_call(&state, call).await?;
     state.robot_changed().await;
-    Ok(ok(token_data(&state, channel.as_str(), &req.src_uid)?))
+    token_data(&state, channel.as_str(), &req.src_uid)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct UidReq {
     uid: Uid,
 }
@@ -260,40 +289,87 @@ fn format_time(state: &AppState, unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn message_json(state: &AppState, r: &MessageRow) -> Value {
+/// One row of `call/msg`: a call that involves the asking uid.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageOut {
+    /// Row id.
+    pub id: i64,
+    /// Whose row: a number when the uid is canonical digits, else a string.
+    #[schema(schema_with = uid_out_schema)]
+    pub uid: Value,
+    /// The channel to join.
+    pub channel: String,
+    /// 0 created, 1 fetched (this read moved it from 0), 2 the call ended.
+    #[schema(minimum = 0, maximum = 2)]
+    pub status: i64,
+    /// The status in words, as the original service shows it.
+    #[serde(rename = "_status_label")]
+    #[schema(example = "初始化")]
+    pub status_label: &'static str,
+    /// Creation time, `YYYY-MM-DD HH:MM:SS` in the server's zone.
+    #[schema(example = "2026-11-29 10:00:00")]
+    pub createtime: String,
+    /// Same as `id`.
+    pub pk: i64,
+    /// The caller's extra message.
+    pub extra_msg: Option<String>,
+    /// The caller, as `uid` is shown.
+    #[schema(schema_with = uid_out_schema)]
+    pub src_uid: Value,
+    /// `caller` or `callee`: the asking uid's role.
+    #[schema(example = "callee")]
+    pub role: &'static str,
+}
+
+crate::envelope!(
+    /// The calls of the recent window.
+    MsgResp,
+    Vec<MessageOut>
+);
+
+fn message_json(state: &AppState, r: &MessageRow) -> MessageOut {
     let uid = Uid::parse(&r.uid)
         .map(|u| u.to_json())
         .unwrap_or_else(|_| Value::from(r.uid.clone()));
     let src = Uid::parse(&r.src_uid)
         .map(|u| u.to_json())
         .unwrap_or_else(|_| Value::from(r.src_uid.clone()));
-    json!({
-        "id": r.id,
-        "uid": uid,
-        "channel": r.channel,
-        "status": r.status as i64,
-        "_status_label": r.status.label(),
-        "createtime": format_time(state, r.created_at_ms),
-        "pk": r.id,
-        "extra_msg": r.extra_msg,
-        "src_uid": src,
-        "role": match r.role { Role::Caller => "caller", _ => "callee" },
-    })
+    MessageOut {
+        id: r.id,
+        uid,
+        channel: r.channel.clone(),
+        status: r.status as i64,
+        status_label: r.status.label(),
+        createtime: format_time(state, r.created_at_ms),
+        pk: r.id,
+        extra_msg: r.extra_msg.clone(),
+        src_uid: src,
+        role: match r.role {
+            Role::Caller => "caller",
+            _ => "callee",
+        },
+    }
 }
 
+/// The calls of the last minute that involve `uid` (callees find their calls here).
+#[utoipa::path(post, path = "/dapi/call/msg", tag = "calls",
+    request_body = UidReq,
+    responses((status = 200, description = "Done", body = MsgResp)))]
 async fn call_msg(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<UidReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MsgResp>, ApiError> {
     auth.check_uid(&req.uid)?;
     let window = i64::try_from(state.config().recent_window().as_millis()).unwrap_or(60_000);
     let since = state.clock().now_ms() - window;
     let rows = state.store().recent_messages(&req.uid, since).await?;
-    Ok(ok(rows.iter().map(|r| message_json(&state, r)).collect()))
+    Ok(MsgResp::new(
+        rows.iter().map(|r| message_json(&state, r)).collect(),
+    ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct ChannelReq {
     uid: Uid,
     channel: ChannelName,
@@ -313,12 +389,16 @@ async fn require_channel(state: &AppState, channel: &ChannelName) -> Result<(), 
     }
 }
 
+/// A token for `uid` in an existing channel.
+#[utoipa::path(post, path = "/dapi/call/token", tag = "calls",
+    request_body = ChannelReq,
+    responses((status = 200, description = "Done", body = TokenResp)))]
 async fn call_token(
     State(state): State<AppState>,
     auth: Authn,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<ChannelReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenResp>, ApiError> {
     require_channel(&state, &req.channel).await?;
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
@@ -328,23 +408,29 @@ async fn call_token(
         Some(addr.ip()),
         state.clock().now_ms(),
     )?;
-    Ok(ok(token_data(&state, req.channel.as_str(), &req.uid)?))
+    token_data(&state, req.channel.as_str(), &req.uid)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct EventReq {
     uid: Uid,
     channel: ChannelName,
     code: EventCode,
+    /// Free text about the event.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     desp: Option<String>,
 }
 
+/// Reports a call event (connected, ended, rejected, ...).
+#[utoipa::path(post, path = "/dapi/call/event", tag = "calls",
+    request_body = EventReq,
+    responses((status = 200, description = "Done", body = OkNull)))]
 async fn call_event(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<EventReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkNull>, ApiError> {
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     if req.desp.as_ref().is_some_and(|d| d.len() > 1024) {
@@ -378,14 +464,18 @@ async fn call_event(
     if !t.cancel_push.is_empty() {
         state.push().wake();
     }
-    Ok(ok(Value::Null))
+    Ok(OkNull::new(Null))
 }
 
+/// Says `uid` is still in the channel.
+#[utoipa::path(post, path = "/dapi/call/heartbeat", tag = "calls",
+    request_body = ChannelReq,
+    responses((status = 200, description = "Done", body = OkNull)))]
 async fn call_heartbeat(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<ChannelReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkNull>, ApiError> {
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     let now = state.clock().now_ms();
@@ -405,19 +495,64 @@ async fn call_heartbeat(
     if t.robot_leave {
         state.robot_changed().await;
     }
-    Ok(ok(Value::Null))
+    Ok(OkNull::new(Null))
 }
 
-#[derive(Debug, Deserialize)]
+/// A call's timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timeline {
+    /// The channel.
+    pub channel: String,
+    /// Every event, oldest first.
+    pub events: Vec<TimelineEvent>,
+}
+
+/// One event of a call's timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimelineEvent {
+    /// Order.
+    pub id: i64,
+    /// Who reported it (none for server events without a person).
+    pub uid: Option<String>,
+    /// `event`, `created`, `heartbeat`, `ring_timeout`, `robot_invited`, ...
+    pub kind: String,
+    /// The event code, when it has one.
+    pub code: Option<i64>,
+    /// Free text (`desp` of an app event).
+    pub detail: Option<String>,
+    /// `app` or `server`.
+    pub source: String,
+    /// What it did: `applied`, or why it was ignored.
+    pub effect: String,
+    /// When, `YYYY-MM-DD HH:MM:SS` in the server's zone.
+    pub time: String,
+    /// When, unix ms.
+    pub time_ms: i64,
+}
+
+crate::envelope!(
+    /// A call's timeline.
+    TimelineResp,
+    Timeline
+);
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct TimelineQuery {
+    /// The channel.
+    #[param(required = true, value_type = String, min_length = 1, max_length = 64,
+        pattern = "^[A-Za-z0-9 !#$%&()+\\-:;<=>.?@\\[\\]^_{|}~,]{1,64}$")]
     channel: Option<String>,
 }
 
+/// Every event of a call, in order: what apps reported, what the server decided.
+#[utoipa::path(get, path = "/dapi/call/timeline", tag = "calls",
+    params(TimelineQuery),
+    responses((status = 200, description = "Done", body = TimelineResp)))]
 async fn call_timeline(
     State(state): State<AppState>,
     auth: Authn,
     Query(q): Query<TimelineQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TimelineResp>, ApiError> {
     let raw = q
         .channel
         .ok_or_else(|| ApiError::bad("missing_field", "channel is required"))?;
@@ -427,26 +562,27 @@ async fn call_timeline(
         auth.check_member(&state, channel.as_str(), &sub).await?;
     }
     let entries = state.store().timeline(channel.as_str()).await?;
-    let rows: Vec<Value> = entries
+    let events = entries
         .iter()
-        .map(|e| {
-            json!({
-                "id": e.id,
-                "uid": e.uid,
-                "kind": e.kind,
-                "code": e.code,
-                "detail": e.detail,
-                "source": e.source,
-                "effect": e.effect,
-                "time": format_time(&state, e.created_at_ms),
-                "time_ms": e.created_at_ms,
-            })
+        .map(|e| TimelineEvent {
+            id: e.id,
+            uid: e.uid.clone(),
+            kind: e.kind.clone(),
+            code: e.code,
+            detail: e.detail.clone(),
+            source: e.source.clone(),
+            effect: e.effect.clone(),
+            time: format_time(&state, e.created_at_ms),
+            time_ms: e.created_at_ms,
         })
         .collect();
-    Ok(ok(json!({"channel": channel.as_str(), "events": rows})))
+    Ok(TimelineResp::new(Timeline {
+        channel: channel.as_str().to_owned(),
+        events,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct InviteRobotReq {
     uid: Uid,
     channel: ChannelName,
@@ -456,12 +592,16 @@ struct InviteRobotReq {
     loop_audio: bool,
 }
 
+/// Invites the robot into an existing channel (at most one robot per channel).
+#[utoipa::path(post, path = "/dapi/invite/robot", tag = "robot",
+    request_body = InviteRobotReq,
+    responses((status = 200, description = "Done", body = TokenResp)))]
 async fn invite_robot(
     State(state): State<AppState>,
     auth: Authn,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     DapiJson(req): DapiJson<InviteRobotReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenResp>, ApiError> {
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     state.limits().check(
@@ -477,14 +617,18 @@ async fn invite_robot(
         .invite_robot(req.channel.as_str(), &req.uid, &robot, now)
         .await?;
     state.robot_changed().await;
-    Ok(ok(token_data(&state, req.channel.as_str(), &req.uid)?))
+    token_data(&state, req.channel.as_str(), &req.uid)
 }
 
+/// Asks the robot to leave the channel.
+#[utoipa::path(post, path = "/dapi/quit/robot", tag = "robot",
+    request_body = ChannelReq,
+    responses((status = 200, description = "Done", body = OkNull)))]
 async fn quit_robot(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<ChannelReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkNull>, ApiError> {
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     let now = state.clock().now_ms();
@@ -495,7 +639,7 @@ async fn quit_robot(
     if running.is_some() {
         state.robot_changed().await;
     }
-    Ok(ok(Value::Null))
+    Ok(OkNull::new(Null))
 }
 
 /// A task id: absent, null or "" means insert; a number or numeric string updates.
@@ -525,6 +669,49 @@ impl<'de> Deserialize<'de> for TaskId {
     }
 }
 
+impl utoipa::PartialSchema for TaskId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "A task id: a positive integer or its decimal string; absent, null or \"\" \
+                 in calltask/update creates a task",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^\\s*([1-9][0-9]{0,17})?\\s*$")),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .into()
+    }
+}
+impl ToSchema for TaskId {}
+
+impl utoipa::PartialSchema for ExternalTaskId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "The app backend's task id: a string of at most 255 bytes (a number is \
+                 kept as its text)",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(255)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .into()
+    }
+}
+impl ToSchema for ExternalTaskId {}
+
 /// The app backend's task id: a string (numbers are accepted and kept as text).
 #[derive(Debug)]
 struct ExternalTaskId(String);
@@ -544,12 +731,17 @@ impl<'de> Deserialize<'de> for ExternalTaskId {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CalltaskUpdateReq {
     #[serde(default = "no_task_id")]
     id: TaskId,
     src_uid: Uid,
     dst_uid: UidList,
+    /// When to call, in the server's zone (`DAPI_TIMEZONE`).
+    #[schema(
+        pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
+        example = "2026-11-29 18:30:00"
+    )]
     call_time: String,
     taskid: ExternalTaskId,
     #[serde(default)]
@@ -582,25 +774,86 @@ fn parse_call_time(state: &AppState, s: &str) -> Result<i64, ApiError> {
     }
 }
 
-fn task_json(state: &AppState, t: &TaskRecord) -> Value {
-    json!({
-        "id": t.id,
-        "src_uid": t.src_uid,
-        "dst_uid": t.dst_uid,
-        "call_time": format_time(state, t.call_time * 1000),
-        "tone_list": t.tone_list,
-        "pk": t.id,
-        "taskid": t.taskid,
-        "state": t.state,
-        "channel": t.channel,
-    })
+/// A scheduled call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskOut {
+    /// Row id.
+    pub id: i64,
+    /// The caller.
+    pub src_uid: String,
+    /// The callees.
+    pub dst_uid: Vec<String>,
+    /// When to call, `YYYY-MM-DD HH:MM:SS` in the server's zone.
+    #[schema(example = "2026-11-29 18:30:00")]
+    pub call_time: String,
+    /// Audio the robot plays into the call.
+    pub tone_list: Vec<String>,
+    /// Same as `id`.
+    pub pk: i64,
+    /// The app backend's task id.
+    pub taskid: String,
+    /// `pending`, `fired` or `missed`.
+    #[schema(example = "pending")]
+    pub state: String,
+    /// The call's channel, once fired.
+    pub channel: Option<String>,
 }
 
+crate::envelope!(
+    /// The task as stored.
+    TaskResp,
+    TaskOut
+);
+
+/// A page of tasks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    /// This page's tasks.
+    pub rows: Vec<TaskOut>,
+    /// Where this page is.
+    pub row_pages: RowPages,
+}
+
+/// Paging of `calltask/list`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowPages {
+    /// This page (from 1).
+    pub crt_page: i64,
+    /// Tasks in all pages.
+    pub total: i64,
+    /// Tasks per page.
+    pub perpage: i64,
+}
+
+crate::envelope!(
+    /// A page of tasks.
+    TaskListResp,
+    TaskList
+);
+
+fn task_json(state: &AppState, t: &TaskRecord) -> TaskOut {
+    TaskOut {
+        id: t.id,
+        src_uid: t.src_uid.clone(),
+        dst_uid: t.dst_uid.clone(),
+        call_time: format_time(state, t.call_time * 1000),
+        tone_list: t.tone_list.clone(),
+        pk: t.id,
+        taskid: t.taskid.clone(),
+        state: t.state.clone(),
+        channel: t.channel.clone(),
+    }
+}
+
+/// Creates (no `id`) or updates a scheduled call.
+#[utoipa::path(post, path = "/dapi/calltask/update", tag = "tasks",
+    request_body = CalltaskUpdateReq,
+    responses((status = 200, description = "Done", body = TaskResp)))]
 async fn calltask_update(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<CalltaskUpdateReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
     if req.dst_uid.0.is_empty() {
         return Err(ApiError::bad(
@@ -626,23 +879,31 @@ async fn calltask_update(
         None => state.store().insert_task(&fields, now).await?,
         Some(id) => state.store().update_task(id, &fields, now).await?,
     };
-    Ok(ok(task_json(&state, &row)))
+    Ok(TaskResp::new(task_json(&state, &row)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CalltaskListReq {
     uid: Uid,
+    /// The page, from 1 (default 1).
     #[serde(default)]
+    #[schema(minimum = 1)]
     page: Option<i64>,
+    /// Tasks per page, 1-100 (default 20).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     perpage: Option<i64>,
 }
 
+/// Lists `uid`'s scheduled calls, a page at a time.
+#[utoipa::path(post, path = "/dapi/calltask/list", tag = "tasks",
+    request_body = CalltaskListReq,
+    responses((status = 200, description = "Done", body = TaskListResp)))]
 async fn calltask_list(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<CalltaskListReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskListResp>, ApiError> {
     auth.check_uid(&req.uid)?;
     let page = req.page.unwrap_or(1);
     if page < 1 {
@@ -656,28 +917,36 @@ async fn calltask_list(
         ));
     }
     let (rows, total) = state.store().list_tasks(&req.uid, page, perpage).await?;
-    Ok(ok(json!({
-        "rows": rows.iter().map(|t| task_json(&state, t)).collect::<Vec<_>>(),
-        "row_pages": {"crt_page": page, "total": total, "perpage": perpage},
-    })))
+    Ok(TaskListResp::new(TaskList {
+        rows: rows.iter().map(|t| task_json(&state, t)).collect(),
+        row_pages: RowPages {
+            crt_page: page,
+            total,
+            perpage,
+        },
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CalltaskDeleteReq {
     id: TaskId,
     uid: Uid,
 }
 
+/// Deletes one of `uid`'s scheduled calls.
+#[utoipa::path(post, path = "/dapi/calltask/delete", tag = "tasks",
+    request_body = CalltaskDeleteReq,
+    responses((status = 200, description = "Done", body = OkNull)))]
 async fn calltask_delete(
     State(state): State<AppState>,
     auth: Authn,
     DapiJson(req): DapiJson<CalltaskDeleteReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkNull>, ApiError> {
     auth.check_uid(&req.uid)?;
     let id = req
         .id
         .0
         .ok_or_else(|| ApiError::bad("missing_field", "id is required"))?;
     state.store().delete_task(id, &req.uid).await?;
-    Ok(ok(Value::Null))
+    Ok(OkNull::new(Null))
 }

@@ -4,8 +4,8 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::domain::Uid;
@@ -22,22 +22,62 @@ pub fn router() -> Router<AppState> {
         .route("/dapi/device/unregister", post(unregister).fallback(m))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RegisterReq {
     uid: Uid,
+    /// `ios`, `android` or `web` (any case).
+    #[schema(value_type = String, example = "ios")]
     platform: Platform,
+    /// The device's push token: 1-4096 printable ASCII characters without spaces (hex for ios).
+    #[schema(min_length = 1, max_length = 4096)]
     push_token: String,
+    /// A PushKit (VoIP) token.
     #[serde(default)]
     voip: bool,
 }
 
+/// A registered device.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceOut {
+    /// Row id.
+    pub id: i64,
+    /// Whose device.
+    pub uid: String,
+    /// `ios`, `android` or `web`.
+    pub platform: String,
+    /// A PushKit (VoIP) token.
+    pub voip: bool,
+}
+
+crate::envelope!(
+    /// The device as registered.
+    DeviceResp,
+    DeviceOut
+);
+
+/// Whether a device was removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Removed {
+    /// `false` when no such device was registered.
+    pub removed: bool,
+}
+
+crate::envelope!(
+    /// Whether a device was removed.
+    RemovedResp,
+    Removed
+);
+
 /// Registers (or re-registers) a device: an upsert on (platform, push_token), so the
 /// same token registered by another uid moves to it.
+#[utoipa::path(post, path = "/dapi/device/register", tag = "devices",
+    request_body = RegisterReq,
+    responses((status = 200, description = "Done", body = DeviceResp)))]
 async fn register(
     State(state): State<AppState>,
     auth: crate::auth::Authn,
     DapiJson(req): DapiJson<RegisterReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceResp>, ApiError> {
     // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
     // the caller and extra_msg.
     auth.check_uid(&req.uid)?;
@@ -61,27 +101,32 @@ async fn register(
         token = %device.push_token.redacted(),
         "device registered"
     );
-    Ok(Json(json!({"success": true, "data": {
-        "id": rec.id,
-        "uid": rec.uid,
-        "platform": rec.platform,
-        "voip": rec.voip,
-    }})))
+    Ok(DeviceResp::new(DeviceOut {
+        id: rec.id,
+        uid: rec.uid,
+        platform: rec.platform,
+        voip: rec.voip,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct UnregisterReq {
     uid: Uid,
+    /// The token registered.
+    #[schema(min_length = 1, max_length = 4096)]
     push_token: String,
 }
 
 /// Removes `uid`'s device with this token and drops its queued pushes; unregistering
 /// an unknown device succeeds with `removed: false`.
+#[utoipa::path(post, path = "/dapi/device/unregister", tag = "devices",
+    request_body = UnregisterReq,
+    responses((status = 200, description = "Done", body = RemovedResp)))]
 async fn unregister(
     State(state): State<AppState>,
     auth: crate::auth::Authn,
     DapiJson(req): DapiJson<UnregisterReq>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RemovedResp>, ApiError> {
     // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
     // the caller and extra_msg.
     auth.check_uid(&req.uid)?;
@@ -96,5 +141,5 @@ async fn unregister(
         .store()
         .unregister_device(&req.uid, &req.push_token, now)
         .await?;
-    Ok(Json(json!({"success": true, "data": {"removed": removed}})))
+    Ok(RemovedResp::new(Removed { removed }))
 }

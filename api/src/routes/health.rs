@@ -3,11 +3,40 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use crate::AppState;
+
+/// `/healthz` answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// `/readyz` answer when ready.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    #[schema(example = "sqlite")]
+    database: &'static str,
+}
+
+/// `/readyz` answer when not ready.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NotReady {
+    /// `not_ready`.
+    #[schema(example = "not_ready")]
+    status: &'static str,
+    /// Why.
+    reason: &'static str,
+}
 
 /// Health routes.
 pub fn router() -> Router<AppState> {
@@ -17,7 +46,10 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -27,26 +59,43 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
     )
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "Up", body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+/// The database answers and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready: the database is unreachable or migrations are not current", body = NotReady)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     match state.store().ready().await {
-        Ok(true) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": state.store().backend()})),
-        ),
+        Ok(true) => Json(Ready {
+            status: "ready",
+            database: state.store().backend(),
+        })
+        .into_response(),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "migrations are not current"})),
-        ),
+            Json(NotReady {
+                status: "not_ready",
+                reason: "migrations are not current",
+            }),
+        )
+            .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not_ready", "reason": "database unreachable"})),
+                Json(NotReady {
+                    status: "not_ready",
+                    reason: "database unreachable",
+                }),
             )
+                .into_response()
         }
     }
 }

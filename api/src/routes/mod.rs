@@ -23,6 +23,10 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(admin::router(state.config().max_asset_bytes))
         .merge(crate::rtc::router())
+        .route(
+            "/openapi.json",
+            axum::routing::get(crate::openapi::openapi_json),
+        )
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
         // Every request gets an `x-request-id` (kept if the client sent one), returned in

@@ -30,7 +30,7 @@
 
 pub mod hub;
 pub mod ice;
-mod socket;
+pub(crate) mod socket;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,7 +75,10 @@ pub fn router() -> Router<AppState> {
         .route("/demo/rtc.js", get(demo_js))
 }
 
-async fn demo_page() -> impl IntoResponse {
+/// A page that joins a channel from a browser (for trying the service out).
+#[utoipa::path(get, path = "/demo", tag = "rtc",
+    responses((status = 200, description = "HTML", content_type = "text/html", body = String)))]
+pub(crate) async fn demo_page() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -85,7 +88,10 @@ async fn demo_page() -> impl IntoResponse {
     )
 }
 
-async fn demo_js() -> impl IntoResponse {
+/// The `/rtc` client module the demo page uses (and app developers copy).
+#[utoipa::path(get, path = "/demo/rtc.js", tag = "rtc",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String)))]
+pub(crate) async fn demo_js() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),

@@ -26,7 +26,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// `frame_too_large` error. The transport reads messages up to twice that size whole, so
 /// the error frame reaches the client reliably; beyond that the transport refuses the frame
 /// itself (without reading it), which the hub turns into the same error, best effort.
-pub(super) async fn rtc_ws(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+/// The channel signaling WebSocket (docs/rtc-protocol.md): join with an Agora token,
+/// then exchange offers, answers and ICE candidates with the channel's other members.
+#[utoipa::path(get, path = "/rtc", tag = "rtc",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain", body = String)))]
+pub(crate) async fn rtc_ws(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     let rtc = state.rtc().clone();
     let max = rtc.max_frame().saturating_mul(2);
     ws.max_message_size(max)

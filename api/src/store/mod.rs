@@ -247,7 +247,7 @@ pub struct InputMeta {
 }
 
 /// A stored audio asset (without its content).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AssetRecord {
     /// Name (`[A-Za-z0-9_-]{1,64}`).
     pub name: String,

@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 /// A robot session's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RobotState {
     /// Waiting for an agent (from `run_at`).
@@ -65,7 +65,7 @@ impl RobotState {
 }
 
 /// A robot session as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RobotSession {
     /// Id.
     pub id: i64,
@@ -162,9 +162,10 @@ pub struct RescueOutcome {
 }
 
 /// Queue figures for metrics and logs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
-    /// Sessions per state.
+    /// Sessions per state: `[state, count]` pairs.
+    #[schema(schema_with = state_counts_schema)]
     pub by_state: Vec<(String, i64)>,
     /// Queued sessions.
     pub depth: i64,
@@ -172,6 +173,22 @@ pub struct QueueStats {
     pub oldest_queued_age_ms: i64,
     /// Re-dispatches over all sessions.
     pub redispatches: i64,
+}
+
+fn state_counts_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ArrayBuilder::new()
+                .items(
+                    OneOfBuilder::new()
+                        .item(ObjectBuilder::new().schema_type(Type::String))
+                        .item(ObjectBuilder::new().schema_type(Type::Integer)),
+                )
+                .min_items(Some(2))
+                .max_items(Some(2)),
+        )
+        .into()
 }
 
 /// Outcome of an agent's status report.
