@@ -3,7 +3,7 @@
 # connections (wrk) for call/token, call/user, call/msg and call/heartbeat on SQLite and
 # PostgreSQL, beside the ceiling of the same transactions issued by a plain loop against
 # the database (examples/store_ceiling.rs), in the same run.
-#   scripts/bench-api.sh [SECONDS]
+#   scripts/bench-api.sh [SECONDS]     (WRK_THREADS, default 2: wrk threads, sharing the cores with the API)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -49,7 +49,7 @@ run_backend() {
       call/msg) lua "/dapi/call/msg" '{"uid":"bench-msg"}' ;;
       call/heartbeat) lua "/dapi/call/heartbeat" "{\"uid\":\"bench-callee\",\"channel\":\"$ch\"}" ;;
     esac
-    wrk -t2 -c"$CONC" -d"${SECS}s" --latency -s "$WORK/req.lua" "$base" > "$WORK/wrk.txt" 2>&1
+    wrk -t"${WRK_THREADS:-2}" -c"$CONC" -d"${SECS}s" --latency -s "$WORK/req.lua" "$base" > "$WORK/wrk.txt" 2>&1
     local rps p50 p99 non2xx
     rps="$(awk '/Requests\/sec/ {print int($2)}' "$WORK/wrk.txt")"
     p50="$(awk '$1=="50%" {print $2}' "$WORK/wrk.txt")"
