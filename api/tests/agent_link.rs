@@ -475,3 +475,25 @@ async fn assets_are_validated_by_decoding_and_served_to_agents() {
         assert_eq!(r.status(), 404);
     }
 }
+
+#[tokio::test]
+async fn an_oversized_asset_is_a_json_413_and_an_unauthenticated_one_a_401() {
+    let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {
+        c.max_asset_bytes = 1000;
+    })
+    .await;
+    let put = |key: &str| {
+        app.http
+            .put(format!("{}/admin/audio/big", app.base))
+            .bearer_auth(key)
+            .body(vec![0u8; 5000])
+            .send()
+    };
+    let r = put("test-admin-key").await.unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["success"], false);
+    // The key is checked before the body is read.
+    assert_eq!(put("wrong").await.unwrap().status(), 401);
+}

@@ -162,10 +162,16 @@ async fn put_audio(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<AssetResp>, ApiError> {
+    // The key and the name are checked before the body is read, and an oversized body is
+    // a 413 in the API's error shape (the `Bytes` extractor's own rejection is plain text).
     admin(&state, &headers)?;
     let name = asset_name(&name)?;
+    let limit = state.config().max_asset_bytes;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
     let rec = validate_asset(&name, body.clone(), state.clock().now_ms()).await?;
     state.store().put_asset(&rec, &body).await?;
     tracing::info!(asset = %rec.name, bytes = rec.bytes, duration_ms = rec.duration_ms, "audio asset stored");
