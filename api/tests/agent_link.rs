@@ -401,3 +401,32 @@ async fn assets_are_validated_by_decoding_and_served_to_agents() {
         assert_eq!(r.status(), 404);
     }
 }
+
+#[tokio::test]
+async fn a_backlog_larger_than_one_batch_is_offered_without_waiting_for_the_poll() {
+    for backend in backends() {
+        // The backstop poll is far away: only the loop going on after a full batch (64)
+        // can offer the rest of the backlog within the wait below.
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
+            c.dispatch_poll_ms = 60_000
+        })
+        .await;
+        const N: usize = 150;
+        for i in 0..N {
+            app.ok(
+                "/dapi/call/robot",
+                json!({"src_uid": format!("{}", 5000 + i)}),
+            )
+            .await;
+        }
+        let mut ws = agent(&app, "backlog", 1000).await;
+        let mut offered = std::collections::HashSet::new();
+        while offered.len() < N {
+            let o = expect(&mut ws, "offer", 5).await;
+            assert!(
+                offered.insert(o["session"]["id"].as_i64().unwrap()),
+                "[{backend}] offered twice: {o}"
+            );
+        }
+    }
+}
