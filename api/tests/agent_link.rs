@@ -10,85 +10,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, backends, spawn_app_with};
-use futures_util::{SinkExt, StreamExt};
+use common::agent_ws::{agent, connect, expect, expect_none, send, session_state};
+use common::{backends, spawn_app_with};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(app: &TestApp, key: Option<&str>) -> Result<Ws, u16> {
-    let url = format!("{}/agent", app.base.replace("http://", "ws://"));
-    let mut req = url.into_client_request().unwrap();
-    if let Some(k) = key {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {k}").parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// Next JSON message of a given type (skipping others), within `secs`.
-async fn expect(ws: &mut Ws, ty: &str, secs: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let m = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {ty} within {secs} s"))
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == ty {
-                return v;
-            }
-        }
-    }
-}
-
-/// Asserts no message of type `ty` arrives within `ms`.
-async fn expect_none(ws: &mut Ws, ty: &str, ms: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            assert_ne!(v["type"], ty, "unexpected {v}");
-        }
-    }
-}
-
-async fn agent(app: &TestApp, id: &str, capacity: u32) -> Ws {
-    let mut ws = connect(app, Some("test-agent-key")).await.unwrap();
-    send(
-        &mut ws,
-        json!({"type": "register", "agent_id": id, "capacity": capacity, "version": "test"}),
-    )
-    .await;
-    let r = expect(&mut ws, "registered", 5).await;
-    assert_eq!(r["agent_id"], id);
-    ws
-}
-
-async fn session_state(app: &TestApp, id: i64) -> Value {
-    let r = app
-        .http
-        .get(format!("{}/admin/robot/sessions/{id}", app.base))
-        .bearer_auth("test-admin-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["data"].clone()
-}
 
 #[tokio::test]
 async fn agent_link_needs_its_key() {
@@ -496,4 +422,33 @@ async fn an_oversized_asset_is_a_json_413_and_an_unauthenticated_one_a_401() {
     assert_eq!(v["success"], false);
     // The key is checked before the body is read.
     assert_eq!(put("wrong").await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_one_batch_is_offered_without_waiting_for_the_poll() {
+    for backend in backends() {
+        // The backstop poll is far away: only the loop going on after a full batch (64)
+        // can offer the rest of the backlog within the wait below.
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
+            c.dispatch_poll_ms = 60_000
+        })
+        .await;
+        const N: usize = 150;
+        for i in 0..N {
+            app.ok(
+                "/dapi/call/robot",
+                json!({"src_uid": format!("{}", 5000 + i)}),
+            )
+            .await;
+        }
+        let mut ws = agent(&app, "backlog", 1000).await;
+        let mut offered = std::collections::HashSet::new();
+        while offered.len() < N {
+            let o = expect(&mut ws, "offer", 5).await;
+            assert!(
+                offered.insert(o["session"]["id"].as_i64().unwrap()),
+                "[{backend}] offered twice: {o}"
+            );
+        }
+    }
 }

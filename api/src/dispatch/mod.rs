@@ -4,7 +4,8 @@
 //!  call/robot, invite/robot ──► robot_sessions (queued) ──► wake ──┐
 //!  quit/robot, call ended  ──► leave_requested          ──► wake ──┤  (+ NOTIFY on PostgreSQL)
 //!                                                                   ▼
-//!   Dispatcher loop (each API instance; every wake and every poll tick):
+//!   Dispatcher loop (each API instance; every wake, every poll tick, and again at once
+//!   after a full batch of due sessions):
 //!     1. rescue: lapsed leases and unanswered offers back to the queue (compare-and-set)
 //!     2. offer: due sessions -> placement::pick(agents connected HERE) -> offer_session CAS
 //!     3. leave: sessions asked to leave whose agent is connected HERE -> `leave`
@@ -236,13 +237,18 @@ impl Dispatcher {
         tokio::pin!(shutdown);
         let d = state.dispatcher();
         loop {
-            if let Err(e) = tick(&state).await {
+            let more = tick(&state).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "dispatch tick failed");
-            }
+                false
+            });
+            // After a full batch the queue may hold more due sessions: look again at once
+            // rather than at the next wake-up or poll.
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
-                () = d.wake.notified() => {}
-                () = tokio::time::sleep(d.poll) => {}
+                () = std::future::ready(()), if more => {}
+                () = d.wake.notified(), if !more => {}
+                () = tokio::time::sleep(d.poll), if !more => {}
             }
         }
     }
@@ -252,8 +258,12 @@ fn load_of(c: &AgentConn) -> u32 {
     u32::try_from(c.held.len() + c.offered.len()).unwrap_or(u32::MAX)
 }
 
-/// One pass: rescue, offer, leave.
-pub async fn tick(state: &AppState) -> Result<(), crate::store::StoreError> {
+/// Due sessions read (and offered) per pass.
+const BATCH: i64 = 64;
+
+/// One pass: rescue, offer, leave. True when a full batch of due sessions was offered, so
+/// more may be due now.
+pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
     let d = state.dispatcher();
     let store = state.store();
     let now = state.clock().now_ms();
@@ -263,9 +273,16 @@ pub async fn tick(state: &AppState) -> Result<(), crate::store::StoreError> {
         tracing::warn!(requeued = ?rescued.requeued, dead = ?rescued.dead, "robot leases lapsed");
     }
 
+    let mut full_batch = false;
     if !d.connected().is_empty() {
-        for s in store.due_sessions(now, 64).await? {
-            let Some(agent) = d.reserve(s.id) else { break };
+        let due = store.due_sessions(now, BATCH).await?;
+        full_batch = due.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
+        for s in due {
+            let Some(agent) = d.reserve(s.id) else {
+                // no free slot: capacity freed later wakes the loop
+                full_batch = false;
+                break;
+            };
             if !store.offer_session(s.id, &agent, now).await? {
                 d.unreserve(&agent, s.id); // another instance won it
                 continue;
@@ -308,5 +325,5 @@ pub async fn tick(state: &AppState) -> Result<(), crate::store::StoreError> {
             }
         }
     }
-    Ok(())
+    Ok(full_batch)
 }

@@ -48,14 +48,23 @@ impl PgStore {
     }
 
     /// Listens for `dapi_dispatch` and wakes `dispatcher` on each; returns on error.
+    ///
+    /// Notifications sent while this instance was not subscribed (before the first
+    /// `LISTEN`, while the database was down, while the connection was being replaced) are
+    /// lost, so the dispatcher is also woken each time the subscription is (re)established:
+    /// it then reads the queue itself instead of waiting for its backstop poll.
     pub async fn listen_once(
         &self,
         dispatcher: &crate::dispatch::Dispatcher,
     ) -> Result<(), sqlx::Error> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen("dapi_dispatch").await?;
+        dispatcher.wake();
         loop {
-            listener.recv().await?;
+            // `None`: the connection was lost and re-established (re-subscribed) in place.
+            if listener.try_recv().await?.is_none() {
+                tracing::warn!("dispatch listener reconnected");
+            }
             dispatcher.wake();
         }
     }

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
 #![allow(dead_code)]
 
+pub mod agent_ws;
+
 use std::time::Duration;
 
 use api::clock::Clock;
