@@ -15,7 +15,7 @@ use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
@@ -140,6 +140,23 @@ impl PartialSchema for Null {
 }
 
 impl ToSchema for Null {}
+
+/// Raw bytes (an audio file): `{"type": "string", "format": "binary"}`.
+#[derive(Debug)]
+pub struct Binary;
+
+impl PartialSchema for Binary {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for Binary {}
 
 /// `{"type": "null"}`.
 pub fn null_schema() -> Schema {
@@ -365,6 +382,13 @@ impl Modify for Errors {
             ];
             for (method, op) in ops {
                 let Some(op) = op.as_mut() else { continue };
+                if path.starts_with("/dapi/") {
+                    // No credentials with DAPI_AUTH=open (the default), a JWT with jwt.
+                    op.security = Some(vec![
+                        SecurityRequirement::default(),
+                        SecurityRequirement::new("app_jwt", Vec::<String>::new()),
+                    ]);
+                }
                 for status in error_statuses(path, &method) {
                     let response = ResponseBuilder::new()
                         .description(status_description(status))

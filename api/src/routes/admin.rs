@@ -22,7 +22,7 @@ use crate::dispatch::AgentInfo;
 use crate::dispatch::agent_link::{agent_ws, check_bearer};
 use crate::domain::AssetName;
 use crate::error::ApiError;
-use crate::openapi::{Null, OkNull};
+use crate::openapi::{Binary, Null, OkNull};
 use crate::store::{AssetRecord, QueueStats, RobotSession};
 
 /// The shipped default asset (espeak-ng speech, Ogg Opus).
@@ -155,7 +155,7 @@ pub async fn seed_default_asset(state: &AppState) -> anyhow::Result<()> {
 /// Uploads (or replaces) an audio asset: the body is the file (any format the robot
 /// decodes: Ogg Opus, WAV, FLAC, MP3, AAC/M4A, Vorbis); it is decoded whole first.
 #[utoipa::path(put, path = "/admin/audio/{name}", tag = "admin", params(NameParam),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = Binary, content_type = "application/octet-stream"),
     security(("admin_key" = [])),
     responses((status = 200, description = "Stored", body = AssetResp)))]
 async fn put_audio(
@@ -169,9 +169,19 @@ async fn put_audio(
     admin(&state, &headers)?;
     let name = asset_name(&name)?;
     let limit = state.config().max_asset_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::PayloadTooLarge(limit);
+            }
+            source = s.source();
+        }
+        ApiError::bad(
+            "invalid_body",
+            format!("the upload was not received whole: {e}"),
+        )
+    })?;
     let rec = validate_asset(&name, body.clone(), state.clock().now_ms()).await?;
     state.store().put_asset(&rec, &body).await?;
     tracing::info!(asset = %rec.name, bytes = rec.bytes, duration_ms = rec.duration_ms, "audio asset stored");
@@ -194,7 +204,7 @@ async fn list_audio(
 #[utoipa::path(get, path = "/admin/audio/{name}", tag = "admin", params(NameParam),
     security(("admin_key" = [])),
     responses(
-        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Binary),
         (status = 304, description = "Not modified")))]
 async fn get_audio(
     State(state): State<AppState>,
@@ -229,7 +239,7 @@ async fn delete_audio(
 #[utoipa::path(get, path = "/agent/audio/{name}", tag = "agents", params(NameParam),
     security(("agent_key" = [])),
     responses(
-        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Binary),
         (status = 304, description = "Not modified")))]
 async fn agent_audio(
     State(state): State<AppState>,

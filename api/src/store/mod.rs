@@ -783,10 +783,14 @@ macro_rules! store_impl {
                     .bind(Some(c.caller_heartbeat_deadline_ms))
                     .execute(&mut **tx)
                     .await?;
-                for callee in &c.callees {
-                    if callee == &c.caller {
-                        continue;
-                    }
+                // Each callee once, in order, and never the caller: a uid named twice in
+                // `dst_uid` (or a task's list) would break the (call, uid) unique key.
+                let mut seen = std::collections::HashSet::new();
+                let callees = c
+                    .callees
+                    .iter()
+                    .filter(|u| *u != &c.caller && seen.insert(u.as_str()));
+                for callee in callees {
                     sqlx::query(sql::INSERT_MEMBER)
                         .bind(call_id)
                         .bind(c.channel.as_str())
