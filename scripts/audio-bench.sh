@@ -19,6 +19,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FIX="${AUDIO_FIXTURES:-$ROOT/../shared/fixtures/audio}"
+[ -d "$FIX" ] || FIX=/work/shared/fixtures/audio  # a clone not beside shared/
 OUT="${AUDIO_BENCH_DIR:-$ROOT/target-audio/bench}"
 RUNS="${RUNS:-5}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-audio}"

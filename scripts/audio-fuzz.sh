@@ -11,6 +11,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FIX="${AUDIO_FIXTURES:-$ROOT/../shared/fixtures/audio}"
+[ -d "$FIX" ] || FIX=/work/shared/fixtures/audio  # a clone not beside shared/
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
 TARGETS=("$@")
 [ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(decode read_ogg)

@@ -31,7 +31,7 @@ cargo build --workspace --bins
 export API_BIN="$CARGO_TARGET_DIR/debug/api" ROBOT_AGENT_BIN="$CARGO_TARGET_DIR/debug/robot-agent"
 
 step "cargo test (SQLite and PostgreSQL: TEST_DATABASE_URL=$TEST_DATABASE_URL)"
-cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
 
 step "deployment files (compose, Dockerfiles, systemd units) name only real settings"
 scripts/check-deploy.sh

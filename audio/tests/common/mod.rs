@@ -9,10 +9,14 @@ use audio::{Decoder, Input, Limits};
 
 /// `shared/fixtures/audio`, beside the workspace (override with `AUDIO_FIXTURES`).
 pub fn fixtures_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("AUDIO_FIXTURES") {
+    if let Some(d) = std::env::var_os("AUDIO_FIXTURES").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/audio");
+    let mut d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/audio");
+    if !d.join("README.md").is_file() {
+        // A clone elsewhere than beside `shared/` (the machine's copy is at /work/shared).
+        d = PathBuf::from("/work/shared/fixtures/audio");
+    }
     assert!(
         d.join("README.md").is_file(),
         "audio fixtures not found at {} (set AUDIO_FIXTURES)",
