@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::agent_ws::{agent, connect, expect, expect_none, send, session_state};
+use common::agent_ws::{agent, agents, connect, expect, expect_none, send, session_state};
 use common::{backends, spawn_app_with};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -99,15 +99,7 @@ async fn offer_accept_play_and_quit_reaches_the_agent_fast() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(session_state(&app, id).await["state"], "left");
         // the agents endpoint shows the free slot again
-        let r = app
-            .http
-            .get(format!("{}/admin/agents", app.base))
-            .bearer_auth("test-admin-key")
-            .send()
-            .await
-            .unwrap();
-        let agents: Value = r.json().await.unwrap();
-        assert_eq!(agents["data"][0]["load"], 0);
+        assert_eq!(agents(&app).await[0]["load"], 0);
         // a robot still queued (no agent) is cancelled by quit instead
         drop(ws);
         tokio::time::sleep(Duration::from_millis(200)).await;

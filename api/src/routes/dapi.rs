@@ -81,6 +81,13 @@ fn token_data(state: &AppState, channel: &str, uid: &Uid) -> Result<Json<TokenRe
     }))
 }
 
+/// The per-uid and per-address rate limit of `kind` (429 with `Retry-After`).
+fn rate_limit(state: &AppState, kind: Kind, uid: &Uid, addr: SocketAddr) -> Result<(), ApiError> {
+    state
+        .limits()
+        .check(kind, uid.as_str(), Some(addr.ip()), state.clock().now_ms())
+}
+
 fn check_extra_msg(state: &AppState, extra: &Option<String>) -> Result<(), ApiError> {
     let max = state.config().max_extra_msg;
     match extra {
@@ -209,20 +216,14 @@ async fn call_user(
     DapiJson(req): DapiJson<CallUserReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
-    state.limits().check(
-        Kind::Call,
-        req.src_uid.as_str(),
-        Some(addr.ip()),
-        state.clock().now_ms(),
-    )?;
+    rate_limit(&state, Kind::Call, &req.src_uid, addr)?;
     check_dst(&state, &req.dst_uid)?;
     check_extra_msg(&state, &req.extra_msg)?;
-    let mut callees = req.dst_uid.0;
-    callees.dedup();
+    // Repeated uids and the caller are dropped where the call is stored.
     let call = new_call(
         &state,
         req.src_uid.clone(),
-        callees,
+        req.dst_uid.0,
         CallKind::User,
         req.extra_msg,
     );
@@ -255,12 +256,7 @@ async fn call_robot(
     DapiJson(req): DapiJson<CallRobotReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
-    state.limits().check(
-        Kind::Call,
-        req.src_uid.as_str(),
-        Some(addr.ip()),
-        state.clock().now_ms(),
-    )?;
+    rate_limit(&state, Kind::Call, &req.src_uid, addr)?;
     let mut call = new_call(
         &state,
         req.src_uid.clone(),
@@ -402,12 +398,7 @@ async fn call_token(
     require_channel(&state, &req.channel).await?;
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
-    state.limits().check(
-        Kind::Token,
-        req.uid.as_str(),
-        Some(addr.ip()),
-        state.clock().now_ms(),
-    )?;
+    rate_limit(&state, Kind::Token, &req.uid, addr)?;
     token_data(&state, req.channel.as_str(), &req.uid)
 }
 
@@ -604,12 +595,7 @@ async fn invite_robot(
 ) -> Result<Json<TokenResp>, ApiError> {
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
-    state.limits().check(
-        Kind::Token,
-        req.uid.as_str(),
-        Some(addr.ip()),
-        state.clock().now_ms(),
-    )?;
+    rate_limit(&state, Kind::Token, &req.uid, addr)?;
     let robot = robot_session(&state, req.audio, req.loop_audio).await?;
     let now = state.clock().now_ms();
     state
