@@ -77,6 +77,11 @@ pub struct Config {
     /// Seconds the robot stays in a channel with no person in it.
     #[arg(long, env = "ROBOT_LEAVE_GRACE", default_value_t = 10)]
     pub leave_grace: u64,
+    /// Seconds a session keeps trying to join its channel again after losing the `/rtc`
+    /// socket (an API restart); the audio goes on meanwhile. Past it the session fails and
+    /// the API offers it again from its last position.
+    #[arg(long, env = "ROBOT_REJOIN_SECONDS", default_value_t = 30)]
+    pub rejoin_seconds: u64,
     /// Milliseconds the robot stays after the audio ended (the listener plays out its buffer).
     #[arg(long, env = "ROBOT_TAIL_MS", default_value_t = 1000)]
     pub tail_ms: u64,
@@ -166,6 +171,7 @@ impl Agent {
                 leave_grace: Duration::from_secs(config.leave_grace),
                 tail: Duration::from_millis(config.tail_ms),
                 position_every: Duration::from_secs(2),
+                rejoin_for: Duration::from_secs(config.rejoin_seconds),
             },
             assets,
             transport,

@@ -11,8 +11,19 @@
 //!          │ position_ms every 2 s
 //!          ▼
 //!   leave: told to (quit/robot) · kicked · nobody there for the grace period ·
-//!          audio over (unless loop) + a short tail · handed back (drain) · socket lost
+//!          audio over (unless loop) + a short tail · handed back (drain) ·
+//!          the /rtc socket lost and not rejoined within `rejoin_for`
 //! ```
+//!
+//! **The API restarts.** Media flows peer to peer, so losing the `/rtc` socket (an API
+//! restart, a load balancer dropping it) does not stop the audio: the playback and every
+//! connected listener stay, and the session joins again with the same token, retrying with
+//! backoff (250 ms doubling to 2 s) for up to `rejoin_for` (30 s by default). Signals made
+//! meanwhile are dropped (every negotiation starts over once back). Once back, the robot is the newcomer again: it offers to
+//! every peer listed in `joined` (they dropped their old connection on its `peer_joined`),
+//! and a peer that rejoins later offers to it. A listener whose connection is still up
+//! counts as present even before it rejoins, so the robot does not leave a channel whose
+//! listeners merely lost the signaling. The session is neither ended nor re-dispatched.
 //!
 //! A session is one task ([`run`]) around one `select!`: the `/rtc` socket, listener state
 //! changes, outbound signals, control from the link, the end of the audio and the status
@@ -40,7 +51,7 @@ use crate::assets::{AssetError, AssetLibrary};
 use crate::metrics::{Metrics, Phase};
 use crate::pacer::Pacer;
 use crate::rtc::{Listener, ListenerEvent, ListenerState, RtcTransport};
-use crate::signaling::{ChannelSocket, Joined};
+use crate::signaling::{ChannelSocket, JoinError, Joined};
 
 /// Timings of a session.
 #[derive(Debug, Clone)]
@@ -53,6 +64,8 @@ pub struct SessionConfig {
     pub tail: Duration,
     /// Report the playback position this often.
     pub position_every: Duration,
+    /// How long to keep trying to join again after the `/rtc` socket is lost.
+    pub rejoin_for: Duration,
 }
 
 /// What a session shares with the rest of the process.
@@ -312,7 +325,7 @@ impl Session {
                 };
             }
         };
-        let (mut socket, joined) = match joined {
+        let (socket, joined) = match joined {
             Ok(j) => j,
             Err(e) => return Ending::failed(format!("join: {e}")),
         };
@@ -337,6 +350,8 @@ impl Session {
         }
         let mut ch = ChannelState::new(Arc::clone(&self.ctx), joined);
         ch.offer_to_all().await;
+        let mut socket = Some(socket);
+        let mut rejoin: Option<tokio::task::JoinHandle<Result<Rejoined, String>>> = None;
 
         let position = Arc::new(AtomicU64::new(playlist.position_ms(first, looping)));
         let mut playback: Option<tokio::task::JoinHandle<()>> = None;
@@ -355,9 +370,21 @@ impl Session {
                     ended_at = Some(Instant::now());
                     self.position_ms = Some(position.load(Ordering::Relaxed));
                 }
-                m = socket.next() => match m {
+                m = next_message(&mut socket) => match m {
                     Some(m) => if let Some(end) = ch.on_server(m).await { break end },
-                    None => break Ending::failed("the channel socket closed"),
+                    None => {
+                        tracing::warn!("the channel socket closed; joining again, the audio goes on");
+                        socket = None;
+                        rejoin = Some(tokio::spawn(self.rejoin(cfg.rejoin_for)));
+                    }
+                },
+                r = wait_rejoin(&mut rejoin) => match r {
+                    Ok((s, joined)) => {
+                        tracing::info!(peers = joined.peers.len(), "robot rejoined the channel");
+                        socket = Some(s);
+                        ch.on_rejoined(joined).await;
+                    }
+                    Err(e) => break Ending::failed(e),
                 },
                 Some(ev) = ch.events_rx.recv() => {
                     if ch.on_listener_event(ev).await && playback.is_none() {
@@ -382,8 +409,14 @@ impl Session {
                 }
                 Some(out) = ch.outbound_rx.recv() => {
                     let msg = ClientMessage::Signal { to: out.to, payload: out.payload };
-                    if socket.send(&msg).await.is_err() {
-                        break Ending::failed("the channel socket closed");
+                    // While the socket is down a signal is dropped: every negotiation starts
+                    // over once back (see `on_rejoined`), so it would be stale.
+                    if let Some(s) = socket.as_mut()
+                        && s.send(&msg).await.is_err()
+                    {
+                        tracing::warn!("the channel socket failed; joining again, the audio goes on");
+                        socket = None;
+                        rejoin = Some(tokio::spawn(self.rejoin(cfg.rejoin_for)));
                     }
                 }
                 () = tokio::time::sleep_until(next_status) => {
@@ -403,9 +436,72 @@ impl Session {
             self.position_ms = Some(position.load(Ordering::Relaxed));
         }
         ch.close_all().await;
-        socket.leave().await;
+        if let Some(r) = rejoin {
+            r.abort();
+        }
+        if let Some(s) = socket {
+            s.leave().await;
+        }
         ending
     }
+
+    /// Joins the channel again with the session's token: retries with backoff until
+    /// `give_up_after` has passed; a refusal (bad or expired token, kicked, full) is final.
+    fn rejoin(
+        &self,
+        give_up_after: Duration,
+    ) -> impl std::future::Future<Output = Result<Rejoined, String>> + Send + 'static {
+        let url = self.ctx.config.rtc_url.clone();
+        let o = self.offer.clone();
+        async move {
+            let give_up = Instant::now() + give_up_after;
+            let mut delay = Duration::from_millis(250);
+            loop {
+                match ChannelSocket::join(&url, &o.app_id, &o.channel, &o.uid, &o.token).await {
+                    Ok(j) => return Ok(j),
+                    Err(JoinError::Refused { code, message }) => {
+                        return Err(format!(
+                            "the channel socket closed; rejoin refused: {code}: {message}"
+                        ));
+                    }
+                    Err(e) => {
+                        if Instant::now() + delay >= give_up {
+                            return Err(format!(
+                                "the channel socket closed and could not be joined again within {} s: {e}",
+                                give_up_after.as_secs()
+                            ));
+                        }
+                        tracing::debug!(error = %e, "rejoin failed; retrying");
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// A socket joined again, with what `joined` said.
+type Rejoined = (ChannelSocket, Joined);
+
+/// The next message of the socket; pending while there is none (rejoining).
+async fn next_message(socket: &mut Option<ChannelSocket>) -> Option<ServerMessage> {
+    match socket {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The outcome of a rejoin in progress; pending while there is none.
+async fn wait_rejoin(
+    task: &mut Option<tokio::task::JoinHandle<Result<Rejoined, String>>>,
+) -> Result<Rejoined, String> {
+    let Some(t) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let r = t.await;
+    *task = None;
+    r.unwrap_or_else(|e| Err(format!("rejoin task failed: {e}")))
 }
 
 /// Resolves once the playback's end is signalled; pending while there is none.
@@ -526,6 +622,27 @@ impl ChannelState {
         self.connected.send_replace(Arc::new(list));
     }
 
+    /// Back in the channel after the socket was lost: the robot is the newcomer again and
+    /// offers to every listed peer (each dropped its old connection on our `peer_joined`).
+    /// Listeners still connected but not listed keep playing until they leave or rejoin.
+    async fn on_rejoined(&mut self, joined: Joined) {
+        self.ice_servers = joined.ice_servers;
+        self.persons = joined.peers.iter().cloned().collect();
+        self.to_offer = joined.peers;
+        self.offer_to_all().await;
+        self.update_alone();
+    }
+
+    /// Nobody is there when no peer is in the channel and no listener's media is up.
+    fn update_alone(&mut self) {
+        let alone = self.persons.is_empty() && !self.listeners.values().any(|e| e.connected);
+        if !alone {
+            self.alone_since = None;
+        } else if self.alone_since.is_none() {
+            self.alone_since = Some(Instant::now());
+        }
+    }
+
     /// The offer rule: the newcomer offers to every peer listed in `joined`.
     async fn offer_to_all(&mut self) {
         for peer in std::mem::take(&mut self.to_offer) {
@@ -603,19 +720,17 @@ impl ChannelState {
                 // It will offer; a previous connection of that uid is gone.
                 self.drop_listener(&uid).await;
                 self.persons.insert(uid);
-                self.alone_since = None;
+                self.update_alone();
             }
             ServerMessage::PeerLeft { uid, reason } => {
                 tracing::info!(peer = %uid, reason = reason.as_str(), "peer left");
                 self.drop_listener(&uid).await;
                 self.persons.remove(&uid);
-                if self.persons.is_empty() && self.alone_since.is_none() {
-                    self.alone_since = Some(Instant::now());
-                }
+                self.update_alone();
             }
             ServerMessage::Signal { from, payload } => {
                 self.persons.insert(from.clone());
-                self.alone_since = None;
+                self.update_alone();
                 match payload {
                     SignalPayload::Description(SessionDescription {
                         kind: SdpType::Offer,
@@ -680,6 +795,7 @@ impl ChannelState {
             ListenerState::Closed => {
                 tracing::info!(peer = %ev.peer, "listener connection closed");
                 self.drop_listener(&ev.peer).await;
+                self.update_alone();
                 false
             }
         }

@@ -11,6 +11,10 @@ offers (a recvonly audio transceiver, complete SDP); when the robot comes later,
 this app answers. Every decoded frame is kept (mono, 48 kHz) until the robot leaves
 (`peer_left`), or --max-seconds.
 
+--rejoin: when the /rtc socket closes (the API restarts), join again with the same token,
+retrying with backoff, as an app should; the old connection to the robot is replaced on
+the next offer. Without it the socket is not reopened (the media may still flow).
+
 --fixture: the received audio is compared with the fixture, upsampled to 48 kHz by FFT
 (band-limited): the best lag by FFT cross-correlation, then the normalised correlation over
 the overlap. --quit-after: POST /dapi/quit/robot that many seconds after the first frame,
@@ -94,6 +98,8 @@ class Listener:
         self.robot_joins = 0
         self.frame_times = []
         self.tasks = []
+        self.rejoins = 0
+        self.stopping = False
 
     def new_pc(self):
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -139,6 +145,8 @@ class Listener:
     async def offer(self):
         # The robot is already in the channel: we are the newcomer and offer.
         self.offered = True
+        if self.pc is not None:
+            await self.pc.close()
         self.pc = self.new_pc()
         self.pc.addTransceiver("audio", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -199,9 +207,31 @@ class Listener:
                     log(f"{t}: {msg.get('code') or msg.get('reason')}")
         except asyncio.CancelledError:
             raise
+        except websockets.ConnectionClosed as e:
+            log(f"/rtc socket closed: {e}")
         except Exception as e:  # a bug here must show, not hang until the timeout
             log(f"reader failed: {type(e).__name__}: {e}")
             raise
+
+    async def read_rejoining(self, url, join):
+        # Reads until the socket closes; then, unless stopping, joins again (backoff
+        # 250 ms doubling to 2 s) and reads on.
+        while True:
+            await self.read()
+            if self.stopping:
+                return
+            delay = 0.25
+            while not self.stopping:
+                await asyncio.sleep(delay)
+                try:
+                    self.ws = await websockets.connect(url)
+                    await self.send(join)
+                    self.rejoins += 1
+                    log("rejoining the channel")
+                    break
+                except (OSError, websockets.WebSocketException) as e:
+                    log(f"rejoin failed: {type(e).__name__}")
+                    delay = min(delay * 2, 2)
 
     async def stats(self):
         if self.pc is None:
@@ -213,7 +243,7 @@ class Listener:
             "packetsLost": sum(s.packetsLost for s in inbound),
         }
 
-    async def call(self, audio, loop, quit_after, max_seconds, stay=None):
+    async def call(self, audio, loop, quit_after, max_seconds, stay=None, rejoin=False):
         body = {"src_uid": self.uid, "loop": loop}
         if audio:
             body["audio"] = audio
@@ -221,10 +251,11 @@ class Listener:
         creds = post(self.base, "call/robot", body)
         url = self.base.replace("http://", "ws://").replace("https://", "wss://") + "/rtc"
         result = {"channel": creds["channel"]}
+        join = {"type": "join", "appID": creds["appID"], "channel": creds["channel"], "uid": creds["uid"], "token": creds["token"]}
         async with websockets.connect(url) as ws:
             self.ws = ws
-            await self.send({"type": "join", "appID": creds["appID"], "channel": creds["channel"], "uid": creds["uid"], "token": creds["token"]})
-            reader = asyncio.ensure_future(self.read())
+            await self.send(join)
+            reader = asyncio.ensure_future(self.read_rejoining(url, join) if rejoin else self.read())
             try:
                 await asyncio.wait_for(self.connected.wait(), 20)
                 t_quit = None
@@ -254,6 +285,7 @@ class Listener:
                     "robot_left_reason": self.robot_left_reason,
                     "robot_leaves": self.robot_leaves,
                     "robot_joins": self.robot_joins,
+                    "rejoins": self.rejoins,
                     "max_gap_ms": max((b - a for a, b in zip(self.frame_times, self.frame_times[1:])), default=0) * 1000,
                     "last_frame_age_ms": None if self.last_frame is None else (time.monotonic() - self.last_frame) * 1000,
                     "first_rtp_ms": None if FIRST_RTP["t"] is None else (FIRST_RTP["t"] - t_post) * 1000,
@@ -262,8 +294,13 @@ class Listener:
                 })
                 if t_quit is not None and self.robot_left is not None:
                     result["quit_to_peer_left_ms"] = (self.robot_left - t_quit) * 1000
-                await self.send({"type": "leave"})
+                self.stopping = True
+                try:
+                    await self.send({"type": "leave"})
+                except websockets.ConnectionClosed:
+                    pass
             finally:
+                self.stopping = True
                 reader.cancel()
                 for t in self.tasks:
                     t.cancel()
@@ -387,13 +424,14 @@ async def main():
     ap.add_argument("--max-seconds", type=float, default=30)
     ap.add_argument("--out", help="write the recording here (WAV, mono 48 kHz)")
     ap.add_argument("--stay", type=float, help="listen this many seconds whatever the robot does")
+    ap.add_argument("--rejoin", action="store_true", help="join again when the /rtc socket closes")
     ap.add_argument("--bench", type=int, help="run N calls and report latency percentiles")
     a = ap.parse_args()
     if a.bench:
         print(json.dumps(await bench(a.base, a.audio, a.bench)), flush=True)
         return
     app = Listener(a.base, a.uid)
-    result = await app.call(a.audio, a.loop, a.quit_after, a.max_seconds, a.stay)
+    result = await app.call(a.audio, a.loop, a.quit_after, a.max_seconds, a.stay, a.rejoin)
     rec = app.audio()
     if a.out:
         write_wav(a.out, rec)
