@@ -5,6 +5,9 @@
 # document (status code, content type, headers, body schema).
 #   scripts/schemathesis.sh                  # uses target/debug/api (built when missing)
 #   ST_MAX_EXAMPLES=200 scripts/schemathesis.sh
+# One worker: with two, hypothesis (on CPython 3.11) sometimes fails inside the tool itself
+# ("SystemError: AST constructor recursion depth mismatch" from ast.parse on two threads),
+# which failed a CI run with every test case passing (seed 3 reproduces it here).
 # The WebSocket routes (/rtc, /agent) are excluded: they speak WebSocket after a 101
 # and have their own tests (api/tests/rtc_ws.rs, api/tests/agent_link.rs) and fuzz target.
 set -euo pipefail
@@ -40,15 +43,19 @@ set +e
   --header "Authorization: Bearer schemathesis-key" \
   --max-examples "$MAX_EXAMPLES" \
   --phases examples,coverage,fuzzing \
-  --workers 2 \
+  --workers 1 \
   --request-timeout 30 \
   --seed "${ST_SEED:-42}" \
-  --generation-database none
-rc=$?
+  --generation-database none 2>&1 | tee "$WORK/st.out"
+rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then
-  echo "schemathesis failed (exit $rc); the API's log:" >&2
-  tail -n 50 "$WORK/api.err" >&2
+  # The API's log first, schemathesis' own report last: a CI log that keeps only its
+  # tail then still shows which check failed, on which operation, with the curl to replay.
+  echo "schemathesis failed (exit $rc); the last lines of the API's log:" >&2
+  tail -n 30 "$WORK/api.err" | cut -c1-400 >&2
+  echo "schemathesis failed (exit $rc); its report:" >&2
+  tail -n 200 "$WORK/st.out" >&2
   exit "$rc"
 fi
 if grep -q '"level":"ERROR"' "$WORK/api.err"; then
