@@ -4,6 +4,7 @@
 # PostgreSQL, beside the ceiling of the same transactions issued by a plain loop against
 # the database (examples/store_ceiling.rs), in the same run.
 #   scripts/bench-api.sh [SECONDS]     (WRK_THREADS, default 2: wrk threads, sharing the cores with the API)
+#   ENDPOINTS=call/msg BACKENDS=sqlite scripts/bench-api.sh 10     (a subset)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,6 +18,8 @@ CEIL="$CARGO_TARGET_DIR/release/examples/store_ceiling"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PGBASE="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+ENDPOINTS="${ENDPOINTS:-call/token,call/user,call/msg,call/heartbeat}"
+BACKENDS="${BACKENDS:-sqlite,postgres}"
 
 lua() { # $1 path, $2 body
   cat > "$WORK/req.lua" <<LUA
@@ -42,7 +45,7 @@ run_backend() {
   for _ in 1 2 3 4 5; do
     curl -s -o /dev/null -X POST "$base/dapi/call/user" -H 'content-type: application/json' -d '{"src_uid":"bench-caller","dst_uid":["bench-msg"]}'
   done
-  for ep in call/token call/user call/msg call/heartbeat; do
+  for ep in ${ENDPOINTS//,/ }; do
     case "$ep" in
       call/token) lua "/dapi/call/token" "{\"uid\":\"bench-callee\",\"channel\":\"$ch\"}" ;;
       call/user) lua "/dapi/call/user" '{"src_uid":"bench-caller","dst_uid":["bench-callee-u"],"extra_msg":"hi"}' ;;
@@ -58,12 +61,14 @@ run_backend() {
     echo "http $name $ep rps=$rps p50=$p50 p99=$p99 non2xx=${non2xx:-0}"
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  "$CEIL" "$url" "$CONC" "$SECS" | sed "s/^/$name /"
+  "$CEIL" "$url" "$CONC" "$SECS" "$ENDPOINTS" | sed "s/^/$name /"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-run_backend sqlite "sqlite://$WORK/bench.db?mode=rwc"
-PGDB="dapi_bench_$$"
-psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" -c "CREATE DATABASE $PGDB" 2>/dev/null
-run_backend postgres "${PGBASE%/*}/$PGDB"
-psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" || true
+case ",$BACKENDS," in *,sqlite,*) run_backend sqlite "sqlite://$WORK/bench.db?mode=rwc" ;; esac
+case ",$BACKENDS," in *,postgres,*)
+  PGDB="dapi_bench_$$"
+  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" -c "CREATE DATABASE $PGDB" 2>/dev/null
+  run_backend postgres "${PGBASE%/*}/$PGDB"
+  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" || true ;;
+esac

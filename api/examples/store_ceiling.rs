@@ -52,7 +52,14 @@ async fn main() -> anyhow::Result<()> {
         600,
     );
 
+    // Optional 4th argument: a comma-separated subset of the operations.
+    let only: Option<Vec<String>> = args
+        .get(4)
+        .map(|s| s.split(',').map(str::to_owned).collect());
     for op in ["call/token", "call/user", "call/msg", "call/heartbeat"] {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == op)) {
+            continue;
+        }
         let count = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
