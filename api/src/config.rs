@@ -182,6 +182,12 @@ pub struct Config {
     #[arg(long, env = "DAPI_RTC_IDLE_TIMEOUT", default_value_t = 30)]
     pub rtc_idle_timeout: u64,
 
+    /// PostgreSQL: how often each instance stamps its row on the `/rtc` bus, in
+    /// milliseconds. An instance silent for 3 of these is dead: its channel members are
+    /// reported gone (`peer_left`, reason `timeout`) by the others.
+    #[arg(long, env = "DAPI_RTC_BUS_HEARTBEAT_MS", default_value_t = 5000)]
+    pub rtc_bus_heartbeat_ms: u64,
+
     /// Push: the worker, APNs and the webhook (`DAPI_PUSH_*`, `DAPI_APNS_*`).
     #[command(flatten)]
     pub push: crate::push::PushConfig,
@@ -232,6 +238,7 @@ impl Config {
             rtc_max_frame: 64 * 1024,
             rtc_msgs_per_sec: 50,
             rtc_idle_timeout: 30,
+            rtc_bus_heartbeat_ms: 5000,
             // no worker: tests drive `push::deliver_once`
             push: crate::push::PushConfig {
                 push_ms: 0,

@@ -8,6 +8,7 @@
 //!                         +--> token (mint)
 //!  push worker   --> Store (claim due jobs) --> APNs (HTTP/2) / webhook
 //!  WS /rtc       --> rtc (hub: rooms, presence, relay)  --> token (verify)
+//!                         `-- PostgreSQL: bus to the other instances (LISTEN/NOTIFY)
 //! ```
 //!
 //! [`Application::build`] binds the listener (port 0 allowed) and connects the store;
@@ -151,7 +152,9 @@ impl Application {
             _ => anyhow::bail!("set both DAPI_APP_ID and DAPI_APP_CERTIFICATE, or neither"),
         };
         let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
-        let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone())?;
+        // On PostgreSQL several instances may serve one channel: they meet on the bus.
+        let bus = matches!(store, Store::Postgres(_)).then(rtc::remote::InstanceId::random);
+        let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone(), bus)?;
         let push = push::Pusher::from_config(&config.push)?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -212,7 +215,7 @@ impl Application {
             self.state.clone(),
             stopped(stop_rx.clone()),
         ));
-        let rtc_tasks = rtc::RtcTasks::start(&self.state);
+        let rtc_tasks = rtc::RtcTasks::start(&self.state).await;
         // The line operators and tests wait for: printed once the socket accepts.
         println!("listening on http://{addr}");
         tracing::info!(%addr, backend = self.state.store().backend(), "listening");

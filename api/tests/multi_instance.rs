@@ -13,10 +13,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use api::clock::Clock;
 use api::store::Store;
 use common::agent_ws::{Ws, agent, agents, expect, expect_none, send, session_state};
-use common::{TestApp, fresh_db, spawn_app_on};
+use common::{TestApp, two_on_postgres};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,14 +26,8 @@ const POLL_MS: u64 = 60_000;
 /// Two instances on one fresh PostgreSQL database, or `None` (with a message) without
 /// `TEST_DATABASE_URL`.
 async fn two_instances(test: &str) -> Option<(TestApp, TestApp)> {
-    if std::env::var("TEST_DATABASE_URL").is_err() {
-        println!("SKIPPED {test}: needs PostgreSQL; set TEST_DATABASE_URL");
-        return None;
-    }
-    let (url, _) = fresh_db("postgres").await;
     let tweak = |c: &mut api::config::Config| c.dispatch_poll_ms = POLL_MS;
-    let a = spawn_app_on("postgres", &url, None, Clock::system(), tweak).await;
-    let b = spawn_app_on("postgres", &url, None, Clock::system(), tweak).await;
+    let (a, b) = two_on_postgres(test, tweak).await?;
     wait_for_listeners(&a, 2).await;
     Some((a, b))
 }

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,21 +19,18 @@ use api::config::{Config, Secret};
 use api::domain::{ChannelName, Uid};
 use api::token::{PRIVILEGE_JOIN, mint_006};
 use api::{AppState, Application};
+use common::rtc_client::{
+    APP, WAIT, Ws, expect_close, expect_error, expect_fatal, expect_kicked, expect_peer_left,
+    join_at, join_text, next_msg, offer, send,
+};
 use futures_util::{SinkExt, StreamExt};
 use protocol::signaling::{
-    ClientMessage, IceCandidate, LeaveReason, SdpType, ServerMessage, SessionDescription,
-    SignalPayload, codes,
+    IceCandidate, LeaveReason, SdpType, ServerMessage, SessionDescription, SignalPayload, codes,
 };
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const APP: &str = "970CA35de60c44645bbae8a215061b33";
 const CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
-const WAIT: Duration = Duration::from_secs(5);
 
 struct TestApp {
     addr: SocketAddr,
@@ -138,10 +137,7 @@ impl TestApp {
     }
 
     async fn connect(&self) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/rtc", self.addr))
-            .await
-            .unwrap();
-        ws
+        common::rtc_client::connect(&format!("ws://{}/rtc", self.addr)).await
     }
 
     /// Connects and joins; returns the socket and its `joined` peers.
@@ -151,20 +147,7 @@ impl TestApp {
     }
 
     async fn join_with(&self, channel: &str, uid: &str, token: &str) -> (Ws, Vec<String>) {
-        let mut ws = self.connect().await;
-        send(&mut ws, &join_text(channel, uid, token)).await;
-        match next_msg(&mut ws).await {
-            ServerMessage::Joined {
-                channel: c,
-                uid: u,
-                peers,
-                ..
-            } => {
-                assert_eq!((c.as_str(), u.as_str()), (channel, uid));
-                (ws, peers)
-            }
-            other => panic!("expected joined, got {other:?}"),
-        }
+        join_at(&format!("ws://{}/rtc", self.addr), channel, uid, token).await
     }
 
     /// (kind, uid, effect) of each timeline entry of the channel's call.
@@ -194,85 +177,6 @@ impl TestApp {
             })
             .collect()
     }
-}
-
-fn join_text(channel: &str, uid: &str, token: &str) -> String {
-    json!({"type":"join","appID":APP,"channel":channel,"uid":uid,"token":token}).to_string()
-}
-
-async fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).await.unwrap();
-}
-
-/// The next protocol message, skipping pings and pongs.
-async fn next_msg(ws: &mut Ws) -> ServerMessage {
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no message within 5 s")
-            .expect("socket ended")
-            .expect("socket error");
-        match m {
-            Message::Text(t) => return ServerMessage::parse(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// Reads until the close frame; returns its code (None: the socket ended without one).
-async fn expect_close(ws: &mut Ws) -> Option<u16> {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no close within 5 s")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(other)) => panic!("expected close, got {other:?}"),
-            Some(Err(_)) | None => return None,
-        }
-    }
-}
-
-/// An `error` with `code`, then a close with `close`.
-async fn expect_fatal(ws: &mut Ws, code: &str, close: u16) {
-    match next_msg(ws).await {
-        ServerMessage::Error { code: c, message } => {
-            assert_eq!(c, code, "{message}");
-            assert!(!message.is_empty());
-        }
-        other => panic!("expected error {code}, got {other:?}"),
-    }
-    assert_eq!(expect_close(ws).await, Some(close));
-}
-
-async fn expect_error(ws: &mut Ws, code: &str) {
-    match next_msg(ws).await {
-        ServerMessage::Error { code: c, .. } => assert_eq!(c, code),
-        other => panic!("expected error {code}, got {other:?}"),
-    }
-}
-
-async fn expect_peer_left(ws: &mut Ws, uid: &str, reason: LeaveReason) {
-    assert_eq!(
-        next_msg(ws).await,
-        ServerMessage::PeerLeft {
-            uid: uid.into(),
-            reason
-        }
-    );
-}
-
-fn offer(to: &str, sdp: &str) -> String {
-    ClientMessage::Signal {
-        to: to.into(),
-        payload: SignalPayload::Description(SessionDescription {
-            kind: SdpType::Offer,
-            sdp: sdp.into(),
-        }),
-    }
-    .to_json()
 }
 
 fn ch(s: &str) -> ChannelName {
@@ -629,13 +533,7 @@ async fn rejoining_replaces_the_older_socket() {
     next_msg(&mut alice1).await;
     let (mut alice2, peers) = app.join(channel, "alice").await;
     assert_eq!(peers, vec!["bob".to_string()]);
-    assert_eq!(
-        next_msg(&mut alice1).await,
-        ServerMessage::Kicked {
-            reason: "replaced".into()
-        }
-    );
-    assert_eq!(expect_close(&mut alice1).await, Some(1000));
+    expect_kicked(&mut alice1, "replaced").await;
     expect_peer_left(&mut bob, "alice", LeaveReason::Replaced).await;
     assert_eq!(
         next_msg(&mut bob).await,
@@ -665,13 +563,7 @@ async fn server_code_kicks_a_uid() {
             .rtc()
             .kick(&ch(channel), &uid("robot"), "robot_quit")
     );
-    assert_eq!(
-        next_msg(&mut robot).await,
-        ServerMessage::Kicked {
-            reason: "robot_quit".into()
-        }
-    );
-    assert_eq!(expect_close(&mut robot).await, Some(1000));
+    expect_kicked(&mut robot, "robot_quit").await;
     expect_peer_left(&mut alice, "robot", LeaveReason::Kicked).await;
     assert!(!app.state.rtc().kick(&ch(channel), &uid("robot"), "again"));
     assert_eq!(app.state.rtc().present(&ch(channel)), vec![uid("alice")]);

@@ -216,6 +216,11 @@ pub mod codes {
     pub const TOKEN_NO_JOIN_PRIVILEGE: &str = "token_no_join_privilege";
     /// The server is shutting down.
     pub const SHUTTING_DOWN: &str = "shutting_down";
+    /// The join could not be recorded (the database is unreachable); try again later.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// A `signal` for a peer on another server could not be handed over (the socket
+    /// stays; send it again).
+    pub const RELAY_FAILED: &str = "relay_failed";
 }
 
 /// Why a frame is not a valid message.

@@ -4,8 +4,9 @@
 //!   socket task ── open / Input::Text / Pong / Closed ──> Hub ──> poll_output():
 //!   ticker      ── Input::Timeout ─────────────────────────^       Send{conn, msg}
 //!   server code ── kick / present ─────────────────────────^       Ping{conn}
-//!                                                                  Close{conn, code}
-//!                                                                  Presence{channel, uid, ..}
+//!   bus (PostgreSQL only)                                          Close{conn, code}
+//!     worker    ── Input::Claimed / ClaimRefused ──────────^       Presence{channel, uid, ..}
+//!     listener  ── Input::Bus / Snapshot / Lapsed ─────────^       Claim / Release / Publish
 //! ```
 //!
 //! Every method takes `now` (unix milliseconds) from the caller; nothing in here reads a
@@ -26,12 +27,27 @@
 //!   `error` (`peer_not_found`) and the socket stays;
 //! - fatal errors (`error`, then close): malformed frames, oversized frames, rate limit,
 //!   a full channel, bad tokens, idle timeout.
+//!
+//! **Several instances** ([`Hub::with_bus`], PostgreSQL; docs/rtc-bus.md). The members of
+//! a channel may sit on different API instances. The presence table is the authority:
+//! a join becomes [`Output::Claim`], which the driver records (the table checks the peer
+//! limit, numbers the join from one sequence and replaces the uid's earlier join
+//! wherever it is) and answers with [`Input::Claimed`]; a member that goes becomes
+//! [`Output::Release`]. Each room mirrors the members of the other instances, learnt from
+//! [`Input::Bus`] (`Joined`/`Left`, numbered from the same sequence: an event not newer
+//! than what the room has applied is stale and ignored) and from [`Input::Snapshot`]
+//! after the bus (re)subscribes. Join order is the sequence number, so every pair of
+//! members agrees on who came first (the newcomer offers). Signals and kicks for a member
+//! of another instance become [`Output::Publish`] addressed to that instance, which
+//! answers `Undeliverable` when the member is gone: a signal is delivered or its sender
+//! gets `peer_not_found` (or `relay_failed` when the bus could not take it).
 
 use std::collections::{HashMap, VecDeque};
 
 use protocol::signaling::{ClientMessage, LeaveReason, ServerMessage, SignalPayload, codes};
 
 use super::ice::IceConfig;
+use super::remote::{BusMessage, Claim, InstanceId, PresenceRow};
 use crate::domain::{ChannelName, Uid};
 use crate::token::TokenIssuer;
 
@@ -45,7 +61,17 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// A frame larger than the limit.
     pub const TOO_BIG: u16 = 1009;
+    /// The join could not be recorded (the database is unreachable): try again later.
+    pub const TRY_AGAIN: u16 = 1013;
 }
+
+/// Signals held for a socket whose join is being recorded (bus only), before the others
+/// are answered `Undeliverable`.
+const MAX_HELD: usize = 64;
+
+/// The `kicked` reason of members dropped because another instance declared this one
+/// dead (its bus heartbeat lapsed); their peers saw `peer_left` with reason `timeout`.
+pub const LAPSED_REASON: &str = "timeout";
 
 /// Limits and timers of the hub.
 #[derive(Debug, Clone)]
@@ -90,7 +116,7 @@ impl std::fmt::Display for ConnId {
     }
 }
 
-/// Something that happened on a socket, or the passing of time.
+/// Something that happened on a socket, on the bus, or the passing of time.
 #[derive(Debug, Clone, Copy)]
 pub enum Input<'a> {
     /// A text frame.
@@ -129,6 +155,31 @@ pub enum Input<'a> {
     Timeout,
     /// The server is stopping: every socket is closed.
     Shutdown,
+    /// Bus: the presence table recorded the join asked for by [`Output::Claim`].
+    Claimed {
+        /// The joining socket.
+        conn: ConnId,
+        /// What the table answered.
+        claim: &'a Claim,
+    },
+    /// Bus: the presence table refused the join asked for by [`Output::Claim`].
+    ClaimRefused {
+        /// The joining socket.
+        conn: ConnId,
+        /// The channel is full (else the database could not be reached).
+        full: bool,
+    },
+    /// Bus: a message from another instance (or a leave the bus reports for this one).
+    Bus(&'a BusMessage),
+    /// Bus: every member of every instance, read when the listener (re)subscribed.
+    /// Notifications may have been missed before, so this replaces what the rooms
+    /// knew about the other instances.
+    Snapshot(&'a [PresenceRow]),
+    /// Bus: a message of [`Output::Publish`] could not be sent.
+    Unpublished(&'a BusMessage),
+    /// Bus: another instance declared this one dead (its heartbeat lapsed) and removed
+    /// its members from the presence table: every member here is dropped.
+    Lapsed,
 }
 
 /// How a member's presence changed, for the call state.
@@ -177,11 +228,51 @@ pub enum Output {
         /// What happened.
         event: PresenceEvent,
     },
+    /// Bus: record a join in the presence table (the table checks the peer limit and
+    /// tells the other instances); answer with [`Input::Claimed`] or
+    /// [`Input::ClaimRefused`].
+    Claim {
+        /// The joining socket.
+        conn: ConnId,
+        /// Channel.
+        channel: ChannelName,
+        /// Who.
+        uid: Uid,
+    },
+    /// Bus: record that a member of this instance left: delete its presence row if it
+    /// is still this join (`seq`), and tell the other instances.
+    Release {
+        /// Channel.
+        channel: ChannelName,
+        /// Who.
+        uid: Uid,
+        /// Which join of that uid.
+        seq: i64,
+        /// As told to the peers.
+        reason: LeaveReason,
+    },
+    /// Bus: send a message to another instance; on failure feed [`Input::Unpublished`].
+    Publish {
+        /// The instance holding the addressee.
+        to: InstanceId,
+        /// What.
+        message: BusMessage,
+    },
+}
+
+/// A socket whose join is being recorded in the presence table (bus only).
+#[derive(Debug)]
+struct Joining {
+    channel: ChannelName,
+    uid: Uid,
+    /// Signals that arrived from other instances meanwhile: (from, payload, reply_to).
+    held: Vec<(Uid, SignalPayload, InstanceId)>,
 }
 
 #[derive(Debug)]
 struct Conn {
     member: Option<(ChannelName, Uid)>,
+    joining: Option<Joining>,
     last_in_ms: i64,
     last_ping_ms: Option<i64>,
     next_presence_ms: i64,
@@ -190,15 +281,48 @@ struct Conn {
     bucket_at_ms: i64,
 }
 
+/// A member whose socket is on this instance.
+#[derive(Debug)]
+struct Member {
+    uid: Uid,
+    conn: ConnId,
+    /// Join order (the presence table's sequence with a bus, a counter without).
+    seq: i64,
+}
+
 #[derive(Debug, Default)]
 struct Room {
-    /// Members in join order.
-    members: Vec<(Uid, ConnId)>,
+    /// Members on this instance, in join order.
+    members: Vec<Member>,
+    /// Members on other instances (bus only), in join order.
+    remote: Vec<PresenceRow>,
+    /// Sockets of this instance whose join is being recorded (bus only).
+    joining: Vec<(Uid, ConnId)>,
+    /// The newest bus event applied to this room: older ones are stale (bus only).
+    seen: i64,
 }
 
 impl Room {
     fn conn_of(&self, uid: &Uid) -> Option<ConnId> {
-        self.members.iter().find(|(u, _)| u == uid).map(|(_, c)| *c)
+        self.members.iter().find(|m| &m.uid == uid).map(|m| m.conn)
+    }
+
+    fn remote_of(&self, uid: &Uid) -> Option<&PresenceRow> {
+        self.remote.iter().find(|r| &r.uid == uid)
+    }
+
+    fn locals(&self) -> Vec<ConnId> {
+        self.members.iter().map(|m| m.conn).collect()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.remote.is_empty() && self.joining.is_empty()
+    }
+
+    /// Inserts a member of another instance, keeping join order.
+    fn insert_remote(&mut self, row: PresenceRow) {
+        let at = self.remote.partition_point(|r| r.seq < row.seq);
+        self.remote.insert(at, row);
     }
 }
 
@@ -208,29 +332,49 @@ pub struct Hub {
     cfg: HubConfig,
     tokens: TokenIssuer,
     ice: IceConfig,
+    /// This instance on the bus; `None`: the only instance (SQLite).
+    bus: Option<InstanceId>,
     next_id: u64,
+    /// Join order without a bus.
+    next_seq: i64,
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<ChannelName, Room>,
     out: VecDeque<Output>,
 }
 
 impl Hub {
-    /// A hub verifying tokens with `tokens` and handing out `ice` servers.
+    /// A hub verifying tokens with `tokens` and handing out `ice` servers, for the only
+    /// instance of the service.
     pub fn new(cfg: HubConfig, tokens: TokenIssuer, ice: IceConfig) -> Self {
         Self {
             cfg,
             tokens,
             ice,
+            bus: None,
             next_id: 1,
+            next_seq: 1,
             conns: HashMap::new(),
             rooms: HashMap::new(),
             out: VecDeque::new(),
         }
     }
 
+    /// A hub of instance `me`, sharing its channels with other instances over a bus.
+    pub fn with_bus(cfg: HubConfig, tokens: TokenIssuer, ice: IceConfig, me: InstanceId) -> Self {
+        Self {
+            bus: Some(me),
+            ..Self::new(cfg, tokens, ice)
+        }
+    }
+
     /// The limits in force.
     pub fn config(&self) -> &HubConfig {
         &self.cfg
+    }
+
+    /// This instance on the bus (`None`: the only instance).
+    pub fn bus(&self) -> Option<&InstanceId> {
+        self.bus.as_ref()
     }
 
     /// Registers a new socket; its first message must be `join`.
@@ -241,6 +385,7 @@ impl Hub {
             id,
             Conn {
                 member: None,
+                joining: None,
                 last_in_ms: now,
                 last_ping_ms: None,
                 next_presence_ms: i64::MAX,
@@ -256,20 +401,32 @@ impl Hub {
         self.conns.len()
     }
 
-    /// Channels with at least one member, and members over all channels (metrics).
+    /// Channels with at least one member on this instance, and this instance's members
+    /// over all channels (metrics).
     pub fn occupancy(&self) -> (usize, usize) {
-        (
-            self.rooms.len(),
-            self.rooms.values().map(|r| r.members.len()).sum(),
-        )
+        let local = self.rooms.values().filter(|r| !r.members.is_empty());
+        let (mut channels, mut members) = (0, 0);
+        for r in local {
+            channels += 1;
+            members += r.members.len();
+        }
+        (channels, members)
     }
 
-    /// Uids present in `channel`, in join order.
+    /// Uids present in `channel` (on every instance, as far as this one knows), in join
+    /// order.
     pub fn present(&self, channel: &ChannelName) -> Vec<Uid> {
-        self.rooms
-            .get(channel)
-            .map(|r| r.members.iter().map(|(u, _)| u.clone()).collect())
-            .unwrap_or_default()
+        let Some(room) = self.rooms.get(channel) else {
+            return Vec::new();
+        };
+        let mut all: Vec<(i64, &Uid)> = room
+            .members
+            .iter()
+            .map(|m| (m.seq, &m.uid))
+            .chain(room.remote.iter().map(|r| (r.seq, &r.uid)))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, u)| u.clone()).collect()
     }
 
     /// The next output to deliver.
@@ -341,15 +498,61 @@ impl Hub {
                         code: close_code::GOING_AWAY,
                     });
                 }
+                // With a bus, the driver removes this instance's presence rows itself.
                 self.conns.clear();
                 self.rooms.clear();
             }
+            Input::Claimed { conn, claim } => self.on_claimed(now, conn, claim),
+            Input::ClaimRefused { conn, full } => self.on_claim_refused(conn, full),
+            Input::Bus(message) => self.on_bus(message),
+            Input::Snapshot(rows) => self.on_snapshot(rows),
+            Input::Unpublished(message) => self.on_unpublished(message),
+            Input::Lapsed if self.bus.is_some() => {
+                let mut ids: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.member.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.sort();
+                for conn in ids {
+                    self.evict(conn, true);
+                }
+            }
+            Input::Lapsed => {}
         }
     }
 
     /// Removes `uid` from `channel`: it gets `kicked {reason}` and is closed; the others
-    /// see `peer_left {reason: "kicked"}`. Returns whether the uid was present.
+    /// see `peer_left {reason: "kicked"}`. A member of another instance is kicked there
+    /// (through the bus). Returns whether the uid was present, as far as this instance
+    /// knows.
     pub fn kick(&mut self, channel: &ChannelName, uid: &Uid, reason: &str) -> bool {
+        if self.kick_local(channel, uid, reason) {
+            return true;
+        }
+        let Some(row) = self.rooms.get(channel).and_then(|r| r.remote_of(uid)) else {
+            return false;
+        };
+        let to = row.instance.clone();
+        self.out.push_back(Output::Publish {
+            to,
+            message: BusMessage::Kick {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                reason: reason.to_owned(),
+            },
+        });
+        true
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn send(&mut self, conn: ConnId, message: ServerMessage) {
+        self.out.push_back(Output::Send { conn, message });
+    }
+
+    fn kick_local(&mut self, channel: &ChannelName, uid: &Uid, reason: &str) -> bool {
         let Some(conn) = self.rooms.get(channel).and_then(|r| r.conn_of(uid)) else {
             return false;
         };
@@ -361,12 +564,6 @@ impl Hub {
         );
         self.drop_conn(conn, LeaveReason::Kicked, true, Some(close_code::NORMAL));
         true
-    }
-
-    // ------------------------------------------------------------------ internals
-
-    fn send(&mut self, conn: ConnId, message: ServerMessage) {
-        self.out.push_back(Output::Send { conn, message });
     }
 
     /// Counts a frame against the socket's rate; false (and the socket dropped) when it
@@ -407,7 +604,8 @@ impl Hub {
         self.drop_conn(conn, LeaveReason::Kicked, false, Some(close));
     }
 
-    /// Forgets a socket; if it was a member, tells the others and reports presence.
+    /// Forgets a socket; if it was a member, tells the others, reports presence and (with
+    /// a bus) releases its presence row.
     fn drop_conn(
         &mut self,
         conn: ConnId,
@@ -415,11 +613,35 @@ impl Hub {
         deliberate: bool,
         close: Option<u16>,
     ) {
+        self.forget(conn, reason, deliberate, close, true);
+    }
+
+    /// [`Hub::drop_conn`], choosing whether the presence row is released (not when
+    /// another instance already removed it).
+    fn forget(
+        &mut self,
+        conn: ConnId,
+        reason: LeaveReason,
+        deliberate: bool,
+        close: Option<u16>,
+        release: bool,
+    ) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if let Some(j) = c.joining {
+            self.abandon_join(conn, j);
+        }
         if let Some((channel, uid)) = c.member {
-            self.remove_member(&channel, &uid, conn, reason);
+            let seq = self.remove_member(&channel, &uid, conn, reason);
+            if let (Some(seq), true, Some(_)) = (seq, release, &self.bus) {
+                self.out.push_back(Output::Release {
+                    channel: channel.clone(),
+                    uid: uid.clone(),
+                    seq,
+                    reason,
+                });
+            }
             self.out.push_back(Output::Presence {
                 channel,
                 uid,
@@ -431,24 +653,65 @@ impl Hub {
         }
     }
 
-    /// Takes `uid` (on `conn`) out of its room and tells the others.
-    fn remove_member(&mut self, channel: &ChannelName, uid: &Uid, conn: ConnId, why: LeaveReason) {
-        let Some(room) = self.rooms.get_mut(channel) else {
-            return;
-        };
-        room.members.retain(|(u, c)| !(u == uid && *c == conn));
-        let others: Vec<ConnId> = room.members.iter().map(|(_, c)| *c).collect();
-        if room.members.is_empty() {
+    /// Drops a member whose presence row another instance removed (this instance was
+    /// declared dead): it gets `kicked`, its peers here `peer_left` with reason `timeout`.
+    fn evict(&mut self, conn: ConnId, release: bool) {
+        self.send(
+            conn,
+            ServerMessage::Kicked {
+                reason: LAPSED_REASON.to_owned(),
+            },
+        );
+        self.forget(
+            conn,
+            LeaveReason::Timeout,
+            false,
+            Some(close_code::NORMAL),
+            release,
+        );
+    }
+
+    /// A socket that was joining is gone: its place in the room goes, and the signals
+    /// held for it are answered `Undeliverable`.
+    fn abandon_join(&mut self, conn: ConnId, j: Joining) {
+        self.left_joining(&j.channel, conn);
+        self.refuse_held(&j.channel, &j.uid, j.held);
+    }
+
+    /// Takes `uid` (on `conn`) out of its room and tells the others; returns its join
+    /// number when it was there.
+    fn remove_member(
+        &mut self,
+        channel: &ChannelName,
+        uid: &Uid,
+        conn: ConnId,
+        why: LeaveReason,
+    ) -> Option<i64> {
+        let room = self.rooms.get_mut(channel)?;
+        let at = room
+            .members
+            .iter()
+            .position(|m| &m.uid == uid && m.conn == conn)?;
+        let seq = room.members.remove(at).seq;
+        let others = room.locals();
+        if room.is_idle() {
             self.rooms.remove(channel);
         }
-        for other in others {
-            self.send(
-                other,
-                ServerMessage::PeerLeft {
-                    uid: uid.to_string(),
-                    reason: why,
-                },
-            );
+        self.tell(
+            &others,
+            |u| ServerMessage::PeerLeft {
+                uid: u,
+                reason: why,
+            },
+            uid,
+        );
+        Some(seq)
+    }
+
+    /// Sends `make(uid)` to each of `conns`.
+    fn tell(&mut self, conns: &[ConnId], make: impl Fn(String) -> ServerMessage, uid: &Uid) {
+        for c in conns {
+            self.send(*c, make(uid.to_string()));
         }
     }
 
@@ -464,7 +727,14 @@ impl Hub {
                 return;
             }
         };
-        let member = self.conns.get(&conn).and_then(|c| c.member.clone());
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.joining.is_some() {
+            // `joined` has not been sent yet.
+            return self.while_joining(conn, msg);
+        }
+        let member = c.member.clone();
         match (msg, member) {
             (
                 ClientMessage::Join {
@@ -475,13 +745,7 @@ impl Hub {
                 },
                 None,
             ) => self.on_join(now, conn, &app_id, &channel, &uid, &token),
-            (ClientMessage::Join { .. }, Some(_)) => self.send(
-                conn,
-                ServerMessage::error(
-                    codes::ALREADY_JOINED,
-                    "this socket already joined; open another socket for another channel",
-                ),
-            ),
+            (ClientMessage::Join { .. }, Some(_)) => self.already_joined(conn),
             (_, None) => self.fail(
                 conn,
                 codes::NOT_JOINED,
@@ -493,6 +757,37 @@ impl Hub {
             }
             (ClientMessage::Leave, Some(_)) => {
                 self.drop_conn(conn, LeaveReason::Left, true, Some(close_code::NORMAL));
+            }
+        }
+    }
+
+    fn already_joined(&mut self, conn: ConnId) {
+        self.send(
+            conn,
+            ServerMessage::error(
+                codes::ALREADY_JOINED,
+                "this socket already joined; open another socket for another channel",
+            ),
+        );
+    }
+
+    /// A message before `joined` arrived (bus only): a second join is refused, a leave
+    /// abandons the join, a signal has nobody to go to yet.
+    fn while_joining(&mut self, conn: ConnId, msg: ClientMessage) {
+        match msg {
+            ClientMessage::Join { .. } => self.already_joined(conn),
+            ClientMessage::Leave => {
+                self.drop_conn(conn, LeaveReason::Left, true, Some(close_code::NORMAL));
+            }
+            ClientMessage::Signal { to, .. } => {
+                let shown: String = to.chars().take(64).collect();
+                self.send(
+                    conn,
+                    ServerMessage::error(
+                        codes::PEER_NOT_FOUND,
+                        format!("no peer {shown:?} yet: wait for joined"),
+                    ),
+                );
             }
         }
     }
@@ -539,11 +834,26 @@ impl Hub {
             self.fail(conn, e.code(), &e.to_string(), close_code::POLICY);
             return;
         }
+        if self.bus.is_some() {
+            // The presence table decides: the limit over every instance, the join order,
+            // a replacement wherever the uid was.
+            let room = self.rooms.entry(channel.clone()).or_default();
+            room.joining.push((uid.clone(), conn));
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.joining = Some(Joining {
+                    channel: channel.clone(),
+                    uid: uid.clone(),
+                    held: Vec::new(),
+                });
+            }
+            self.out.push_back(Output::Claim { conn, channel, uid });
+            return;
+        }
         let room = self.rooms.entry(channel.clone()).or_default();
         let previous = room.conn_of(&uid);
         if previous.is_none() && room.members.len() >= self.cfg.max_peers {
             let max = self.cfg.max_peers;
-            if room.members.is_empty() {
+            if room.is_idle() {
                 self.rooms.remove(&channel);
             }
             self.fail(
@@ -554,7 +864,17 @@ impl Hub {
             );
             return;
         }
-        if let Some(old) = previous {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.enter(now, conn, channel, uid, seq);
+    }
+
+    /// Makes `conn` the member `uid` of `channel` with join number `seq`: replaces the
+    /// uid's earlier join, answers `joined` (the members that came before), tells the
+    /// others here, and names the members that came after (bus only) with `peer_joined`.
+    fn enter(&mut self, now: i64, conn: ConnId, channel: ChannelName, uid: Uid, seq: i64) {
+        let room = self.rooms.entry(channel.clone()).or_default();
+        if let Some(old) = room.conn_of(&uid) {
             self.send(
                 old,
                 ServerMessage::Kicked {
@@ -568,32 +888,64 @@ impl Hub {
                 conn: old,
                 code: close_code::NORMAL,
             });
+        } else if let Some(at) = room.remote.iter().position(|r| r.uid == uid) {
+            // Its earlier join on another instance, which kicks that socket itself.
+            room.remote.remove(at);
+            let locals = room.locals();
+            self.tell(
+                &locals,
+                |u| ServerMessage::PeerLeft {
+                    uid: u,
+                    reason: LeaveReason::Replaced,
+                },
+                &uid,
+            );
         }
         let room = self.rooms.entry(channel.clone()).or_default();
-        let peers: Vec<ConnId> = room.members.iter().map(|(_, c)| *c).collect();
-        let peer_uids: Vec<String> = room.members.iter().map(|(u, _)| u.to_string()).collect();
-        room.members.push((uid.clone(), conn));
+        let peers: Vec<ConnId> = room.locals();
+        let mut before: Vec<(i64, String)> = room
+            .members
+            .iter()
+            .map(|m| (m.seq, m.uid.to_string()))
+            .chain(
+                room.remote
+                    .iter()
+                    .filter(|r| r.seq < seq)
+                    .map(|r| (r.seq, r.uid.to_string())),
+            )
+            .collect();
+        before.sort();
+        let after: Vec<String> = room
+            .remote
+            .iter()
+            .filter(|r| r.seq > seq)
+            .map(|r| r.uid.to_string())
+            .collect();
+        room.members.push(Member {
+            uid: uid.clone(),
+            conn,
+            seq,
+        });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.member = Some((channel.clone(), uid.clone()));
             c.next_presence_ms = now.saturating_add(self.cfg.presence_every_ms);
         }
+        let now_secs = u64::try_from(now / 1000).unwrap_or(0);
         let ice_servers = self.ice.servers_for(uid.as_str(), now_secs);
         self.send(
             conn,
             ServerMessage::Joined {
                 channel: channel.to_string(),
                 uid: uid.to_string(),
-                peers: peer_uids,
+                peers: before.into_iter().map(|(_, u)| u).collect(),
                 ice_servers,
             },
         );
-        for p in peers {
-            self.send(
-                p,
-                ServerMessage::PeerJoined {
-                    uid: uid.to_string(),
-                },
-            );
+        self.tell(&peers, |u| ServerMessage::PeerJoined { uid: u }, &uid);
+        // Members of other instances whose joins were recorded after this one: they
+        // offer to this socket, as to any member present before them.
+        for later in after {
+            self.send(conn, ServerMessage::PeerJoined { uid: later });
         }
         self.out.push_back(Output::Presence {
             channel,
@@ -610,30 +962,55 @@ impl Hub {
         to: &str,
         payload: SignalPayload,
     ) {
-        let target = Uid::parse(to).ok().and_then(|to| {
-            (&to != from)
-                .then(|| self.rooms.get(channel).and_then(|r| r.conn_of(&to)))
-                .flatten()
-        });
-        match target {
-            Some(target) => self.send(
+        let to = Uid::parse(to).map_err(|_| to);
+        let room = self.rooms.get(channel);
+        let target = match (&to, room) {
+            (Ok(to), Some(room)) if to != from => match room.conn_of(to) {
+                Some(c) => Some(Ok(c)),
+                None => room.remote_of(to).map(|r| Err(r.instance.clone())),
+            },
+            _ => None,
+        };
+        match (target, to) {
+            (Some(Ok(target)), _) => self.send(
                 target,
                 ServerMessage::Signal {
                     from: from.to_string(),
                     payload,
                 },
             ),
-            None => {
-                let shown: String = to.chars().take(64).collect();
-                self.send(
-                    conn,
-                    ServerMessage::error(
-                        codes::PEER_NOT_FOUND,
-                        format!("no peer {shown:?} in this channel"),
-                    ),
-                );
+            (Some(Err(instance)), Ok(to)) => match self.bus.clone() {
+                Some(me) => self.out.push_back(Output::Publish {
+                    to: instance,
+                    message: BusMessage::Signal {
+                        channel: channel.clone(),
+                        from: from.clone(),
+                        to,
+                        payload,
+                        reply_to: me,
+                    },
+                }),
+                None => self.peer_not_found(conn, to.as_str()),
+            },
+            (_, to) => {
+                let to = match &to {
+                    Ok(u) => u.as_str(),
+                    Err(s) => s,
+                };
+                self.peer_not_found(conn, to);
             }
         }
+    }
+
+    fn peer_not_found(&mut self, conn: ConnId, to: &str) {
+        let shown: String = to.chars().take(64).collect();
+        self.send(
+            conn,
+            ServerMessage::error(
+                codes::PEER_NOT_FOUND,
+                format!("no peer {shown:?} in this channel"),
+            ),
+        );
     }
 
     fn on_timeout(&mut self, now: i64) {
@@ -670,6 +1047,382 @@ impl Hub {
                     });
                 }
             }
+        }
+    }
+
+    // ------------------------------------------------------------------ bus
+
+    fn on_claimed(&mut self, now: i64, conn: ConnId, claim: &Claim) {
+        let Some(me) = self.bus.clone() else {
+            return;
+        };
+        let waiting = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.joining.as_ref())
+            .is_some_and(|j| j.channel == claim.channel && j.uid == claim.uid);
+        if !waiting {
+            // The socket went while its join was being recorded: undo the join.
+            self.out.push_back(Output::Release {
+                channel: claim.channel.clone(),
+                uid: claim.uid.clone(),
+                seq: claim.seq,
+                reason: LeaveReason::Left,
+            });
+            return;
+        }
+        let held = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.joining.take())
+            .map(|j| j.held)
+            .unwrap_or_default();
+        // The socket keeps its place in `joining` until it has entered, so the room is not
+        // dropped (with what it has seen) while the uid's earlier join is replaced.
+        let room = self.rooms.entry(claim.channel.clone()).or_default();
+        if room.seen < claim.seq {
+            // The table's view is newer than what the bus delivered so far: take it (the
+            // events before this join that are still on their way are stale now).
+            let rows: Vec<PresenceRow> = claim
+                .members
+                .iter()
+                .filter(|r| r.instance != me)
+                .cloned()
+                .collect();
+            self.resync_room(&claim.channel, rows);
+            self.rooms.entry(claim.channel.clone()).or_default().seen = claim.seq;
+        }
+        let superseded = self
+            .rooms
+            .get(&claim.channel)
+            .and_then(|r| r.remote_of(&claim.uid))
+            .is_some_and(|r| r.seq > claim.seq);
+        if superseded {
+            // The same uid joined again elsewhere, after this join was recorded.
+            self.send(
+                conn,
+                ServerMessage::Kicked {
+                    reason: LeaveReason::Replaced.as_str().to_owned(),
+                },
+            );
+            self.conns.remove(&conn);
+            self.out.push_back(Output::Close {
+                conn,
+                code: close_code::NORMAL,
+            });
+            self.left_joining(&claim.channel, conn);
+            self.refuse_held(&claim.channel, &claim.uid, held);
+            return;
+        }
+        self.enter(
+            now,
+            conn,
+            claim.channel.clone(),
+            claim.uid.clone(),
+            claim.seq,
+        );
+        self.left_joining(&claim.channel, conn);
+        for (from, payload, _) in held {
+            self.send(
+                conn,
+                ServerMessage::Signal {
+                    from: from.to_string(),
+                    payload,
+                },
+            );
+        }
+    }
+
+    /// `conn` no longer waits for its join in `channel`.
+    fn left_joining(&mut self, channel: &ChannelName, conn: ConnId) {
+        if let Some(room) = self.rooms.get_mut(channel) {
+            room.joining.retain(|(_, c)| *c != conn);
+            if room.is_idle() {
+                self.rooms.remove(channel);
+            }
+        }
+    }
+
+    fn on_claim_refused(&mut self, conn: ConnId, full: bool) {
+        let Some(j) = self.conns.get_mut(&conn).and_then(|c| c.joining.take()) else {
+            return;
+        };
+        self.abandon_join(conn, j);
+        if full {
+            let max = self.cfg.max_peers;
+            self.fail(
+                conn,
+                codes::CHANNEL_FULL,
+                &format!("the channel already has {max} peers"),
+                close_code::POLICY,
+            );
+        } else {
+            self.fail(
+                conn,
+                codes::UNAVAILABLE,
+                "the join could not be recorded; try again",
+                close_code::TRY_AGAIN,
+            );
+        }
+    }
+
+    fn refuse_held(
+        &mut self,
+        channel: &ChannelName,
+        to: &Uid,
+        held: Vec<(Uid, SignalPayload, InstanceId)>,
+    ) {
+        for (from, _, reply_to) in held {
+            self.out.push_back(Output::Publish {
+                to: reply_to,
+                message: BusMessage::Undeliverable {
+                    channel: channel.clone(),
+                    from,
+                    to: to.clone(),
+                },
+            });
+        }
+    }
+
+    fn on_bus(&mut self, message: &BusMessage) {
+        let Some(me) = self.bus.clone() else {
+            return;
+        };
+        match message {
+            BusMessage::Joined(row) => {
+                // This instance's own joins were applied when their claim returned.
+                if row.instance == me || !self.is_new(&row.channel, row.seq) {
+                    return;
+                }
+                self.apply_joined(row.clone());
+                if let Some(room) = self.rooms.get_mut(&row.channel) {
+                    room.seen = room.seen.max(row.seq);
+                }
+            }
+            BusMessage::Left {
+                row,
+                reason,
+                event_seq,
+            } => {
+                if !self.is_new(&row.channel, *event_seq) {
+                    return;
+                }
+                let Some(room) = self.rooms.get_mut(&row.channel) else {
+                    return;
+                };
+                room.seen = *event_seq;
+                if row.instance == me {
+                    // This instance's members leave here first; one still here was
+                    // removed by another instance that declared this one dead.
+                    let conn = room
+                        .members
+                        .iter()
+                        .find(|m| m.uid == row.uid && m.seq == row.seq)
+                        .map(|m| m.conn);
+                    if let Some(conn) = conn {
+                        self.evict(conn, false);
+                    }
+                    return;
+                }
+                self.remove_remote(&row.channel, &row.uid, Some(row.seq), *reason);
+            }
+            BusMessage::Signal {
+                channel,
+                from,
+                to,
+                payload,
+                reply_to,
+            } => {
+                let room = self.rooms.get(channel);
+                if let Some(conn) = room.and_then(|r| r.conn_of(to)) {
+                    self.send(
+                        conn,
+                        ServerMessage::Signal {
+                            from: from.to_string(),
+                            payload: payload.clone(),
+                        },
+                    );
+                    return;
+                }
+                let joining = room.and_then(|r| r.joining.iter().find(|(u, _)| u == to));
+                if let Some(&(_, conn)) = joining {
+                    let j = self.conns.get_mut(&conn).and_then(|c| c.joining.as_mut());
+                    if let Some(j) = j.filter(|j| j.held.len() < MAX_HELD) {
+                        j.held
+                            .push((from.clone(), payload.clone(), reply_to.clone()));
+                        return;
+                    }
+                }
+                self.out.push_back(Output::Publish {
+                    to: reply_to.clone(),
+                    message: BusMessage::Undeliverable {
+                        channel: channel.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                    },
+                });
+            }
+            BusMessage::Undeliverable { channel, from, to } => {
+                if let Some(conn) = self.rooms.get(channel).and_then(|r| r.conn_of(from)) {
+                    self.peer_not_found(conn, to.as_str());
+                }
+            }
+            BusMessage::Kick {
+                channel,
+                uid,
+                reason,
+            } => {
+                self.kick_local(channel, uid, reason);
+            }
+        }
+    }
+
+    /// Whether a bus event numbered `seq` is newer than what `channel`'s room applied.
+    fn is_new(&self, channel: &ChannelName, seq: i64) -> bool {
+        self.rooms.get(channel).is_none_or(|r| seq > r.seen)
+    }
+
+    /// A member of another instance joined: it replaces the uid's older join (here or
+    /// elsewhere), and the members here are told.
+    fn apply_joined(&mut self, row: PresenceRow) {
+        let room = self.rooms.entry(row.channel.clone()).or_default();
+        let local = room
+            .members
+            .iter()
+            .find(|m| m.uid == row.uid)
+            .map(|m| (m.conn, m.seq));
+        if let Some((old, seq)) = local {
+            if seq >= row.seq {
+                return;
+            }
+            // Replaced by a later join on another instance: the uid stays present.
+            self.send(
+                old,
+                ServerMessage::Kicked {
+                    reason: LeaveReason::Replaced.as_str().to_owned(),
+                },
+            );
+            self.conns.remove(&old);
+            self.remove_member(&row.channel, &row.uid, old, LeaveReason::Replaced);
+            self.out.push_back(Output::Close {
+                conn: old,
+                code: close_code::NORMAL,
+            });
+        } else if let Some(r) = room.remote_of(&row.uid) {
+            if r.seq >= row.seq {
+                return;
+            }
+            self.remove_remote(&row.channel, &row.uid, None, LeaveReason::Replaced);
+        }
+        let room = self.rooms.entry(row.channel.clone()).or_default();
+        let locals = room.locals();
+        let uid = row.uid.clone();
+        room.insert_remote(row);
+        self.tell(&locals, |u| ServerMessage::PeerJoined { uid: u }, &uid);
+    }
+
+    /// Removes a member of another instance (its join `seq`, or any) and tells the
+    /// members here.
+    fn remove_remote(
+        &mut self,
+        channel: &ChannelName,
+        uid: &Uid,
+        seq: Option<i64>,
+        why: LeaveReason,
+    ) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        let Some(at) = room
+            .remote
+            .iter()
+            .position(|r| &r.uid == uid && seq.is_none_or(|s| s == r.seq))
+        else {
+            return;
+        };
+        room.remote.remove(at);
+        let locals = room.locals();
+        if room.is_idle() {
+            self.rooms.remove(channel);
+        }
+        self.tell(
+            &locals,
+            |u| ServerMessage::PeerLeft {
+                uid: u,
+                reason: why,
+            },
+            uid,
+        );
+    }
+
+    /// Makes the room's members of other instances `rows` (in join order), telling the
+    /// members here about each difference.
+    fn resync_room(&mut self, channel: &ChannelName, rows: Vec<PresenceRow>) {
+        let gone: Vec<(Uid, i64)> = self
+            .rooms
+            .get(channel)
+            .map(|room| {
+                room.remote
+                    .iter()
+                    .filter(|r| !rows.iter().any(|n| n.uid == r.uid && n.seq == r.seq))
+                    .map(|r| (r.uid.clone(), r.seq))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (uid, seq) in gone {
+            self.remove_remote(channel, &uid, Some(seq), LeaveReason::Left);
+        }
+        for row in rows {
+            self.apply_joined(row);
+        }
+    }
+
+    fn on_snapshot(&mut self, rows: &[PresenceRow]) {
+        let Some(me) = self.bus.clone() else {
+            return;
+        };
+        let mut by_channel: HashMap<ChannelName, Vec<PresenceRow>> = HashMap::new();
+        for r in rows.iter().filter(|r| r.instance != me) {
+            by_channel
+                .entry(r.channel.clone())
+                .or_default()
+                .push(r.clone());
+        }
+        let mut channels: Vec<ChannelName> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.remote.is_empty())
+            .map(|(c, _)| c.clone())
+            .chain(by_channel.keys().cloned())
+            .collect();
+        channels.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        channels.dedup();
+        for channel in channels {
+            let mut rows = by_channel.remove(&channel).unwrap_or_default();
+            rows.sort_by_key(|r| r.seq);
+            let newest = rows.last().map(|r| r.seq);
+            self.resync_room(&channel, rows);
+            if let (Some(seq), Some(room)) = (newest, self.rooms.get_mut(&channel)) {
+                room.seen = room.seen.max(seq);
+            }
+        }
+    }
+
+    fn on_unpublished(&mut self, message: &BusMessage) {
+        // Only a signal has a sender to tell; a lost kick or answer is logged by the driver.
+        if let BusMessage::Signal {
+            channel, from, to, ..
+        } = message
+            && let Some(conn) = self.rooms.get(channel).and_then(|r| r.conn_of(from))
+        {
+            let to = to.as_str();
+            self.send(
+                conn,
+                ServerMessage::error(
+                    codes::RELAY_FAILED,
+                    format!("the signal to {to:?} could not be relayed; send it again"),
+                ),
+            );
         }
     }
 }
@@ -1365,5 +2118,582 @@ mod tests {
         for o in out.iter().chain(&out2) {
             assert!(!format!("{o:?}").contains(&t[3..40]));
         }
+    }
+
+    // ------------------------------------------------------------------ with a bus
+
+    const A: &str = "00000000000000aa";
+    const B: &str = "00000000000000bb";
+    const C: &str = "00000000000000cc";
+
+    fn inst(s: &str) -> InstanceId {
+        InstanceId::from_stored(s.into())
+    }
+
+    fn bus_hub() -> Hub {
+        Hub::with_bus(HubConfig::default(), issuer(), IceConfig::none(), inst(A))
+    }
+
+    fn row(channel: &str, u: &str, i: &str, seq: i64) -> PresenceRow {
+        PresenceRow {
+            channel: ch(channel),
+            uid: uid(u),
+            instance: inst(i),
+            seq,
+        }
+    }
+
+    fn bus(h: &mut Hub, m: BusMessage) -> Vec<Output> {
+        h.handle_input(T0, Input::Bus(&m));
+        drain(h)
+    }
+
+    fn joined_on(h: &mut Hub, r: PresenceRow) -> Vec<Output> {
+        bus(h, BusMessage::Joined(r))
+    }
+
+    fn left_on(h: &mut Hub, r: PresenceRow, reason: LeaveReason, event_seq: i64) -> Vec<Output> {
+        bus(
+            h,
+            BusMessage::Left {
+                row: r,
+                reason,
+                event_seq,
+            },
+        )
+    }
+
+    /// Opens a socket and sends its join: the hub only asks for a claim.
+    fn ask(h: &mut Hub, channel: &str, u: &str) -> ConnId {
+        let c = h.open(T0);
+        let out = text(h, T0, c, &join_text(channel, u, &token(channel, u)));
+        assert_eq!(
+            out,
+            vec![Output::Claim {
+                conn: c,
+                channel: ch(channel),
+                uid: uid(u),
+            }]
+        );
+        c
+    }
+
+    fn claimed(
+        h: &mut Hub,
+        conn: ConnId,
+        channel: &str,
+        u: &str,
+        seq: i64,
+        members: Vec<PresenceRow>,
+    ) -> Vec<Output> {
+        let claim = Claim {
+            channel: ch(channel),
+            uid: uid(u),
+            seq,
+            members,
+        };
+        h.handle_input(
+            T0,
+            Input::Claimed {
+                conn,
+                claim: &claim,
+            },
+        );
+        drain(h)
+    }
+
+    /// Asks and claims; returns the socket and the outputs of the claim.
+    fn bus_join(
+        h: &mut Hub,
+        channel: &str,
+        u: &str,
+        seq: i64,
+        members: Vec<PresenceRow>,
+    ) -> (ConnId, Vec<Output>) {
+        let c = ask(h, channel, u);
+        let out = claimed(h, c, channel, u, seq, members);
+        (c, out)
+    }
+
+    fn peers_of(out: &[Output], conn: ConnId) -> Vec<String> {
+        sent_to(out, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::Joined { peers, .. } => Some(peers),
+                _ => None,
+            })
+            .expect("joined")
+    }
+
+    fn published(out: &[Output]) -> Vec<(InstanceId, BusMessage)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Publish { to, message } => Some((to.clone(), message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn released(out: &[Output]) -> Vec<(String, i64, LeaveReason)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Release {
+                    uid, seq, reason, ..
+                } => Some((uid.to_string(), *seq, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn offer_payload() -> SignalPayload {
+        SignalPayload::Description(SessionDescription {
+            kind: SdpType::Offer,
+            sdp: "v=0\r\n".into(),
+        })
+    }
+
+    fn joined_msg(u: &str) -> ServerMessage {
+        ServerMessage::PeerJoined { uid: u.into() }
+    }
+
+    fn left_msg(u: &str, reason: LeaveReason) -> ServerMessage {
+        ServerMessage::PeerLeft {
+            uid: u.into(),
+            reason,
+        }
+    }
+
+    #[test]
+    fn with_a_bus_joined_lists_every_instance_in_join_order() {
+        let mut h = bus_hub();
+        assert!(joined_on(&mut h, row("c1", "bob", B, 3)).is_empty());
+        // The claim knows carol (her join is still on its way here) and bob.
+        let c = ask(&mut h, "c1", "alice");
+        assert!(
+            h.present(&ch("c1")) == vec![uid("bob")],
+            "not a member before the claim"
+        );
+        let out = claimed(
+            &mut h,
+            c,
+            "c1",
+            "alice",
+            5,
+            vec![row("c1", "carol", C, 1), row("c1", "bob", B, 3)],
+        );
+        assert_eq!(peers_of(&out, c), vec!["carol", "bob"]);
+        assert_eq!(presence(&out), vec![("alice".into(), PresenceEvent::Here)]);
+        assert_eq!(
+            h.present(&ch("c1")),
+            vec![uid("carol"), uid("bob"), uid("alice")]
+        );
+        // Carol's join arriving now is stale; so is any event numbered before the claim.
+        assert!(joined_on(&mut h, row("c1", "carol", C, 1)).is_empty());
+        assert!(left_on(&mut h, row("c1", "bob", B, 3), LeaveReason::Left, 4).is_empty());
+        // New events reach alice.
+        let out = joined_on(&mut h, row("c1", "dave", B, 7));
+        assert_eq!(sent_to(&out, c), vec![joined_msg("dave")]);
+        let out = left_on(&mut h, row("c1", "bob", B, 3), LeaveReason::Timeout, 8);
+        assert_eq!(
+            sent_to(&out, c),
+            vec![left_msg("bob", LeaveReason::Timeout)]
+        );
+        // A leave of a join that is not the one present changes nothing.
+        assert!(left_on(&mut h, row("c1", "dave", B, 6), LeaveReason::Left, 9).is_empty());
+        // This instance's own joins come back on the bus too: ignored.
+        assert!(joined_on(&mut h, row("c1", "alice", A, 5)).is_empty());
+        assert_eq!(
+            h.present(&ch("c1")),
+            vec![uid("carol"), uid("alice"), uid("dave")]
+        );
+        assert_eq!(
+            h.occupancy(),
+            (1, 1),
+            "metrics count this instance's members"
+        );
+    }
+
+    #[test]
+    fn members_that_joined_after_the_claim_are_announced_after_joined() {
+        let mut h = bus_hub();
+        let c = ask(&mut h, "c1", "alice");
+        // Erin joined elsewhere after alice's join was recorded; her instance told her
+        // about alice, so she offers at once, before alice's claim came back here.
+        assert!(joined_on(&mut h, row("c1", "erin", B, 9)).is_empty());
+        let signal = BusMessage::Signal {
+            channel: ch("c1"),
+            from: uid("erin"),
+            to: uid("alice"),
+            payload: offer_payload(),
+            reply_to: inst(B),
+        };
+        assert!(bus(&mut h, signal).is_empty(), "held until joined");
+        let out = claimed(&mut h, c, "c1", "alice", 5, vec![]);
+        let to_alice = sent_to(&out, c);
+        assert!(matches!(&to_alice[0], ServerMessage::Joined { peers, .. } if peers.is_empty()));
+        assert_eq!(
+            to_alice[1..],
+            [
+                joined_msg("erin"),
+                ServerMessage::Signal {
+                    from: "erin".into(),
+                    payload: offer_payload()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn signals_cross_instances_and_come_back_when_undeliverable() {
+        let mut h = bus_hub();
+        joined_on(&mut h, row("c1", "bob", B, 1));
+        let (a, _) = bus_join(&mut h, "c1", "alice", 2, vec![row("c1", "bob", B, 1)]);
+        // To a member of another instance: published to that instance.
+        let out = text(&mut h, T0, a, &offer_to("bob"));
+        assert!(sent_to(&out, a).is_empty());
+        assert_eq!(
+            published(&out),
+            vec![(
+                inst(B),
+                BusMessage::Signal {
+                    channel: ch("c1"),
+                    from: uid("alice"),
+                    to: uid("bob"),
+                    payload: offer_payload(),
+                    reply_to: inst(A),
+                }
+            )]
+        );
+        // From another instance: delivered with `from`.
+        let back = BusMessage::Signal {
+            channel: ch("c1"),
+            from: uid("bob"),
+            to: uid("alice"),
+            payload: SignalPayload::Candidate(None),
+            reply_to: inst(B),
+        };
+        let out = bus(&mut h, back);
+        assert_eq!(
+            sent_to(&out, a),
+            vec![ServerMessage::Signal {
+                from: "bob".into(),
+                payload: SignalPayload::Candidate(None)
+            }]
+        );
+        // For someone not here: answered to the sender's instance.
+        let lost = BusMessage::Signal {
+            channel: ch("c1"),
+            from: uid("bob"),
+            to: uid("zed"),
+            payload: offer_payload(),
+            reply_to: inst(B),
+        };
+        assert_eq!(
+            published(&bus(&mut h, lost)),
+            vec![(
+                inst(B),
+                BusMessage::Undeliverable {
+                    channel: ch("c1"),
+                    from: uid("bob"),
+                    to: uid("zed"),
+                }
+            )]
+        );
+        // The answer to alice's signal when bob had gone: peer_not_found, socket stays.
+        let out = bus(
+            &mut h,
+            BusMessage::Undeliverable {
+                channel: ch("c1"),
+                from: uid("alice"),
+                to: uid("bob"),
+            },
+        );
+        assert_eq!(error_code(&out, a).as_deref(), Some(codes::PEER_NOT_FOUND));
+        assert_eq!(closed(&out, a), None);
+        // A publication that could not be sent: relay_failed, socket stays.
+        let (_, m) = published(&text(&mut h, T0, a, &offer_to("bob"))).remove(0);
+        h.handle_input(T0, Input::Unpublished(&m));
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, a).as_deref(), Some(codes::RELAY_FAILED));
+        assert_eq!(closed(&out, a), None);
+        // Present nowhere: peer_not_found at once, nothing published.
+        let out = text(&mut h, T0, a, &offer_to("nobody"));
+        assert_eq!(error_code(&out, a).as_deref(), Some(codes::PEER_NOT_FOUND));
+        assert!(published(&out).is_empty());
+    }
+
+    #[test]
+    fn a_join_elsewhere_replaces_a_member_here_and_the_reverse() {
+        let mut h = bus_hub();
+        let (a, _) = bus_join(&mut h, "c1", "alice", 2, vec![]);
+        let (c, _) = bus_join(&mut h, "c1", "carol", 3, vec![]);
+        // Alice joined again on B: her socket here is replaced, carol sees it.
+        let out = joined_on(&mut h, row("c1", "alice", B, 6));
+        assert_eq!(
+            sent_to(&out, a),
+            vec![ServerMessage::Kicked {
+                reason: "replaced".into()
+            }]
+        );
+        assert_eq!(closed(&out, a), Some(close_code::NORMAL));
+        assert_eq!(
+            sent_to(&out, c),
+            vec![
+                left_msg("alice", LeaveReason::Replaced),
+                joined_msg("alice")
+            ]
+        );
+        assert!(released(&out).is_empty(), "the row is B's now");
+        assert!(presence(&out).is_empty(), "alice is still present");
+        assert_eq!(h.present(&ch("c1")), vec![uid("carol"), uid("alice")]);
+        // Now alice joins here again, replacing her join on B.
+        let (a2, out) = bus_join(
+            &mut h,
+            "c1",
+            "alice",
+            8,
+            vec![row("c1", "carol", A, 3), row("c1", "alice", B, 6)],
+        );
+        assert_eq!(peers_of(&out, a2), vec!["carol"]);
+        assert_eq!(
+            sent_to(&out, c),
+            vec![
+                left_msg("alice", LeaveReason::Replaced),
+                joined_msg("alice")
+            ]
+        );
+        assert_eq!(h.present(&ch("c1")), vec![uid("carol"), uid("alice")]);
+        // A join recorded before a later one elsewhere: the socket is replaced at once.
+        let d = ask(&mut h, "c1", "dave");
+        joined_on(&mut h, row("c1", "dave", B, 20));
+        let out = claimed(&mut h, d, "c1", "dave", 15, vec![]);
+        assert_eq!(
+            sent_to(&out, d),
+            vec![ServerMessage::Kicked {
+                reason: "replaced".into()
+            }]
+        );
+        assert_eq!(closed(&out, d), Some(close_code::NORMAL));
+        assert!(sent_to(&out, c).is_empty());
+        assert_eq!(h.connections(), 2);
+    }
+
+    #[test]
+    fn kicks_reach_other_instances_and_members_leaving_release_their_rows() {
+        let mut h = bus_hub();
+        joined_on(&mut h, row("c1", "robot", B, 1));
+        let (a, _) = bus_join(&mut h, "c1", "alice", 2, vec![row("c1", "robot", B, 1)]);
+        let members = vec![row("c1", "robot", B, 1), row("c1", "alice", A, 2)];
+        let (b, _) = bus_join(&mut h, "c1", "bob", 3, members);
+        assert!(h.kick(&ch("c1"), &uid("robot"), "robot_quit"));
+        assert_eq!(
+            published(&drain(&mut h)),
+            vec![(
+                inst(B),
+                BusMessage::Kick {
+                    channel: ch("c1"),
+                    uid: uid("robot"),
+                    reason: "robot_quit".into()
+                }
+            )]
+        );
+        assert!(!h.kick(&ch("c1"), &uid("nobody"), "x"));
+        // A kick from another instance for a member here.
+        let out = bus(
+            &mut h,
+            BusMessage::Kick {
+                channel: ch("c1"),
+                uid: uid("alice"),
+                reason: "operator".into(),
+            },
+        );
+        assert_eq!(
+            sent_to(&out, a),
+            vec![ServerMessage::Kicked {
+                reason: "operator".into()
+            }]
+        );
+        assert_eq!(
+            sent_to(&out, b),
+            vec![left_msg("alice", LeaveReason::Kicked)]
+        );
+        assert_eq!(
+            released(&out),
+            vec![("alice".into(), 2, LeaveReason::Kicked)]
+        );
+        // Leaving releases too, with its reason.
+        let out = text(&mut h, T0, b, r#"{"type":"leave"}"#);
+        assert_eq!(released(&out), vec![("bob".into(), 3, LeaveReason::Left)]);
+        assert_eq!(h.present(&ch("c1")), vec![uid("robot")]);
+    }
+
+    #[test]
+    fn a_socket_gone_while_its_join_is_recorded_is_released() {
+        let mut h = bus_hub();
+        let c = ask(&mut h, "c1", "alice");
+        // Messages before joined: a second join is refused, a signal has nobody yet.
+        let out = text(
+            &mut h,
+            T0,
+            c,
+            &join_text("c1", "alice", &token("c1", "alice")),
+        );
+        assert_eq!(error_code(&out, c).as_deref(), Some(codes::ALREADY_JOINED));
+        let out = text(&mut h, T0, c, &offer_to("bob"));
+        assert_eq!(error_code(&out, c).as_deref(), Some(codes::PEER_NOT_FOUND));
+        assert_eq!(closed(&out, c), None);
+        let held = BusMessage::Signal {
+            channel: ch("c1"),
+            from: uid("bob"),
+            to: uid("alice"),
+            payload: offer_payload(),
+            reply_to: inst(B),
+        };
+        bus(&mut h, held);
+        h.handle_input(T0, Input::Closed { conn: c });
+        let out = drain(&mut h);
+        assert_eq!(
+            published(&out),
+            vec![(
+                inst(B),
+                BusMessage::Undeliverable {
+                    channel: ch("c1"),
+                    from: uid("bob"),
+                    to: uid("alice")
+                }
+            )]
+        );
+        assert!(h.rooms.is_empty());
+        let out = claimed(&mut h, c, "c1", "alice", 4, vec![]);
+        assert_eq!(released(&out), vec![("alice".into(), 4, LeaveReason::Left)]);
+        assert_eq!(out.len(), 1);
+        assert!(h.present(&ch("c1")).is_empty());
+        // `leave` before joined: the same.
+        let c = ask(&mut h, "c1", "alice");
+        let out = text(&mut h, T0, c, r#"{"type":"leave"}"#);
+        assert_eq!(closed(&out, c), Some(close_code::NORMAL));
+        let out = claimed(&mut h, c, "c1", "alice", 5, vec![]);
+        assert_eq!(released(&out), vec![("alice".into(), 5, LeaveReason::Left)]);
+    }
+
+    #[test]
+    fn refused_claims_are_fatal() {
+        let mut h = bus_hub();
+        let c = ask(&mut h, "c1", "alice");
+        h.handle_input(
+            T0,
+            Input::ClaimRefused {
+                conn: c,
+                full: true,
+            },
+        );
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, c).as_deref(), Some(codes::CHANNEL_FULL));
+        assert_eq!(closed(&out, c), Some(close_code::POLICY));
+        assert!(presence(&out).is_empty() && released(&out).is_empty());
+        let c = ask(&mut h, "c1", "alice");
+        h.handle_input(
+            T0,
+            Input::ClaimRefused {
+                conn: c,
+                full: false,
+            },
+        );
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, c).as_deref(), Some(codes::UNAVAILABLE));
+        assert_eq!(closed(&out, c), Some(close_code::TRY_AGAIN));
+        assert!(h.rooms.is_empty());
+        assert_eq!(h.connections(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_what_the_bus_said() {
+        let mut h = bus_hub();
+        joined_on(&mut h, row("c1", "bob", B, 1));
+        joined_on(&mut h, row("c1", "carol", C, 2));
+        joined_on(&mut h, row("c2", "xavier", C, 4));
+        let members = vec![row("c1", "bob", B, 1), row("c1", "carol", C, 2)];
+        let (a, _) = bus_join(&mut h, "c1", "alice", 3, members);
+        // Notifications were missed: bob left, dave joined, c2 emptied.
+        let rows = [
+            row("c1", "carol", C, 2),
+            row("c1", "alice", A, 3),
+            row("c1", "dave", B, 5),
+        ];
+        h.handle_input(T0, Input::Snapshot(&rows));
+        let out = drain(&mut h);
+        assert_eq!(
+            sent_to(&out, a),
+            vec![left_msg("bob", LeaveReason::Left), joined_msg("dave")]
+        );
+        assert_eq!(
+            h.present(&ch("c1")),
+            vec![uid("carol"), uid("alice"), uid("dave")]
+        );
+        assert!(h.present(&ch("c2")).is_empty());
+        // Events the snapshot already holds are stale.
+        assert!(joined_on(&mut h, row("c1", "dave", B, 5)).is_empty());
+    }
+
+    #[test]
+    fn members_of_an_instance_declared_dead_are_dropped_here() {
+        let mut h = bus_hub();
+        let (a, _) = bus_join(&mut h, "c1", "alice", 2, vec![]);
+        let (b, _) = bus_join(&mut h, "c1", "bob", 3, vec![]);
+        // Another instance released alice's row (this one's heartbeat lapsed).
+        let out = left_on(&mut h, row("c1", "alice", A, 2), LeaveReason::Timeout, 10);
+        assert_eq!(
+            sent_to(&out, a),
+            vec![ServerMessage::Kicked {
+                reason: LAPSED_REASON.into()
+            }]
+        );
+        assert_eq!(
+            sent_to(&out, b),
+            vec![left_msg("alice", LeaveReason::Timeout)]
+        );
+        assert!(released(&out).is_empty(), "already released");
+        assert_eq!(
+            presence(&out),
+            vec![(
+                "alice".into(),
+                PresenceEvent::Gone {
+                    reason: LeaveReason::Timeout,
+                    deliberate: false
+                }
+            )]
+        );
+        // Our own release of a member already gone changes nothing.
+        assert!(left_on(&mut h, row("c1", "alice", A, 2), LeaveReason::Left, 11).is_empty());
+        // Declared dead: everyone here goes (and is released, in case a row is left).
+        h.handle_input(T0, Input::Lapsed);
+        let out = drain(&mut h);
+        assert_eq!(closed(&out, b), Some(close_code::NORMAL));
+        assert_eq!(
+            released(&out),
+            vec![("bob".into(), 3, LeaveReason::Timeout)]
+        );
+        assert!(h.present(&ch("c1")).is_empty());
+    }
+
+    #[test]
+    fn without_a_bus_nothing_goes_to_one_and_bus_inputs_are_ignored() {
+        let mut h = hub();
+        let (a, out) = join(&mut h, T0, "c1", "alice");
+        let (_b, out2) = join(&mut h, T0, "c1", "bob");
+        let out3 = text(&mut h, T0, a, r#"{"type":"leave"}"#);
+        let is_bus = |o: &Output| {
+            matches!(
+                o,
+                Output::Claim { .. } | Output::Release { .. } | Output::Publish { .. }
+            )
+        };
+        assert!(!out.iter().chain(&out2).chain(&out3).any(is_bus));
+        assert!(joined_on(&mut h, row("c1", "carol", B, 9)).is_empty());
+        h.handle_input(T0, Input::Snapshot(&[row("c1", "carol", B, 9)]));
+        h.handle_input(T0, Input::Lapsed);
+        assert!(drain(&mut h).is_empty());
+        assert_eq!(h.present(&ch("c1")), vec![uid("bob")]);
+        assert!(h.bus().is_none());
     }
 }

@@ -7,10 +7,13 @@
 //!                              │        └── ticker (1 s): pings, idle timeouts, presence
 //!                              └── presence queue ──> worker ──> Store::apply_input(Seen)
 //!  server code ──> Rtc::kick / Rtc::present
+//!  PostgreSQL: hub <──> bus worker / listener <──> other instances (docs/rtc-bus.md)
 //! ```
 //!
 //! - [`hub`]: the sans-IO core (rooms, presence, relay, kicks, limits).
 //! - [`ice`]: STUN/TURN servers and TURN REST credentials for `joined`.
+//! - [`remote`]: what instances tell each other over the bus.
+//! - [`bus`]: the bus worker and listener (PostgreSQL only; SQLite has one instance).
 //! - `socket`: the axum handler; it only moves frames between a socket and the hub.
 //!
 //! **Why a `Mutex` around the hub rather than a task that owns it.** Every hub call is
@@ -28,8 +31,10 @@
 //! is recorded (kind `rtc_disconnected`) and keeps its deadline, leaving time to reconnect.
 //! The robot's uid (`DAPI_ROBOT_UID`) is not a person and does not feed the call.
 
+pub mod bus;
 pub mod hub;
 pub mod ice;
+pub mod remote;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
@@ -42,11 +47,13 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use protocol::signaling::ServerMessage;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use self::bus::{BusInbox, BusJob, BusOutbox, BusTimers};
 use self::hub::{ConnId, Hub, HubConfig, Input, Output, PresenceEvent};
 use self::ice::IceConfig;
+use self::remote::{BusMessage, InstanceId, PresenceRow};
 use crate::AppState;
 use crate::call_state::Input as CallInput;
 use crate::clock::Clock;
@@ -66,6 +73,10 @@ const OUTBOX: usize = 256;
 const PRESENCE_QUEUE: usize = 4096;
 /// How often a present member is reported to the call state.
 const PRESENCE_EVERY_MS: i64 = 15_000;
+/// How long the server waits for its bus listener before it serves anyway (PostgreSQL).
+const BUS_READY_WAIT: Duration = Duration::from_secs(5);
+/// How long a stopping server waits for the bus worker to release its members.
+const BUS_GOODBYE_WAIT: Duration = Duration::from_secs(5);
 
 /// `GET /rtc`, `GET /demo`, `GET /demo/rtc.js`.
 pub fn router() -> Router<AppState> {
@@ -124,12 +135,22 @@ struct Driven {
     hub: Hub,
     outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
     presence: mpsc::Sender<PresenceReport>,
+    /// The bus worker's queue (PostgreSQL only).
+    bus: Option<BusOutbox>,
+}
+
+/// This instance on the bus (PostgreSQL only).
+struct BusSide {
+    me: InstanceId,
+    timers: BusTimers,
+    inbox: Mutex<Option<BusInbox>>,
 }
 
 struct Shared {
     driven: Mutex<Driven>,
     clock: Clock,
     presence_rx: Mutex<Option<mpsc::Receiver<PresenceReport>>>,
+    bus: Option<BusSide>,
     max_frame: usize,
     /// Socket tasks still running (shutdown waits for them to flush their close).
     sockets: AtomicUsize,
@@ -151,7 +172,14 @@ impl std::fmt::Debug for Rtc {
 
 impl Rtc {
     /// Builds the hub from the configuration (fails on a bad ICE or limit setting).
-    pub fn new(config: &Config, tokens: TokenIssuer, clock: Clock) -> anyhow::Result<Self> {
+    /// `bus`: this instance's id when channels are shared with other instances over the
+    /// database (PostgreSQL); `None` for the only instance (SQLite).
+    pub fn new(
+        config: &Config,
+        tokens: TokenIssuer,
+        clock: Clock,
+        bus: Option<InstanceId>,
+    ) -> anyhow::Result<Self> {
         let ice = IceConfig::new(
             config.ice_servers.clone(),
             config.turn_secret.clone(),
@@ -191,15 +219,33 @@ impl Rtc {
             presence_every_ms: PRESENCE_EVERY_MS.min(heartbeat_ms / 3).max(1000),
         };
         let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
+        let (hub, outbox, side) = match bus {
+            Some(me) => {
+                let (outbox, inbox) = bus::queue();
+                let side = BusSide {
+                    me: me.clone(),
+                    timers: BusTimers::every(config.rtc_bus_heartbeat_ms),
+                    inbox: Mutex::new(Some(inbox)),
+                };
+                (
+                    Hub::with_bus(cfg, tokens, ice, me),
+                    Some(outbox),
+                    Some(side),
+                )
+            }
+            None => (Hub::new(cfg, tokens, ice), None, None),
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 driven: Mutex::new(Driven {
-                    hub: Hub::new(cfg, tokens, ice),
+                    hub,
                     outboxes: HashMap::new(),
                     presence: tx,
+                    bus: outbox,
                 }),
                 clock,
                 presence_rx: Mutex::new(Some(rx)),
+                bus: side,
                 max_frame: config.rtc_max_frame,
                 sockets: AtomicUsize::new(0),
                 heartbeat_ms,
@@ -208,14 +254,27 @@ impl Rtc {
     }
 
     /// Removes `uid` from `channel` (it gets `kicked {reason}`, the others `peer_left`
-    /// with reason `kicked`). Returns whether the uid was present on this instance.
+    /// with reason `kicked`), on whichever instance holds its socket (over the bus when
+    /// that is another one). Returns whether the uid was present, as far as this
+    /// instance knows.
     pub fn kick(&self, channel: &ChannelName, uid: &Uid, reason: &str) -> bool {
         self.with_hub(|hub, _| hub.kick(channel, uid, reason))
     }
 
-    /// Uids present in `channel` on this instance, in join order.
+    /// Uids present in `channel` on every instance (as far as this one knows), in join
+    /// order.
     pub fn present(&self, channel: &ChannelName) -> Vec<Uid> {
         self.lock().hub.present(channel)
+    }
+
+    /// This instance's id on the bus (PostgreSQL), and its timers.
+    pub fn bus(&self) -> Option<(&InstanceId, BusTimers)> {
+        self.shared.bus.as_ref().map(|b| (&b.me, b.timers))
+    }
+
+    /// The time source.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.shared.clock
     }
 
     /// (channels, peers, sockets) on this instance, for metrics.
@@ -270,25 +329,50 @@ impl Rtc {
         let r = f(&mut d.hub, now);
         let d = &mut *d;
         loop {
-            let mut stalled = Vec::new();
+            let mut undelivered = Vec::new();
             while let Some(out) = d.hub.poll_output() {
-                deliver(d, out, &mut stalled);
+                deliver(d, out, &mut undelivered);
             }
-            if stalled.is_empty() {
+            if undelivered.is_empty() {
                 break;
             }
-            for conn in stalled {
-                // Its outbox is full or gone: drop the socket like a closed one.
-                tracing::info!(conn = %conn, "rtc socket not reading: dropped");
-                d.hub.handle_input(now, Input::Closed { conn });
+            for u in undelivered {
+                match u {
+                    Undelivered::Stalled(conn) => {
+                        // Its outbox is full or gone: drop the socket like a closed one.
+                        tracing::info!(conn = %conn, "rtc socket not reading: dropped");
+                        d.hub.handle_input(now, Input::Closed { conn });
+                    }
+                    Undelivered::Claim(conn) => {
+                        d.hub
+                            .handle_input(now, Input::ClaimRefused { conn, full: false });
+                    }
+                    Undelivered::Publish(message) => {
+                        tracing::warn!(
+                            kind = message.kind(),
+                            "rtc bus queue full: message not sent"
+                        );
+                        d.hub.handle_input(now, Input::Unpublished(&message));
+                    }
+                }
             }
         }
         r
     }
 }
 
-/// Delivers one hub output; sockets whose outbox is full are collected in `stalled`.
-fn deliver(d: &mut Driven, out: Output, stalled: &mut Vec<ConnId>) {
+/// An output that could not be handed over, to be fed back to the hub.
+enum Undelivered {
+    /// A socket's outbox is full or gone.
+    Stalled(ConnId),
+    /// The bus queue refused a claim.
+    Claim(ConnId),
+    /// The bus queue refused a publication.
+    Publish(BusMessage),
+}
+
+/// Delivers one hub output; what could not be handed over is collected in `undelivered`.
+fn deliver(d: &mut Driven, out: Output, undelivered: &mut Vec<Undelivered>) {
     match out {
         Output::Send { conn, message } => {
             match &message {
@@ -303,9 +387,9 @@ fn deliver(d: &mut Driven, out: Output, stalled: &mut Vec<ConnId>) {
                 }
                 _ => {}
             }
-            push(d, conn, Outbound::Text(message.to_json()), stalled);
+            push(d, conn, Outbound::Text(message.to_json()), undelivered);
         }
-        Output::Ping { conn } => push(d, conn, Outbound::Ping, stalled),
+        Output::Ping { conn } => push(d, conn, Outbound::Ping, undelivered),
         Output::Close { conn, code } => {
             if let Some(tx) = d.outboxes.remove(&conn) {
                 // If the outbox is full, dropping the sender ends the socket task anyway.
@@ -329,29 +413,76 @@ fn deliver(d: &mut Driven, out: Output, stalled: &mut Vec<ConnId>) {
                 tracing::warn!("rtc presence queue full: a presence report was dropped");
             }
         }
+        Output::Claim { conn, channel, uid } => {
+            let job = BusJob::Claim { conn, channel, uid };
+            if to_bus(d, job).is_some() {
+                undelivered.push(Undelivered::Claim(conn));
+            }
+        }
+        Output::Release {
+            channel,
+            uid,
+            seq,
+            reason,
+        } => {
+            let Some(me) = d.hub.bus() else {
+                return;
+            };
+            let row = PresenceRow {
+                channel,
+                uid,
+                instance: me.clone(),
+                seq,
+            };
+            if to_bus(d, BusJob::Release { row, reason }).is_some() {
+                // Only when the worker is gone (the server is stopping): its goodbye
+                // releases every member of this instance.
+                tracing::debug!("rtc bus worker gone: release left to the goodbye");
+            }
+        }
+        Output::Publish { to, message } => {
+            if let Some(BusJob::Publish { message, .. }) =
+                to_bus(d, BusJob::Publish { to, message })
+            {
+                undelivered.push(Undelivered::Publish(message));
+            }
+        }
     }
 }
 
-fn push(d: &mut Driven, conn: ConnId, msg: Outbound, stalled: &mut Vec<ConnId>) {
+/// Queues a job for the bus worker; gives it back when it was not taken.
+fn to_bus(d: &Driven, job: BusJob) -> Option<BusJob> {
+    match &d.bus {
+        Some(bus) => bus.push(job),
+        None => Some(job),
+    }
+}
+
+fn push(d: &mut Driven, conn: ConnId, msg: Outbound, undelivered: &mut Vec<Undelivered>) {
     let Some(tx) = d.outboxes.get(&conn) else {
         return;
     };
     if tx.try_send(msg).is_err() {
         d.outboxes.remove(&conn);
-        stalled.push(conn);
+        undelivered.push(Undelivered::Stalled(conn));
     }
 }
 
-/// The background work of the channel: the 1 s ticker and the presence worker. Dropping
-/// it stops both.
+/// The background work of the channel: the 1 s ticker, the presence worker and, on
+/// PostgreSQL, the bus worker and listener. Dropping it stops them all (as a crash would:
+/// no goodbye on the bus).
 pub struct RtcTasks {
     rtc: Rtc,
     handles: Vec<JoinHandle<()>>,
+    /// The bus worker and the signal that makes it say goodbye.
+    bus_worker: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
 }
 
 impl RtcTasks {
-    /// Starts the ticker and the presence worker for the application's hub.
-    pub fn start(state: &AppState) -> Self {
+    /// Starts the ticker and the presence worker for the application's hub and, on
+    /// PostgreSQL, the bus; waits (up to 5 s) until the bus listener has subscribed, so
+    /// that nothing sent to this instance is missed once it serves.
+    pub async fn start(state: &AppState) -> Self {
         let rtc = state.rtc().clone();
         let mut handles = Vec::new();
         let ticker = rtc.clone();
@@ -378,12 +509,52 @@ impl RtcTasks {
                 rx,
             )));
         }
-        Self { rtc, handles }
+        let mut bus_worker = None;
+        let inbox = rtc.shared.bus.as_ref().and_then(|b| {
+            b.inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .map(|inbox| (b.me.clone(), b.timers, inbox))
+        });
+        if let (Store::Postgres(pg), Some((me, timers, inbox))) = (state.store(), inbox) {
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let worker = tokio::spawn(bus::run_worker(
+                pg.clone(),
+                rtc.clone(),
+                me.clone(),
+                inbox,
+                state.config().rtc_max_peers,
+                timers,
+                stop_rx,
+            ));
+            bus_worker = Some((worker, stop_tx));
+            let (ready_tx, mut ready_rx) = watch::channel(false);
+            handles.push(tokio::spawn(bus::run_listener(
+                pg.clone(),
+                rtc.clone(),
+                me,
+                ready_tx,
+            )));
+            let subscribed = ready_rx.wait_for(|r| *r);
+            if tokio::time::timeout(BUS_READY_WAIT, subscribed)
+                .await
+                .is_err()
+            {
+                tracing::warn!("rtc bus listener not subscribed yet; serving anyway");
+            }
+        }
+        Self {
+            rtc,
+            handles,
+            bus_worker,
+        }
     }
 
     /// Closes every socket (`error shutting_down`, close 1001), waits up to 2 s for the
-    /// socket tasks to flush those frames, and stops the tasks.
-    pub async fn shutdown(self) {
+    /// socket tasks to flush those frames, lets the bus worker release this instance's
+    /// members (up to 5 s), and stops the tasks.
+    pub async fn shutdown(mut self) {
         self.rtc.input(Input::Shutdown);
         // The socket tasks are not ours to join (axum spawned them); poll their count.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -392,6 +563,18 @@ impl RtcTasks {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some((mut worker, stop)) = self.bus_worker.take() {
+            let _ = stop.send(());
+            if tokio::time::timeout(BUS_GOODBYE_WAIT, &mut worker)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "rtc bus worker did not finish; other instances will time this one out"
+                );
+                worker.abort();
+            }
+        }
     }
 }
 
@@ -399,6 +582,9 @@ impl Drop for RtcTasks {
     fn drop(&mut self) {
         for h in &self.handles {
             h.abort();
+        }
+        if let Some((worker, _)) = &self.bus_worker {
+            worker.abort();
         }
     }
 }

@@ -15,6 +15,7 @@
 mod postgres;
 pub mod push;
 pub mod robot;
+pub mod rtc_bus;
 mod sqlite;
 pub mod sweep;
 pub mod testdb;

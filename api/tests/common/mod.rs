@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent_ws;
+pub mod rtc_client;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub struct TestApp {
     pub backend: &'static str,
     _dir: Option<TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub struct TempDir(std::path::PathBuf);
@@ -96,7 +98,7 @@ pub async fn spawn_app_on(
     let addr = app.local_addr().unwrap();
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async move {
+    let server = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
     TestApp {
@@ -109,10 +111,53 @@ pub async fn spawn_app_on(
         backend,
         _dir: dir,
         _shutdown: tx,
+        server,
     }
 }
 
+/// Two instances on one fresh PostgreSQL database, or `None` (with a message) without
+/// `TEST_DATABASE_URL`.
+pub async fn two_on_postgres(
+    test: &str,
+    tweak: impl Fn(&mut Config),
+) -> Option<(TestApp, TestApp)> {
+    if std::env::var("TEST_DATABASE_URL").is_err() {
+        println!("SKIPPED {test}: needs PostgreSQL; set TEST_DATABASE_URL");
+        return None;
+    }
+    let (url, _) = fresh_db("postgres").await;
+    let a = spawn_app_on("postgres", &url, None, Clock::system(), &tweak).await;
+    let b = spawn_app_on("postgres", &url, None, Clock::system(), &tweak).await;
+    Some((a, b))
+}
+
 impl TestApp {
+    /// Stops the server as a crash would: its tasks are dropped mid-flight, nothing is
+    /// said to anyone (sockets it accepted stay open, unattended).
+    pub fn crash(&self) {
+        self.server.abort();
+    }
+
+    /// Stops the server cleanly (as on SIGTERM) and waits until it has.
+    pub async fn stop(self) {
+        let TestApp {
+            _shutdown, server, ..
+        } = self;
+        drop(_shutdown);
+        let _ = server.await;
+    }
+
+    /// The `/rtc` WebSocket URL.
+    pub fn rtc_url(&self) -> String {
+        format!("{}/rtc", self.base.replace("http://", "ws://"))
+    }
+
+    /// A token to join `channel` as `uid`.
+    pub fn rtc_token(&self, channel: &str, uid: &str) -> String {
+        let now = self.state.clock().now_secs();
+        self.state.tokens().mint(channel, uid, now).unwrap()
+    }
+
     /// POSTs a JSON value; returns status and body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_raw(path, body.to_string()).await
