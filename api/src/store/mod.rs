@@ -75,6 +75,19 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// A transaction PostgreSQL aborted so that others could go on: a deadlock victim
+    /// (40P01) or a serialization failure (40001). Running it again is the remedy.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Other(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("40P01" | "40001"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -284,7 +297,21 @@ macro_rules! dispatch {
     ($self:ident . $m:ident ( $($a:expr),* )) => {
         match $self {
             Store::Sqlite(s) => s.$m($($a),*).await,
-            Store::Postgres(s) => s.$m($($a),*).await,
+            // Each store method is whole transactions, so one that PostgreSQL aborted as a
+            // deadlock victim or a serialization failure left nothing behind and is run
+            // again (twice at most). SQLite has one writer: it cannot deadlock.
+            Store::Postgres(s) => {
+                let mut retries = 0;
+                loop {
+                    match s.$m($($a),*).await {
+                        Err(e) if retries < 2 && e.is_retryable() => {
+                            retries += 1;
+                            tracing::info!(op = stringify!($m), error = %e, retries, "transaction aborted by the database; running it again");
+                        }
+                        r => break r,
+                    }
+                }
+            }
         }
     };
 }
@@ -332,7 +359,7 @@ impl Store {
         &self,
         generated: (String, String),
     ) -> StoreResult<(String, String)> {
-        dispatch!(self.dev_credentials(generated))
+        dispatch!(self.dev_credentials(generated.clone()))
     }
 
     /// Creates a call with its member rows (and robot session) in one transaction.

@@ -27,8 +27,12 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // No ping before each acquire: a connection to a local file does not break
+        // silently, and the ping is a round trip to the connection's worker thread on
+        // every query (PostgreSQL keeps it: its connections cross a network).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.clone())
             .await?;
@@ -37,6 +41,7 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts.read_only(true))
                 .await?
