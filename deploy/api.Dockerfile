@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The `api` server: /dapi, /rtc, /agent, /admin, /healthz, /readyz, /metrics.
 #
 #   docker build -f deploy/api.Dockerfile -t dapi/api .        (context: the repository root)
@@ -8,6 +6,10 @@
 # `sqlx::migrate!` embeds migrations/ at compile time. The `opus` crate builds libopus from
 # source with cmake. Cargo's registry and the target directory live in BuildKit cache mounts
 # (shared with deploy/robot-agent.Dockerfile), so a rebuild only recompiles what changed.
+#
+# No `# syntax=` line: the Dockerfile frontend built into BuildKit (Docker 20.10 and later)
+# has every feature used here (RUN --mount=type=cache), and a syntax line would make every
+# build look a frontend image up on Docker Hub first, which fails without registry access.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
@@ -20,6 +22,9 @@ COPY protocol/ protocol/
 COPY robot-agent/ robot-agent/
 COPY tests/ tests/
 COPY migrations/ migrations/
+# Parallel compile jobs (Cargo's build.jobs): `default` is one per CPU. On a small or shared
+# builder: --build-arg CARGO_BUILD_JOBS=1 (compose: `build: args:` or an override file).
+ARG CARGO_BUILD_JOBS=default
 RUN --mount=type=cache,id=dapi-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=dapi-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=dapi-target-bookworm,target=/src/target,sharing=locked \

@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The `robot-agent`: takes robot sessions from the API over /agent and plays prepared audio
 # into channels over WebRTC.
 #
@@ -7,6 +5,10 @@
 #
 # Same build stage as deploy/api.Dockerfile (same cache ids: the two builds share compiled
 # dependencies such as the `audio` crate and libopus, built with cmake).
+#
+# No `# syntax=` line: the Dockerfile frontend built into BuildKit (Docker 20.10 and later)
+# has every feature used here (RUN --mount=type=cache), and a syntax line would make every
+# build look a frontend image up on Docker Hub first, which fails without registry access.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
@@ -19,6 +21,9 @@ COPY protocol/ protocol/
 COPY robot-agent/ robot-agent/
 COPY tests/ tests/
 COPY migrations/ migrations/
+# Parallel compile jobs (Cargo's build.jobs): `default` is one per CPU. On a small or shared
+# builder: --build-arg CARGO_BUILD_JOBS=1 (compose: `build: args:` or an override file).
+ARG CARGO_BUILD_JOBS=default
 RUN --mount=type=cache,id=dapi-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=dapi-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=dapi-target-bookworm,target=/src/target,sharing=locked \
