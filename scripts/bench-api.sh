@@ -2,7 +2,9 @@
 # Benchmark of the /dapi API (issue 2): requests/s and p50/p99 latency at 64 concurrent
 # connections (wrk) for call/token, call/user, call/msg and call/heartbeat on SQLite and
 # PostgreSQL, beside the ceiling of the same transactions issued by a plain loop against
-# the database (examples/store_ceiling.rs), in the same run.
+# the database (examples/store_ceiling.rs), in the same run. call/msg reads a uid whose 5
+# recent calls were already fetched (a read); call/msg-new reads, each time, a uid with one
+# call never fetched, which moves its row from 0 to 1 (the write of a callee's first fetch).
 #   scripts/bench-api.sh [SECONDS]     (WRK_THREADS, default 2: wrk threads, sharing the cores with the API)
 #   ENDPOINTS=call/msg BACKENDS=sqlite scripts/bench-api.sh 10     (a subset)
 set -euo pipefail
@@ -18,7 +20,8 @@ CEIL="$CARGO_TARGET_DIR/release/examples/store_ceiling"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PGBASE="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-ENDPOINTS="${ENDPOINTS:-call/token,call/user,call/msg,call/heartbeat}"
+ENDPOINTS="${ENDPOINTS:-call/token,call/user,call/msg,call/msg-new,call/heartbeat}"
+WRK_THREADS="${WRK_THREADS:-2}"
 BACKENDS="${BACKENDS:-sqlite,postgres}"
 
 lua() { # $1 path, $2 body
@@ -50,15 +53,46 @@ run_backend() {
       call/token) lua "/dapi/call/token" "{\"uid\":\"bench-callee\",\"channel\":\"$ch\"}" ;;
       call/user) lua "/dapi/call/user" '{"src_uid":"bench-caller","dst_uid":["bench-callee-u"],"extra_msg":"hi"}' ;;
       call/msg) lua "/dapi/call/msg" '{"uid":"bench-msg"}' ;;
-      call/heartbeat) lua "/dapi/call/heartbeat" "{\"uid\":\"bench-callee\",\"channel\":\"$ch\"}" ;;
+      call/msg-new)
+        # One never-fetched call per uid fresh-h-T-I, enough for the run, stored in bulk
+        # just before it (inside the 60 s window of call/msg).
+        fresh=$((2000 * SECS))
+        "$CEIL" seed "$url" fresh-h "$WRK_THREADS" "$fresh" >/dev/null
+        cat > "$WORK/req.lua" <<'LUA'
+wrk.method = "POST"
+wrk.path = "/dapi/call/msg"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, '{"uid":"fresh-h-' .. tid .. '-' .. n .. '"}')
+end
+LUA
+        ;;
+      call/heartbeat)
+        # A call that rings during the whole run, as in the plain loop (the one made at the
+        # start may have rung out by now: the sweeper ends it after 60 s).
+        local hb; hb="$(curl -s -X POST "$base/dapi/call/user" -H 'content-type: application/json' \
+            -d '{"src_uid":"bench-caller","dst_uid":["bench-callee"]}' | sed 's/.*"channel":"\([^"]*\)".*/\1/')"
+        lua "/dapi/call/heartbeat" "{\"uid\":\"bench-callee\",\"channel\":\"$hb\"}" ;;
     esac
-    wrk -t"${WRK_THREADS:-2}" -c"$CONC" -d"${SECS}s" --latency -s "$WORK/req.lua" "$base" > "$WORK/wrk.txt" 2>&1
+    wrk -t"$WRK_THREADS" -c"$CONC" -d"${SECS}s" --latency -s "$WORK/req.lua" "$base" > "$WORK/wrk.txt" 2>&1
     local rps p50 p99 non2xx
     rps="$(awk '/Requests\/sec/ {print int($2)}' "$WORK/wrk.txt")"
     p50="$(awk '$1=="50%" {print $2}' "$WORK/wrk.txt")"
     p99="$(awk '$1=="99%" {print $2}' "$WORK/wrk.txt")"
     non2xx="$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt")"
     echo "http $name $ep rps=$rps p50=$p50 p99=$p99 non2xx=${non2xx:-0}"
+    if [ "$ep" = call/msg-new ]; then
+      local sent; sent="$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")"
+      [ "$sent" -le $((fresh * WRK_THREADS)) ] \
+        || echo "WARNING: $sent requests for $((fresh * WRK_THREADS)) seeded uids: some read nothing"
+    fi
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
   "$CEIL" "$url" "$CONC" "$SECS" "$ENDPOINTS" | sed "s/^/$name /"
