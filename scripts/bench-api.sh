@@ -33,6 +33,12 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 }
 
+# A call from bench-caller to bench-callee on the API at $1; prints its channel.
+new_call() {
+  curl -s -X POST "$1/dapi/call/user" -H 'content-type: application/json' \
+    -d '{"src_uid":"bench-caller","dst_uid":["bench-callee"]}' | sed 's/.*"channel":"\([^"]*\)".*/\1/'
+}
+
 run_backend() {
   local name="$1" url="$2"
   # the rate limits would cap a load test from one address: off for the benchmark
@@ -41,8 +47,7 @@ run_backend() {
   local pid=$!
   for _ in $(seq 1 100); do grep -q 'listening on' "$WORK/api.out" 2>/dev/null && break; sleep 0.1; done
   local base; base="$(sed -n 's/^listening on //p' "$WORK/api.out")"
-  local ch; ch="$(curl -s -X POST "$base/dapi/call/user" -H 'content-type: application/json' \
-      -d '{"src_uid":"bench-caller","dst_uid":["bench-callee"]}' | sed 's/.*"channel":"\([^"]*\)".*/\1/')"
+  local ch; ch="$(new_call "$base")"
   # call/msg reads a uid with a realistic handful of recent calls (5), not the thousands
   # that the call/user phase creates for its callee.
   for _ in 1 2 3 4 5; do
@@ -77,8 +82,7 @@ LUA
       call/heartbeat)
         # A call that rings during the whole run, as in the plain loop (the one made at the
         # start may have rung out by now: the sweeper ends it after 60 s).
-        local hb; hb="$(curl -s -X POST "$base/dapi/call/user" -H 'content-type: application/json' \
-            -d '{"src_uid":"bench-caller","dst_uid":["bench-callee"]}' | sed 's/.*"channel":"\([^"]*\)".*/\1/')"
+        local hb; hb="$(new_call "$base")"
         lua "/dapi/call/heartbeat" "{\"uid\":\"bench-callee\",\"channel\":\"$hb\"}" ;;
     esac
     wrk -t"$WRK_THREADS" -c"$CONC" -d"${SECS}s" --latency -s "$WORK/req.lua" "$base" > "$WORK/wrk.txt" 2>&1

@@ -76,11 +76,11 @@ pub async fn agent(app: &TestApp, id: &str, capacity: u32) -> Ws {
     ws
 }
 
-/// The session as `GET /admin/robot/sessions/{id}` shows it.
-pub async fn session_state(app: &TestApp, id: i64) -> Value {
+/// `GET {path}` under `/admin` with the admin key: its `data`, after a 200.
+async fn admin_get(app: &TestApp, path: &str) -> Value {
     let r = app
         .http
-        .get(format!("{}/admin/robot/sessions/{id}", app.base))
+        .get(format!("{}/admin/{path}", app.base))
         .bearer_auth("test-admin-key")
         .send()
         .await
@@ -89,15 +89,12 @@ pub async fn session_state(app: &TestApp, id: i64) -> Value {
     r.json::<Value>().await.unwrap()["data"].clone()
 }
 
+/// The session as `GET /admin/robot/sessions/{id}` shows it.
+pub async fn session_state(app: &TestApp, id: i64) -> Value {
+    admin_get(app, &format!("robot/sessions/{id}")).await
+}
+
 /// `GET /admin/agents`: the agents connected to this instance.
 pub async fn agents(app: &TestApp) -> Value {
-    let r = app
-        .http
-        .get(format!("{}/admin/agents", app.base))
-        .bearer_auth("test-admin-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json::<Value>().await.unwrap()["data"].clone()
+    admin_get(app, "agents").await
 }
