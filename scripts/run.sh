@@ -14,25 +14,34 @@ if ! command -v cmake >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cmake >/dev/null
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-echo "run: building api and robot-agent (release)" >&2
-cargo build --release -p api --bin api -p robot-agent --bin robot-agent
-mkdir -p var
+# RUN_BIN_DIR: run binaries already built there (the test of this script uses the debug
+# build); by default build both in release mode.
+if [ -n "${RUN_BIN_DIR:-}" ]; then
+  BIN_DIR="$RUN_BIN_DIR"
+else
+  echo "run: building api and robot-agent (release)" >&2
+  cargo build --release -p api --bin api -p robot-agent --bin robot-agent
+  BIN_DIR="$CARGO_TARGET_DIR/release"
+fi
+# RUN_VAR_DIR: where the database, keys, cache and stdout copy go (default ./var).
+VAR="${RUN_VAR_DIR:-$ROOT/var}"
+mkdir -p "$VAR"
 
-# Keys: from the environment, else generated once and kept in var/keys.env (mode 600).
+# Keys: from the environment, else generated once and kept in $VAR/keys.env (mode 600).
 if [ -z "${DAPI_AGENT_KEY:-}" ] || [ -z "${DAPI_ADMIN_KEY:-}" ]; then
-  if [ ! -f var/keys.env ]; then
+  if [ ! -f "$VAR/keys.env" ]; then
     umask 077
     {
       echo "DAPI_AGENT_KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
       echo "DAPI_ADMIN_KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
-    } > var/keys.env
-    echo "run: generated DAPI_AGENT_KEY and DAPI_ADMIN_KEY in var/keys.env" >&2
+    } > "$VAR/keys.env"
+    echo "run: generated DAPI_AGENT_KEY and DAPI_ADMIN_KEY in $VAR/keys.env" >&2
   fi
   # shellcheck disable=SC1091
-  set -a; . var/keys.env; set +a
+  set -a; . "$VAR/keys.env"; set +a
 fi
 export DAPI_AGENT_KEY DAPI_ADMIN_KEY
-export DATABASE_URL="${DATABASE_URL:-sqlite://$ROOT/var/dapi.db}"
+export DATABASE_URL="${DATABASE_URL:-sqlite://$VAR/dapi.db}"
 
 API_PID=""; AGENT_PID=""
 stop() {
@@ -46,9 +55,20 @@ trap 'stop; exit 130' INT
 trap 'stop; exit 143' TERM
 trap stop EXIT
 
-OUT="var/api.stdout"
+# Logs: readable lines for a person at a terminal, JSON otherwise (a service manager, a
+# pipe, a file). Decided here from the script's own stderr, where both processes log, so
+# that a wrapper (tee, a process substitution) cannot tip the binaries' own "auto" guess.
+# DAPI_LOG_FORMAT set by the caller wins; the agent follows it unless ROBOT_LOG_FORMAT is set.
+if [ -z "${DAPI_LOG_FORMAT:-}" ] || [ "${DAPI_LOG_FORMAT}" = auto ]; then
+  if [ -t 2 ]; then DAPI_LOG_FORMAT=pretty; else DAPI_LOG_FORMAT=json; fi
+fi
+ROBOT_LOG_FORMAT="${ROBOT_LOG_FORMAT:-$DAPI_LOG_FORMAT}"
+export DAPI_LOG_FORMAT ROBOT_LOG_FORMAT
+echo "run: logs as $DAPI_LOG_FORMAT (DAPI_LOG_FORMAT=json|pretty to choose)" >&2
+
+OUT="$VAR/api.stdout"
 : > "$OUT"
-"$CARGO_TARGET_DIR/release/api" "$@" > >(tee "$OUT") &
+"$BIN_DIR/api" "$@" > >(tee "$OUT") &
 API_PID=$!
 URL=""
 for _ in $(seq 1 300); do
@@ -61,8 +81,8 @@ done
 
 # The agent talks to the API on loopback; a wildcard listen address is reached there.
 AGENT_URL="$(printf '%s' "$URL" | sed 's#//0\.0\.0\.0:#//127.0.0.1:#; s#//\[::\]:#//127.0.0.1:#')"
-"$CARGO_TARGET_DIR/release/robot-agent" --api-url "$AGENT_URL" \
-  --capacity "${ROBOT_CAPACITY:-8}" --cache-dir "${ROBOT_CACHE_DIR:-$ROOT/var/robot-cache}" &
+"$BIN_DIR/robot-agent" --api-url "$AGENT_URL" \
+  --capacity "${ROBOT_CAPACITY:-8}" --cache-dir "${ROBOT_CACHE_DIR:-$VAR/robot-cache}" &
 AGENT_PID=$!
 
 echo "run: demo at $URL/demo (go online, then \"Call the robot\"); Ctrl-C stops the api and the agent" >&2

@@ -18,6 +18,9 @@ pub mod robot;
 pub mod rtc_bus;
 mod sqlite;
 pub mod sweep;
+/// Fresh PostgreSQL databases for tests: only in this crate's own tests and with the
+/// `test-util` feature (which the integration tests turn on), never in the server.
+#[cfg(any(test, feature = "test-util"))]
 pub mod testdb;
 
 use serde::Serialize;
