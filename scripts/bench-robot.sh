@@ -3,9 +3,11 @@
 #   1. latency: POST /dapi/call/robot -> first RTP packet at an aiortc app, p50/p95 over
 #      $CALLS sequential calls (the `default` asset, cached after a warm-up call);
 #   2. fan-out: one agent holding N channels with one listener each, N raised through
-#      $STEPS until the p99 send lateness passes 5 ms (robot-agent/examples/fanout.rs).
+#      $STEPS until the p99 send lateness passes 5 ms (robot-agent/examples/fanout.rs);
+#   3. failover: three agents, $KILLS SIGKILLs of the agent holding a looping session, the
+#      gap in audio at an aiortc app (tests/aiortc/robot_failover_bench.py).
 # Prints markdown tables; the figures go into BENCHMARKS-robot.md by hand.
-#   scripts/bench-robot.sh [latency|fanout|all]
+#   scripts/bench-robot.sh [latency|fanout|failover|all]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -67,5 +69,26 @@ if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
   echo "## fan-out: one agent, N channels x 1 listener (steps $STEPS, ${MEASURE}s each)"
   "$BIN/examples/fanout" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
     --steps "$STEPS" --measure-secs "$MEASURE"
+fi
+if [ "$WHAT" = failover ] || [ "$WHAT" = all ]; then
+  # Self-contained: the agent started above would take the session (1000 slots), so it
+  # goes; the bench script runs its own three agents (capacity 1, restarted after each kill).
+  KILLS="${KILLS:-20}"
+  echo "## failover: 3 agents, $KILLS SIGKILLs of the agent holding the session; audio gap at an aiortc app"
+  kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""
+  mkdir -p "$TMP/failover"
+  "$PY" tests/aiortc/robot_failover_bench.py --base "$BASE" --agent-bin "$BIN/robot-agent" \
+    --work "$TMP/failover" --kills "$KILLS" > "$TMP/failover.json"
+  "$PY" - "$TMP/failover.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("| kills | gap p50 | gap max | kill -> audio p50 | sessions lost | max agents holding it at once | overlap of two agents' audio at the app |")
+print("|---|---|---|---|---|---|---|")
+print(f"| {r['kills']} | {r['gap_p50_ms']:.0f} ms | {r['gap_max_ms']:.0f} ms | {r['kill_to_audio_p50_ms']:.0f} ms | "
+      f"{r['sessions_lost']} | {r['max_agents_listing_the_session']} | {r['max_overlap_ms']:.0f} ms |")
+print(f"session at the end: {r['final_state']}, redispatches {r['redispatches']}, attempts {r['attempts']}, "
+      f"robot peer connections seen {r['robot_peer_connections']}")
+print("gaps (ms):", ", ".join(f"{k['gap_ms']:.0f}" for k in r["per_kill"]))
+PYEOF
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod call_state;
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
@@ -245,7 +246,7 @@ fn backend_name(url: &str) -> &'static str {
     }
 }
 
-fn random_hex32() -> String {
+pub(crate) fn random_hex32() -> String {
     use rand::Rng;
     let bytes: [u8; 16] = rand::rng().random();
     hex::encode(bytes)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::AppState;
 use crate::call_state::Input;
+use crate::calls::{self, Effects};
 use crate::domain::{ChannelName, Uid};
 use crate::store::{CallKind, FireOutcome, InputMeta, NewCall, NewRobotSession, StoreError};
 
@@ -42,20 +43,19 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     let store = state.store();
     let now = state.clock().now_ms();
     let mut report = SweepReport::default();
-    let mut robot_changed = false;
-    let mut push_queued = false;
+    // What follows the sweep's changes (dispatcher wake and NOTIFY, push wake), fired once.
+    let mut effects = Effects::default();
 
     for channel in store.due_ring_timeouts(now, BATCH).await? {
-        let t = store
-            .apply_input(
-                &channel,
-                &Input::RingTimeout,
-                &server_meta("ring_timeout", now),
-            )
-            .await?;
+        let (t, fx) = calls::apply_deferred(
+            state,
+            &channel,
+            &Input::RingTimeout,
+            &server_meta("ring_timeout", now),
+        )
+        .await?;
+        effects.add(fx);
         if t.ignored.is_none() {
-            robot_changed |= t.robot_leave;
-            push_queued |= !t.cancel_push.is_empty();
             report.rang_out.push(channel);
         }
     }
@@ -63,12 +63,15 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     for (channel, uid) in store.due_heartbeats(now, BATCH).await? {
         let Ok(uid) = Uid::parse(&uid) else { continue };
         let input = Input::HeartbeatExpired { uid: uid.clone() };
-        let t = store
-            .apply_input(&channel, &input, &server_meta("heartbeat_timeout", now))
-            .await?;
+        let (t, fx) = calls::apply_deferred(
+            state,
+            &channel,
+            &input,
+            &server_meta("heartbeat_timeout", now),
+        )
+        .await?;
+        effects.add(fx);
         if t.ignored.is_none() {
-            robot_changed |= t.robot_leave;
-            push_queued |= !t.cancel_push.is_empty();
             report.dropped.push((channel, uid.as_str().to_owned()));
         }
     }
@@ -115,18 +118,15 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
         };
         if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
             tracing::info!(task = task.id, channel = %channel, "scheduled call placed");
-            robot_changed |= call.robot.is_some();
-            push_queued = true;
+            effects.add(Effects {
+                robot: call.robot.is_some(),
+                push: true,
+            });
             report.fired.push((task.id, channel));
         }
     }
 
-    if robot_changed {
-        state.robot_changed().await;
-    }
-    if push_queued {
-        state.push().wake();
-    }
+    effects.fire(state).await;
     Ok(report)
 }
 

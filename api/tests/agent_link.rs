@@ -189,7 +189,10 @@ async fn lapsed_lease_is_offered_to_another_agent_with_its_position() {
         )
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(a); // the agent vanishes without a word
+        // The agent goes silent without closing its socket (a partition, a hung process):
+        // only the lease can tell. (A closed socket fails over at once:
+        // `a_closed_link_offers_its_session_to_another_agent_at_once`.)
+        let _silent = a;
         let mut b = agent(&app, "survivor", 1).await;
         let o = expect(&mut b, "offer", 5).await;
         assert_eq!(o["session"]["id"], id, "[{backend}]");
@@ -201,6 +204,126 @@ async fn lapsed_lease_is_offered_to_another_agent_with_its_position() {
         let s = session_state(&app, id).await;
         assert_eq!(s["redispatches"], 1);
         assert!(s["errors"][0].as_str().unwrap().contains("lease lapsed"));
+    }
+}
+
+#[tokio::test]
+async fn a_closed_link_offers_its_session_to_another_agent_at_once() {
+    for backend in backends() {
+        // Lease and poll far away: only the closed link can explain what follows.
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
+            c.lease_seconds = 60;
+            c.dispatch_poll_ms = 60_000;
+        })
+        .await;
+        let mut a = agent(&app, "killed", 1).await;
+        app.ok("/dapi/call/robot", json!({"src_uid": "1", "loop": true}))
+            .await;
+        let id = expect(&mut a, "offer", 3).await["session"]["id"]
+            .as_i64()
+            .unwrap();
+        send(&mut a, json!({"type": "accept", "session_id": id})).await;
+        send(
+            &mut a,
+            json!({"type": "status", "session_id": id, "state": "playing", "position_ms": 5400}),
+        )
+        .await;
+        let mut b = agent(&app, "heir", 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        expect_none(&mut b, "offer", 10).await;
+        let t0 = std::time::Instant::now();
+        drop(a); // the process dies: its socket closes
+        let o = expect(&mut b, "offer", 5).await;
+        println!(
+            "[{backend}] link closed -> offer to another agent: {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(o["session"]["id"], id, "[{backend}]");
+        assert_eq!(o["session"]["position_ms"], 5400, "resumes where it was");
+        assert_eq!(
+            o["session"]["attempt"], 1,
+            "a crash while playing is not an attempt"
+        );
+        let s = session_state(&app, id).await;
+        assert_eq!(s["redispatches"], 1, "{s:#}");
+        assert!(
+            s["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("link to agent killed closed"),
+            "{s:#}"
+        );
+        send(&mut b, json!({"type": "accept", "session_id": id})).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(session_state(&app, id).await["agent_id"], "heir");
+
+        // The first agent comes back still claiming the session: it is told to leave it.
+        let mut back = connect(&app, Some("test-agent-key")).await.unwrap();
+        send(
+            &mut back,
+            json!({"type": "register", "agent_id": "killed", "capacity": 1, "version": "test", "sessions": [id]}),
+        )
+        .await;
+        expect(&mut back, "registered", 5).await;
+        assert_eq!(expect(&mut back, "leave", 2).await["session_id"], id);
+        assert_eq!(session_state(&app, id).await["agent_id"], "heir");
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_reconnects_before_anyone_takes_its_session_keeps_it() {
+    for backend in backends() {
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
+            c.lease_seconds = 60;
+            c.dispatch_poll_ms = 60_000;
+        })
+        .await;
+        let mut a = agent(&app, "blip", 1).await;
+        app.ok("/dapi/call/robot", json!({"src_uid": "1", "loop": true}))
+            .await;
+        let id = expect(&mut a, "offer", 3).await["session"]["id"]
+            .as_i64()
+            .unwrap();
+        send(&mut a, json!({"type": "accept", "session_id": id})).await;
+        send(
+            &mut a,
+            json!({"type": "status", "session_id": id, "state": "playing", "position_ms": 800}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The link drops but the agent lives on (and keeps playing): the session is queued
+        // again at once, and no other agent is there to take it.
+        drop(a);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while session_state(&app, id).await["state"] != "queued" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "[{backend}] not queued again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // It reconnects holding the session: it gets it back instead of a leave (nothing
+        // else plays it), and it is neither offered again nor counted as re-dispatched.
+        let mut again = connect(&app, Some("test-agent-key")).await.unwrap();
+        send(
+            &mut again,
+            json!({"type": "register", "agent_id": "blip", "capacity": 1, "version": "test", "sessions": [id]}),
+        )
+        .await;
+        expect(&mut again, "registered", 5).await;
+        expect_none(&mut again, "leave", 500).await;
+        let s = session_state(&app, id).await;
+        assert_eq!(
+            (
+                &s["state"],
+                &s["agent_id"],
+                &s["redispatches"],
+                &s["attempts"]
+            ),
+            (&json!("running"), &json!("blip"), &json!(0), &json!(1)),
+            "[{backend}] {s:#}"
+        );
+        assert_eq!(agents(&app).await[0]["sessions"], json!([id]));
     }
 }
 

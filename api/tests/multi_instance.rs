@@ -204,3 +204,49 @@ async fn sessions_queued_through_both_instances_are_offered_exactly_once() {
         wait_state(&a, id, "running").await;
     }
 }
+
+#[tokio::test]
+async fn an_rtc_leave_on_one_instance_makes_the_robot_on_the_other_leave_at_once() {
+    let Some((a, b)) =
+        two_instances("an_rtc_leave_on_one_instance_makes_the_robot_on_the_other_leave_at_once")
+            .await
+    else {
+        return;
+    };
+    // The robot's agent is connected to A; the caller is in the channel on B and hangs up
+    // there by leaving it. B's presence worker ends the call and NOTIFYs; A's dispatcher
+    // sends the leave (its own poll is 60 s away).
+    let mut on_a = agent(&a, "agent-on-a", 1).await;
+    let call = a.ok("/dapi/call/robot", json!({"src_uid": "4001"})).await;
+    let ch = call["channel"].as_str().unwrap();
+    let offer = expect(&mut on_a, "offer", 5).await;
+    let id = offer["session"]["id"].as_i64().unwrap();
+    send(&mut on_a, json!({"type": "accept", "session_id": id})).await;
+    send(
+        &mut on_a,
+        json!({"type": "status", "session_id": id, "state": "playing", "position_ms": 0}),
+    )
+    .await;
+    wait_state(&b, id, "running").await;
+    let (mut caller, _) =
+        common::rtc_client::join_at(&b.rtc_url(), ch, "4001", call["token"].as_str().unwrap())
+            .await;
+    // Its presence on B (applied before its leave, in order) makes it a joined member.
+    let t0 = std::time::Instant::now();
+    common::rtc_client::send(&mut caller, r#"{"type":"leave"}"#).await;
+    let leave = expect(&mut on_a, "leave", 5).await;
+    println!(
+        "/rtc leave on B -> the leave of the agent on A: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(leave["session_id"], id);
+    assert!(
+        a.state
+            .store()
+            .timeline(ch)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "rtc_left" && e.effect == "call ended (2)")
+    );
+}

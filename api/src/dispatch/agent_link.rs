@@ -103,16 +103,22 @@ async fn serve(state: AppState, socket: WebSocket) {
     let d = state.dispatcher();
     let lease_ms = i64::try_from(d.lease.as_millis()).unwrap_or(10_000);
 
-    // Sessions the agent still holds from before a reconnect: keep those it really holds.
+    // This connection becomes the agent's current link (its close hands the agent's
+    // sessions back, unless a newer link has replaced it by then). Sessions the agent
+    // still holds from before a reconnect: keep those it really holds.
+    let link = crate::random_hex32();
+    let mut held = held;
+    held.sort_unstable();
+    held.dedup();
     let now = state.clock().now_ms();
     let lost = match state
         .store()
-        .renew_leases(&agent_id, &held, now, now + lease_ms)
+        .open_link(&agent_id, &link, &held, now, now + lease_ms)
         .await
     {
         Ok(lost) => lost,
         Err(e) => {
-            tracing::warn!(error = %e, "renewing leases on register failed");
+            tracing::warn!(error = %e, "recording the link on register failed");
             Vec::new()
         }
     };
@@ -147,18 +153,19 @@ async fn serve(state: AppState, socket: WebSocket) {
         let _ = sink.close().await;
     });
 
-    loop {
+    let why = loop {
         let next = match tokio::time::timeout(IDLE, stream.next()).await {
             Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(_))) | Ok(None) => break,
+            Ok(Some(Err(_))) => break "socket error",
+            Ok(None) => break "socket closed",
             Err(_) => {
                 tracing::warn!("agent idle: dropping the link");
-                break;
+                break "agent idle";
             }
         };
         let text = match next {
             Message::Text(t) => t,
-            Message::Close(_) => break,
+            Message::Close(_) => break "closed by the agent",
             _ => continue, // ping/pong keep the link alive
         };
         match protocol::agent::parse_agent_message(&text) {
@@ -170,10 +177,40 @@ async fn serve(state: AppState, socket: WebSocket) {
                 });
             }
         }
-    }
+    };
+    // Forget the connection first, so nothing is offered to it any more.
     d.unregister(&agent_id, conn_id);
     writer.abort();
-    tracing::info!("agent link closed (its sessions keep their leases until they lapse)");
+    link_closed(&state, &agent_id, &link, why).await;
+}
+
+/// Failover driven by the link (DESIGN.md decision 11): the agent is gone (killed, host
+/// down, or it dropped the link), so the sessions it held are offered again at once from
+/// their last reported positions, on this instance and (NOTIFY) every other. Nothing
+/// changes if the agent has already registered again over a newer link. When the store
+/// cannot be reached the leases stay the backstop.
+async fn link_closed(state: &AppState, agent: &str, link: &str, why: &str) {
+    let now = state.clock().now_ms();
+    match state.store().close_link(agent, link, now).await {
+        Ok(c) if !c.current => {
+            tracing::info!(
+                reason = why,
+                "agent link closed; a newer link holds its sessions"
+            );
+        }
+        Ok(c) => {
+            let changed = !c.requeued.is_empty() || !c.ended.is_empty() || c.offers_returned > 0;
+            if changed {
+                tracing::warn!(reason = why, requeued = ?c.requeued, ended = ?c.ended, offers_returned = c.offers_returned, "agent link closed: its sessions are offered again");
+                state.robot_changed().await;
+            } else {
+                tracing::info!(reason = why, "agent link closed (it held no session)");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(reason = why, error = %e, "agent link closed; its sessions wait for their leases to lapse");
+        }
+    }
 }
 
 async fn handle(

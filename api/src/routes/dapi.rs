@@ -445,16 +445,7 @@ async fn call_event(
         uid: req.uid,
         code: req.code,
     };
-    let t = state
-        .store()
-        .apply_input(req.channel.as_str(), &input, &meta)
-        .await?;
-    if t.robot_leave {
-        state.robot_changed().await;
-    }
-    if !t.cancel_push.is_empty() {
-        state.push().wake();
-    }
+    crate::calls::apply(&state, req.channel.as_str(), &input, &meta).await?;
     Ok(OkNull::new(Null))
 }
 
@@ -479,13 +470,7 @@ async fn call_heartbeat(
         always_record: false,
     };
     let input = Input::Seen { uid: req.uid };
-    let t = state
-        .store()
-        .apply_input(req.channel.as_str(), &input, &meta)
-        .await?;
-    if t.robot_leave {
-        state.robot_changed().await;
-    }
+    crate::calls::apply(&state, req.channel.as_str(), &input, &meta).await?;
     Ok(OkNull::new(Null))
 }
 

@@ -5,7 +5,7 @@
 //!  WebSocket ──socket.rs──> Rtc (Mutex<Hub + outboxes>) ──> outbox per socket ──> WebSocket
 //!                              │        ▲
 //!                              │        └── ticker (1 s): pings, idle timeouts, presence
-//!                              └── presence queue ──> worker ──> Store::apply_input(Seen)
+//!                              └── presence queue ──> worker ──> calls::apply(Seen/Left)
 //!  server code ──> Rtc::kick / Rtc::present
 //!  PostgreSQL: hub <──> bus worker / listener <──> other instances (docs/rtc-bus.md)
 //! ```
@@ -502,7 +502,7 @@ impl RtcTasks {
             .take();
         if let Some(rx) = rx {
             handles.push(tokio::spawn(feed_presence(
-                state.store().clone(),
+                state.clone(),
                 state.clock().clone(),
                 rtc.shared.heartbeat_ms,
                 state.config().robot_uid.clone(),
@@ -589,9 +589,10 @@ impl Drop for RtcTasks {
     }
 }
 
-/// Turns presence reports into call-state inputs, one at a time, in order.
+/// Turns presence reports into call-state inputs, one at a time, in order, through the
+/// calls service (so a leave that ends a call tells its robot at once, on every instance).
 async fn feed_presence(
-    store: Store,
+    state: AppState,
     clock: Clock,
     heartbeat_ms: i64,
     robot_uid: String,
@@ -634,7 +635,7 @@ async fn feed_presence(
         } else {
             CallInput::Seen { uid: p.uid }
         };
-        match store.apply_input(p.channel.as_str(), &input, &meta).await {
+        match crate::calls::apply(&state, p.channel.as_str(), &input, &meta).await {
             // A channel without a call (a token minted by other means) has nothing to feed.
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => {

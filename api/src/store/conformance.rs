@@ -629,6 +629,241 @@ async fn quit_while_running_asks_the_agent_and_lapse_then_cancels() {
     }
 }
 
+/// Offer and accept `id` to `agent` at `now` (lease 10 s) and report it playing at `pos`.
+async fn running_on(s: &Store, id: i64, agent: &str, now: i64, pos: Option<u64>) {
+    assert!(s.offer_session(id, agent, now).await.unwrap(), "offer {id}");
+    s.accept_session(id, agent, now, now + 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    if let Some(p) = pos {
+        s.report_status(id, agent, AgentState::Playing, "", Some(p), now)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_closed_link_offers_its_sessions_again_at_once_unless_a_newer_link_holds_them() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_link", 0).await;
+        let offered = queued_session(&s, "ch_link_offer", 0).await;
+        assert!(
+            s.open_link("ag1", "L1", &[], 1000, 11_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        running_on(&s, id, "ag1", 1000, Some(6_400)).await;
+        assert!(s.offer_session(offered, "ag1", 3000).await.unwrap());
+
+        // The agent registers again over L2 before the close of L1 is noticed (a half-open
+        // socket): L1's close changes nothing, L2 holds the session.
+        assert!(
+            s.open_link("ag1", "L2", &[id], 3500, 13_500)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            s.close_link("ag1", "L1", 3600).await.unwrap(),
+            LinkClosed::default(),
+            "{}",
+            s.backend()
+        );
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.agent_id.as_deref(), r.lease_expires_at),
+            (RobotState::Running, Some("ag1"), Some(13_500))
+        );
+        assert_eq!(
+            s.robot_session(offered).await.unwrap().unwrap().state,
+            RobotState::Offered
+        );
+
+        // L2 closes: in one go, the running session is queued for now with its position,
+        // counting a re-dispatch but not an attempt, and the unanswered offer goes back.
+        let c = s.close_link("ag1", "L2", 4000).await.unwrap();
+        assert_eq!(
+            c,
+            LinkClosed {
+                current: true,
+                requeued: vec![id],
+                ended: vec![],
+                offers_returned: 1
+            },
+            "{}",
+            s.backend()
+        );
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.position_ms, r.redispatches, r.attempts, r.run_at),
+            (RobotState::Queued, 6_400, 1, 0, 4000)
+        );
+        assert!(r.lease_expires_at.is_none());
+        assert!(
+            r.errors[0].contains("link to agent ag1 closed (while playing"),
+            "{:?}",
+            r.errors
+        );
+        let due: Vec<i64> = s
+            .due_sessions(4000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|x| x.id)
+            .collect();
+        assert!(due.contains(&id) && due.contains(&offered), "{due:?}");
+        // Once closed, closing again changes nothing; the lease rescue has nothing to do.
+        assert!(!s.close_link("ag1", "L2", 4100).await.unwrap().current);
+        assert_eq!(
+            s.rescue_lapsed(30_000, 0).await.unwrap().requeued,
+            Vec::<i64>::new()
+        );
+        // Another agent resumes it: the same attempt number, from the position.
+        running_on(&s, id, "ag2", 4200, None).await;
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.agent_id.as_deref(), r.attempts, r.position_ms),
+            (RobotState::Running, Some("ag2"), 1, 6_400)
+        );
+        let kinds: Vec<String> = s
+            .timeline("ch_link")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"robot_redispatched".into()), "{kinds:?}");
+        assert_eq!(s.queue_stats(5000).await.unwrap().redispatches, 1);
+    }
+}
+
+#[tokio::test]
+async fn an_agent_reconnecting_gets_back_what_nobody_took_and_leaves_what_was_taken() {
+    for (s, _d) in stores().await {
+        let kept = queued_session(&s, "ch_back", 0).await;
+        let taken = queued_session(&s, "ch_taken", 0).await;
+        s.open_link("ag1", "L1", &[], 1000, 11_000).await.unwrap();
+        running_on(&s, kept, "ag1", 1000, Some(2_000)).await;
+        running_on(&s, taken, "ag1", 1000, Some(3_000)).await;
+        // The link drops while the agent lives on and keeps playing.
+        let c = s.close_link("ag1", "L1", 2000).await.unwrap();
+        assert_eq!(c.requeued, vec![kept, taken], "{}", s.backend());
+        // Another agent takes one of them before ag1 is back.
+        running_on(&s, taken, "ag2", 2100, None).await;
+        // ag1 registers again holding both: the one nobody took is its own again (no
+        // re-dispatch, no extra attempt), the other must be left.
+        let lost = s
+            .open_link("ag1", "L2", &[kept, taken], 2300, 12_300)
+            .await
+            .unwrap();
+        assert_eq!(lost, vec![taken], "{}", s.backend());
+        let r = s.robot_session(kept).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                r.state,
+                r.agent_id.as_deref(),
+                r.lease_expires_at,
+                r.attempts,
+                r.redispatches,
+                r.position_ms
+            ),
+            (RobotState::Running, Some("ag1"), Some(12_300), 1, 0, 2_000)
+        );
+        let r = s.robot_session(taken).await.unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.agent_id.as_deref()),
+            (RobotState::Running, Some("ag2"))
+        );
+        // It renews and reports as before.
+        assert!(
+            s.renew_leases("ag1", &[kept], 5000, 15_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let kinds: Vec<String> = s
+            .timeline("ch_back")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"robot_reclaimed".into()), "{kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn links_lost_while_playing_never_kill_a_session_but_before_playing_they_count() {
+    for (s, _d) in stores().await {
+        let id = queued_session(&s, "ch_crashes", 0).await;
+        let mut now = 1000;
+        // Six agents die one after the other while playing it: it is always queued again
+        // at once, its attempt given back.
+        for i in 0..6_i64 {
+            let (agent, link) = (format!("ag{i}"), format!("L{i}"));
+            s.open_link(&agent, &link, &[], now, now + 10_000)
+                .await
+                .unwrap();
+            running_on(
+                &s,
+                id,
+                &agent,
+                now,
+                Some(u64::try_from(i * 1000 + 500).unwrap()),
+            )
+            .await;
+            let c = s.close_link(&agent, &link, now + 50).await.unwrap();
+            assert_eq!(c.requeued, vec![id], "crash {i} [{}]", s.backend());
+            let r = s.robot_session(id).await.unwrap().unwrap();
+            assert_eq!(
+                (r.state, r.attempts, r.redispatches, r.run_at),
+                (RobotState::Queued, 0, i + 1, now + 50)
+            );
+            now += 1000;
+        }
+        // Agents that die before it plays: failed attempts, with backoff, then dead.
+        for k in 1..=3_i64 {
+            now = now.max(s.robot_session(id).await.unwrap().unwrap().run_at);
+            let (agent, link) = (format!("early{k}"), format!("E{k}"));
+            s.open_link(&agent, &link, &[], now, now + 10_000)
+                .await
+                .unwrap();
+            running_on(&s, id, &agent, now, None).await;
+            let c = s.close_link(&agent, &link, now).await.unwrap();
+            let r = s.robot_session(id).await.unwrap().unwrap();
+            if k < 3 {
+                assert_eq!(c.requeued, vec![id]);
+                assert_eq!(
+                    (r.state, r.attempts, r.run_at),
+                    (RobotState::Queued, k, now + robot::backoff_ms(k))
+                );
+            } else {
+                assert_eq!(c.ended, vec![id], "{}", s.backend());
+                assert_eq!((r.state, r.attempts), (RobotState::Dead, 3));
+            }
+        }
+        let r = s.robot_session(id).await.unwrap().unwrap();
+        assert_eq!(r.errors.len(), 9, "{:?}", r.errors);
+        assert_eq!(r.position_ms, 5_500, "the last reported position is kept");
+
+        // A session asked to leave is not offered again when its link closes.
+        let q = queued_session(&s, "ch_quit_link", now).await;
+        s.open_link("ag9", "L9", &[], now, now + 10_000)
+            .await
+            .unwrap();
+        running_on(&s, q, "ag9", now, Some(100)).await;
+        s.quit_robot("ch_quit_link", &uid("A"), now).await.unwrap();
+        let c = s.close_link("ag9", "L9", now + 10).await.unwrap();
+        assert_eq!(c.ended, vec![q]);
+        assert_eq!(
+            s.robot_session(q).await.unwrap().unwrap().state,
+            RobotState::Cancelled
+        );
+    }
+}
+
 #[tokio::test]
 async fn queue_stats_and_assets() {
     for (s, _d) in stores().await {

@@ -30,7 +30,7 @@ use crate::domain::{ChannelName, MsgStatus, Uid};
 
 pub use postgres::PgStore;
 pub use push::{DeviceRecord, NewDevice, PushJob, PushJobState, PushKind, PushResult};
-pub use robot::{QueueStats, RescueOutcome, RobotSession, RobotState, StatusOutcome};
+pub use robot::{LinkClosed, QueueStats, RescueOutcome, RobotSession, RobotState, StatusOutcome};
 pub use sqlite::SqliteStore;
 pub use sweep::FireOutcome;
 
@@ -519,6 +519,30 @@ impl Store {
         offer_deadline_ms: i64,
     ) -> StoreResult<RescueOutcome> {
         dispatch!(self.rescue_lapsed(now_ms, offer_deadline_ms))
+    }
+
+    /// An agent connected over `link`: its current link from now on; renews (or takes
+    /// back) the sessions it holds; returns those it must leave.
+    pub async fn open_link(
+        &self,
+        agent: &str,
+        link: &str,
+        held: &[i64],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<Vec<i64>> {
+        dispatch!(self.open_link(agent, link, held, now_ms, lease_until_ms))
+    }
+
+    /// An agent's link closed: if it was the current one, its sessions are offered again
+    /// (or end) at once, in one transaction.
+    pub async fn close_link(
+        &self,
+        agent: &str,
+        link: &str,
+        now_ms: i64,
+    ) -> StoreResult<robot::LinkClosed> {
+        dispatch!(self.close_link(agent, link, now_ms))
     }
 
     /// Sessions held by `agent` that must leave.

@@ -136,7 +136,7 @@ mod sql {
          WHERE state = 'queued' AND run_at <= $1 ORDER BY run_at, id LIMIT $2";
     pub const OFFER_SESSION: &str = "UPDATE robot_sessions SET state = 'offered', agent_id = $2, offered_at = $3, updated_at = $3 \
          WHERE id = $1 AND state = 'queued'";
-    pub const ACCEPT_SESSION: &str = "UPDATE robot_sessions SET state = 'running', attempts = attempts + 1, lease_expires_at = $4, updated_at = $3 \
+    pub const ACCEPT_SESSION: &str = "UPDATE robot_sessions SET state = 'running', attempts = attempts + 1, played = 0, lease_expires_at = $4, updated_at = $3 \
          WHERE id = $1 AND agent_id = $2 AND state = 'offered' RETURNING id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches";
     pub const REJECT_SESSION: &str = "UPDATE robot_sessions SET state = 'queued', agent_id = NULL, offered_at = NULL, run_at = $3, updated_at = $4 \
          WHERE id = $1 AND agent_id = $2 AND state = 'offered'";
@@ -145,6 +145,8 @@ mod sql {
     pub const LOCK_SESSION: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions WHERE id = $1 FOR UPDATE";
     pub const SET_POSITION: &str =
         "UPDATE robot_sessions SET position_ms = $2, updated_at = $3 WHERE id = $1";
+    pub const SET_PLAYING: &str =
+        "UPDATE robot_sessions SET position_ms = $2, updated_at = $3, played = 1 WHERE id = $1";
     pub const FINISH_SESSION: &str = "UPDATE robot_sessions SET state = $2, lease_expires_at = NULL, errors = $3, updated_at = $4, position_ms = $5 \
          WHERE id = $1";
     pub const REQUEUE_SESSION: &str = "UPDATE robot_sessions SET state = 'queued', agent_id = NULL, offered_at = NULL, lease_expires_at = NULL, \
@@ -153,6 +155,19 @@ mod sql {
          WHERE state = 'offered' AND offered_at < $1";
     pub const LAPSED_LEASES: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions \
          WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED";
+    // ---- agent links (failover driven by the link)
+    pub const OPEN_LINK: &str = "INSERT INTO agent_links (agent_id, link_id, opened_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (agent_id) DO UPDATE SET link_id = excluded.link_id, opened_at = excluded.opened_at";
+    pub const CLOSE_LINK: &str = "DELETE FROM agent_links WHERE agent_id = $1 AND link_id = $2";
+    pub const RECLAIM_SESSION: &str = "UPDATE robot_sessions SET state = 'running', lease_expires_at = $3, \
+         attempts = attempts + played, redispatches = redispatches - 1, updated_at = $4 \
+         WHERE id = $1 AND agent_id = $2 AND state = 'queued' AND leave_requested = 0 RETURNING call_id, uid";
+    pub const RETURN_OFFERS: &str = "UPDATE robot_sessions SET state = 'queued', agent_id = NULL, offered_at = NULL, updated_at = $2 \
+         WHERE agent_id = $1 AND state = 'offered'";
+    pub const LINK_SESSIONS: &str = "SELECT id, played FROM robot_sessions \
+         WHERE agent_id = $1 AND state = 'running' ORDER BY id FOR UPDATE";
+    pub const REQUEUE_LINK_LOST: &str = "UPDATE robot_sessions SET state = 'queued', offered_at = NULL, lease_expires_at = NULL, \
+         run_at = $2, errors = $3, redispatches = redispatches + 1, attempts = attempts - $4, updated_at = $5 WHERE id = $1";
     pub const PENDING_LEAVES: &str = "SELECT id FROM robot_sessions \
          WHERE agent_id = $1 AND leave_requested = 1 AND state IN ('offered', 'running')";
     pub const GET_SESSION: &str = "SELECT id, call_id, channel, uid, audio, loop_audio, state, leave_requested, agent_id, lease_expires_at, attempts, max_attempts, run_at, position_ms, errors, redispatches FROM robot_sessions WHERE id = $1";

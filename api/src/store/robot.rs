@@ -150,6 +150,70 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     (1000_i64 << exp).min(30_000)
 }
 
+/// What becomes of a running session whose agent's link closed (the agent was killed, its
+/// host went away, or it dropped the link): the rule of DESIGN.md decision 11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLossStep {
+    /// `Queued` (offered again from `run_at`), or `Cancelled` / `Dead`.
+    pub next: RobotState,
+    /// When it may be offered again (`Queued` only).
+    pub run_at: i64,
+    /// Whether the attempt counts against `max_attempts`.
+    pub charged: bool,
+}
+
+/// The next step of session `s` after its agent's link closed at `now_ms`; `played`: the
+/// agent reported `playing` since it accepted the session.
+///
+/// - It was asked to leave anyway: `cancelled`.
+/// - It was playing: the agent failed, not the session. Queued again at once, from its last
+///   reported position, and the attempt is given back, so a session survives any number of
+///   agent crashes (each still counts as a re-dispatch and leaves a line in `errors`).
+/// - It had not started playing: this may be the session killing its agents (a bad asset,
+///   a crash on join), so the attempt counts as a failed one, with the usual backoff, and
+///   the session is `dead` once its attempts are used up.
+pub fn after_link_loss(s: &RobotSession, played: bool, now_ms: i64) -> LinkLossStep {
+    if s.leave_requested {
+        LinkLossStep {
+            next: RobotState::Cancelled,
+            run_at: s.run_at,
+            charged: true,
+        }
+    } else if played {
+        LinkLossStep {
+            next: RobotState::Queued,
+            run_at: now_ms,
+            charged: false,
+        }
+    } else if s.attempts < s.max_attempts {
+        LinkLossStep {
+            next: RobotState::Queued,
+            run_at: now_ms + backoff_ms(s.attempts),
+            charged: true,
+        }
+    } else {
+        LinkLossStep {
+            next: RobotState::Dead,
+            run_at: s.run_at,
+            charged: true,
+        }
+    }
+}
+
+/// What closing an agent's link did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkClosed {
+    /// The link was still the agent's current one. When false nothing changed: the agent
+    /// registered again over a newer link, which holds its sessions.
+    pub current: bool,
+    /// Running sessions queued again.
+    pub requeued: Vec<i64>,
+    /// Running sessions ended instead (`cancelled`, or `dead` with no attempt left).
+    pub ended: Vec<i64>,
+    /// Offers the agent had not answered, back in the queue.
+    pub offers_returned: u64,
+}
+
 /// What a rescue sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RescueOutcome {
@@ -365,7 +429,13 @@ macro_rules! robot_store_impl {
                     .unwrap_or(s.position_ms);
                 let outcome = match state {
                     S::Joining | S::Playing => {
-                        sqlx::query(sql::SET_POSITION)
+                        // `playing` also marks the attempt as started (see `after_link_loss`).
+                        let stmt = if state == S::Playing {
+                            sql::SET_PLAYING
+                        } else {
+                            sql::SET_POSITION
+                        };
+                        sqlx::query(stmt)
                             .bind(id)
                             .bind(pos)
                             .bind(now_ms)
@@ -537,6 +607,177 @@ macro_rules! robot_store_impl {
                         RobotState::Queued => out.requeued.push(s.id),
                         _ => out.dead.push(s.id),
                     }
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            /// Agent `agent` connected over `link` (an id unique to this connection),
+            /// saying it holds `held`: `link` becomes its current link (so the close of an
+            /// earlier one changes nothing), the leases of the sessions it holds are
+            /// renewed, and a session its previous link's close had queued again, which
+            /// no other agent has taken yet, is given back to it (a reconnect, not a
+            /// crash: nothing else plays it). Returns the ids of `held` it must leave.
+            pub async fn open_link(
+                &self,
+                agent: &str,
+                link: &str,
+                held: &[i64],
+                now_ms: i64,
+                lease_until_ms: i64,
+            ) -> $crate::store::StoreResult<Vec<i64>> {
+                let mut lost = Vec::new();
+                let mut tx = self.begin_write().await?;
+                // First, so that a concurrent close of the previous link (on any instance)
+                // is ordered before or after this whole registration.
+                sqlx::query(sql::OPEN_LINK)
+                    .bind(agent)
+                    .bind(link)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                for id in held {
+                    let renewed = sqlx::query(sql::RENEW_LEASE)
+                        .bind(*id)
+                        .bind(agent)
+                        .bind(lease_until_ms)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if renewed == 1 {
+                        continue;
+                    }
+                    let back: Option<(i64, String)> = sqlx::query_as(sql::RECLAIM_SESSION)
+                        .bind(*id)
+                        .bind(agent)
+                        .bind(lease_until_ms)
+                        .bind(now_ms)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match back {
+                        Some((call_id, uid)) => {
+                            let detail =
+                                format!("agent {agent} reconnected before another took it");
+                            Self::record(
+                                &mut tx,
+                                call_id,
+                                Some(&uid),
+                                "robot_reclaimed",
+                                None,
+                                Some(&detail),
+                                "server",
+                                "running",
+                                now_ms,
+                            )
+                            .await?;
+                        }
+                        None => lost.push(*id),
+                    }
+                }
+                tx.commit().await?;
+                Ok(lost)
+            }
+
+            /// `agent`'s link `link` closed. If it is still the agent's current link, in
+            /// one transaction: its unanswered offers go back to the queue, and each
+            /// running session takes the step [`after_link_loss`](crate::store::robot::after_link_loss)
+            /// gives (queued again from its last reported position, counting a re-dispatch;
+            /// or ended), with a line in `errors` and on the call's timeline.
+            pub async fn close_link(
+                &self,
+                agent: &str,
+                link: &str,
+                now_ms: i64,
+            ) -> $crate::store::StoreResult<$crate::store::robot::LinkClosed> {
+                use $crate::store::robot::LinkClosed;
+                use $crate::store::{RobotSession, RobotState};
+                let mut out = LinkClosed::default();
+                let mut tx = self.begin_write().await?;
+                let current = sqlx::query(sql::CLOSE_LINK)
+                    .bind(agent)
+                    .bind(link)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if current == 0 {
+                    tx.commit().await?;
+                    return Ok(out);
+                }
+                out.current = true;
+                out.offers_returned = sqlx::query(sql::RETURN_OFFERS)
+                    .bind(agent)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let held: Vec<(i64, i64)> = sqlx::query_as(sql::LINK_SESSIONS)
+                    .bind(agent)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for (id, played) in held {
+                    let row: Option<$crate::store::robot::SessionRow> =
+                        sqlx::query_as(sql::LOCK_SESSION)
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some(s) = row.map(RobotSession::from_row) else {
+                        continue;
+                    };
+                    let step = $crate::store::robot::after_link_loss(&s, played != 0, now_ms);
+                    let mut errors = s.errors.clone();
+                    errors.push(format!(
+                        "attempt {}: the link to agent {agent} closed ({})",
+                        s.attempts.max(1),
+                        if step.charged {
+                            "before it played: counted as an attempt"
+                        } else {
+                            "while playing: not counted as an attempt"
+                        }
+                    ));
+                    let errors_json =
+                        serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());
+                    if step.next == RobotState::Queued {
+                        sqlx::query(sql::REQUEUE_LINK_LOST)
+                            .bind(id)
+                            .bind(step.run_at)
+                            .bind(errors_json)
+                            .bind(i64::from(!step.charged))
+                            .bind(now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                        out.requeued.push(id);
+                    } else {
+                        sqlx::query(sql::FINISH_SESSION)
+                            .bind(id)
+                            .bind(step.next.as_str())
+                            .bind(errors_json)
+                            .bind(now_ms)
+                            .bind(s.position_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                        out.ended.push(id);
+                    }
+                    let detail = format!(
+                        "the link to agent {agent} closed; resumes at {} ms",
+                        s.position_ms
+                    );
+                    let kind = match step.next {
+                        RobotState::Queued => "robot_redispatched",
+                        _ => "robot_dead",
+                    };
+                    Self::record(
+                        &mut tx,
+                        s.call_id,
+                        Some(&s.uid),
+                        kind,
+                        None,
+                        Some(&detail),
+                        "server",
+                        step.next.as_str(),
+                        now_ms,
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(out)
@@ -721,6 +962,74 @@ pub(crate) use robot_store_impl;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn session(attempts: i64, leave_requested: bool) -> RobotSession {
+        RobotSession {
+            id: 1,
+            call_id: 1,
+            channel: "ch".into(),
+            uid: "robot".into(),
+            audio: vec!["default".into()],
+            loop_audio: true,
+            state: RobotState::Running,
+            leave_requested,
+            agent_id: Some("a".into()),
+            lease_expires_at: Some(20_000),
+            attempts,
+            max_attempts: 3,
+            run_at: 500,
+            position_ms: 4200,
+            errors: Vec::new(),
+            redispatches: 0,
+        }
+    }
+
+    #[test]
+    fn a_link_lost_while_playing_is_queued_at_once_and_not_charged_however_often() {
+        for attempts in [1, 3, 7] {
+            let step = after_link_loss(&session(attempts, false), true, 10_000);
+            assert_eq!(
+                step,
+                LinkLossStep {
+                    next: RobotState::Queued,
+                    run_at: 10_000,
+                    charged: false
+                },
+                "attempts {attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_lost_before_playing_is_a_failed_attempt_with_backoff_then_dead() {
+        let step = after_link_loss(&session(1, false), false, 10_000);
+        assert_eq!(
+            step,
+            LinkLossStep {
+                next: RobotState::Queued,
+                run_at: 11_000,
+                charged: true
+            }
+        );
+        assert_eq!(
+            after_link_loss(&session(2, false), false, 10_000).run_at,
+            12_000
+        );
+        assert_eq!(
+            after_link_loss(&session(3, false), false, 10_000).next,
+            RobotState::Dead
+        );
+    }
+
+    #[test]
+    fn a_link_lost_after_a_leave_request_cancels() {
+        for played in [false, true] {
+            assert_eq!(
+                after_link_loss(&session(1, true), played, 10_000).next,
+                RobotState::Cancelled
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
