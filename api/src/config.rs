@@ -188,6 +188,45 @@ pub struct Config {
     #[arg(long, env = "DAPI_RTC_BUS_HEARTBEAT_MS", default_value_t = 5000)]
     pub rtc_bus_heartbeat_ms: u64,
 
+    /// Seconds a new `/rtc` socket has to send its `join` before it is closed
+    /// (`join_timeout`).
+    #[arg(long, env = "DAPI_RTC_JOIN_TIMEOUT", default_value_t = 10)]
+    pub rtc_join_timeout: u64,
+
+    /// Open `/rtc` sockets allowed from one client address; the next upgrade is refused
+    /// with 429.
+    #[arg(long, env = "DAPI_RTC_SOCKETS_PER_IP", default_value_t = 100)]
+    pub rtc_sockets_per_ip: usize,
+
+    /// Open `/rtc` sockets allowed on this instance; the next upgrade is refused with 503.
+    #[arg(long, env = "DAPI_RTC_SOCKETS_TOTAL", default_value_t = 10_000)]
+    pub rtc_sockets_total: usize,
+
+    /// `/rtc` joins one uid may make per minute (over every channel), on this instance;
+    /// the next is refused (`too_many_joins`).
+    #[arg(long, env = "DAPI_RTC_JOINS_PER_UID_PER_MIN", default_value_t = 30)]
+    pub rtc_joins_per_uid_per_min: u32,
+
+    /// `/rtc` joins one token may make per minute, on this instance; the next is refused
+    /// (`too_many_joins`).
+    #[arg(long, env = "DAPI_RTC_JOINS_PER_TOKEN_PER_MIN", default_value_t = 10)]
+    pub rtc_joins_per_token_per_min: u32,
+
+    /// `signal` messages one `/rtc` socket may send per second (bursts of 4x are
+    /// allowed); over it the sender is cut off (`signal_flood`).
+    #[arg(long, env = "DAPI_RTC_SIGNALS_PER_SEC", default_value_t = 40)]
+    pub rtc_signals_per_sec: u32,
+
+    /// `signal` bytes one `/rtc` socket may send per second (bursts of 4x are allowed);
+    /// over it the sender is cut off (`signal_flood`).
+    #[arg(long, env = "DAPI_RTC_SIGNAL_BYTES_PER_SEC", default_value_t = 256 * 1024)]
+    pub rtc_signal_bytes_per_sec: u32,
+
+    /// Lifetime, in seconds, of the join token handed to a robot agent with a session: a
+    /// robot cannot renew on `/rtc`, so its token must last as long as the robot may run.
+    #[arg(long, env = "DAPI_ROBOT_TOKEN_TTL", default_value_t = 86_400)]
+    pub robot_token_ttl: u32,
+
     /// Push: the worker, APNs and the webhook (`DAPI_PUSH_*`, `DAPI_APNS_*`).
     #[command(flatten)]
     pub push: crate::push::PushConfig,
@@ -239,6 +278,14 @@ impl Config {
             rtc_msgs_per_sec: 50,
             rtc_idle_timeout: 30,
             rtc_bus_heartbeat_ms: 5000,
+            rtc_join_timeout: 10,
+            rtc_sockets_per_ip: 100,
+            rtc_sockets_total: 10_000,
+            rtc_joins_per_uid_per_min: 30,
+            rtc_joins_per_token_per_min: 10,
+            rtc_signals_per_sec: 40,
+            rtc_signal_bytes_per_sec: 256 * 1024,
+            robot_token_ttl: 86_400,
             // no worker: tests drive `push::deliver_once`
             push: crate::push::PushConfig {
                 push_ms: 0,

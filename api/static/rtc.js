@@ -15,7 +15,10 @@
 // Usage:
 //   import { RtcChannel } from "./rtc.js";
 //   const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-//   const ch = new RtcChannel({ url: "wss://host/rtc", appID, channel, uid, token, stream });
+//   const ch = new RtcChannel({ url: "wss://host/rtc", appID, channel, uid, token, stream,
+//     // Tokens expire (10 min by default): the server sends `token_expiring` 30 s before,
+//     // and this is asked for a fresh token for the same channel and uid (sent as `renew`).
+//     renewToken: async () => (await postDapi("call/token", { uid, channel })).token });
 //   ch.addEventListener("track", (e) => { audioElement.srcObject = e.detail.streams[0]; });
 //   ch.addEventListener("peerstate", (e) => console.log(e.detail.uid, e.detail.state));
 //   await ch.join();          // resolves with the `joined` message, rejects with the error
@@ -26,6 +29,7 @@
 //   joined {channel, uid, peers}   peerjoined {uid}   peerleft {uid, reason}
 //   peerstate {uid, state}         track {uid, track, streams}
 //   error {code, message}          kicked {reason}    closed {code, reason}
+//   tokenexpiring {}               renewed {}
 
 /** One channel membership over one WebSocket. */
 export class RtcChannel extends EventTarget {
@@ -37,8 +41,11 @@ export class RtcChannel extends EventTarget {
    * @param {string} o.uid      from the /dapi response (a string)
    * @param {string} o.token    from the /dapi response
    * @param {MediaStream} [o.stream]  local media to send; without an audio track, audio is received only
+   * @param {() => Promise<string>} [o.renewToken]  a fresh token for the same channel and uid
+   *        (e.g. from POST /dapi/call/token), asked for on `token_expiring`; without it the
+   *        server kicks the socket (reason `token_expired`) when the token expires
    */
-  constructor({ url, appID, channel, uid, token, stream = null }) {
+  constructor({ url, appID, channel, uid, token, stream = null, renewToken = null }) {
     super();
     this.url = url;
     this.appID = appID;
@@ -46,6 +53,7 @@ export class RtcChannel extends EventTarget {
     this.uid = String(uid);
     this.token = token;
     this.stream = stream;
+    this.renewToken = renewToken;
     this.iceServers = [];
     /** @type {Map<string, {uid: string, pc: RTCPeerConnection, polite: boolean, makingOffer: boolean, ignoreOffer: boolean}>} */
     this.peers = new Map();
@@ -130,6 +138,24 @@ export class RtcChannel extends EventTarget {
         this.#emit("kicked", { reason: msg.reason });
         this.#closeAll();
         break;
+      case "token_expiring":
+        this.#emit("tokenexpiring", {});
+        // Not awaited: signals keep flowing while the token is fetched.
+        this.#renew();
+        break;
+    }
+  }
+
+  /** Fetches a fresh token and sends `renew`; a refused one arrives as an `error`. */
+  async #renew() {
+    if (!this.renewToken) return;
+    try {
+      const token = await this.renewToken();
+      this.token = token;
+      this.#send({ type: "renew", token });
+      this.#emit("renewed", {});
+    } catch (e) {
+      this.#emit("error", { code: "renew_failed", message: String(e) });
     }
   }
 

@@ -131,6 +131,13 @@ pub enum ClientMessage {
     },
     /// `{"type":"leave"}`: leave the channel; the server then closes the socket.
     Leave,
+    /// `{"type":"renew","token":T}`: a fresh token for the same channel and uid, before
+    /// the one the socket joined with expires (answer to `token_expiring`). Verified like
+    /// a join; a refused token is an `error` and the socket stays.
+    Renew {
+        /// The new token. Never logged.
+        token: String,
+    },
 }
 
 /// A message from the server to a client.
@@ -178,6 +185,10 @@ pub enum ServerMessage {
         /// Why (`replaced` when the same uid joined from another socket).
         reason: String,
     },
+    /// `{"type":"token_expiring"}`: the token this socket joined (or renewed) with
+    /// expires in 30 s or less; send `renew` with a fresh one, or be kicked with reason
+    /// `token_expired`.
+    TokenExpiring,
 }
 
 /// Stable `error` codes of the server. Token codes come from the token verifier.
@@ -221,6 +232,18 @@ pub mod codes {
     /// A `signal` for a peer on another server could not be handed over (the socket
     /// stays; send it again).
     pub const RELAY_FAILED: &str = "relay_failed";
+    /// The joining uid is not an active member of a call in this channel that has not
+    /// ended (`DAPI_AUTH=jwt`).
+    pub const NOT_A_MEMBER: &str = "not_a_member";
+    /// A socket sent no `join` within the join deadline.
+    pub const JOIN_TIMEOUT: &str = "join_timeout";
+    /// More joins for this uid or this token per minute than allowed.
+    pub const TOO_MANY_JOINS: &str = "too_many_joins";
+    /// More signaling (messages or bytes per second) than the per-socket budget, or
+    /// signals arriving faster than their receiver reads them: the sender is cut off.
+    pub const SIGNAL_FLOOD: &str = "signal_flood";
+    /// The `kicked` reason of a socket whose token expired without a `renew`.
+    pub const TOKEN_EXPIRED_REASON: &str = "token_expired";
 }
 
 /// Why a frame is not a valid message.
@@ -271,6 +294,9 @@ enum ClientWire {
         candidate: Option<Option<IceCandidate>>,
     },
     Leave,
+    Renew {
+        token: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -307,6 +333,7 @@ enum ServerWire {
     Kicked {
         reason: String,
     },
+    TokenExpiring,
 }
 
 fn payload_from_wire(
@@ -411,6 +438,7 @@ impl ClientMessage {
                 payload: payload_from_wire(description, candidate)?,
             },
             ClientWire::Leave => Self::Leave,
+            ClientWire::Renew { token } => Self::Renew { token },
         })
     }
 
@@ -437,6 +465,9 @@ impl ClientMessage {
                 }
             }
             Self::Leave => ClientWire::Leave,
+            Self::Renew { token } => ClientWire::Renew {
+                token: token.clone(),
+            },
         };
         to_string(&wire)
     }
@@ -470,6 +501,7 @@ impl ServerMessage {
             },
             ServerWire::Error { code, message } => Self::Error { code, message },
             ServerWire::Kicked { reason } => Self::Kicked { reason },
+            ServerWire::TokenExpiring => Self::TokenExpiring,
         })
     }
 
@@ -507,6 +539,7 @@ impl ServerMessage {
             Self::Kicked { reason } => ServerWire::Kicked {
                 reason: reason.clone(),
             },
+            Self::TokenExpiring => ServerWire::TokenExpiring,
         };
         to_string(&wire)
     }
@@ -569,6 +602,9 @@ mod tests {
                 payload: SignalPayload::Candidate(None),
             },
             ClientMessage::Leave,
+            ClientMessage::Renew {
+                token: "006def".into(),
+            },
         ]
     }
 
@@ -615,6 +651,7 @@ mod tests {
             ServerMessage::Kicked {
                 reason: "replaced".into(),
             },
+            ServerMessage::TokenExpiring,
         ]
     }
 
@@ -661,6 +698,10 @@ mod tests {
         assert_eq!(joined["ice_servers"][1]["username"], json!("1700000000:a"));
         let left: Value = serde_json::from_str(&all_server()[2].to_json()).unwrap();
         assert_eq!(left, json!({"type":"peer_left","uid":"b","reason":"left"}));
+        let renew: Value = serde_json::from_str(&all_client()[5].to_json()).unwrap();
+        assert_eq!(renew, json!({"type":"renew","token":"006def"}));
+        let expiring: Value = serde_json::from_str(&all_server()[8].to_json()).unwrap();
+        assert_eq!(expiring, json!({"type":"token_expiring"}));
         let err: Value = serde_json::from_str(&all_server()[6].to_json()).unwrap();
         assert_eq!(
             err,

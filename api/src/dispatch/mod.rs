@@ -289,8 +289,13 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
             }
             let token = match state
                 .tokens()
-                .mint(&s.channel, &s.uid, state.clock().now_secs())
-            {
+                // A robot cannot renew its token on /rtc: it lasts as long as it may run.
+                .mint_for(
+                    &s.channel,
+                    &s.uid,
+                    state.clock().now_secs(),
+                    state.config().robot_token_ttl,
+                ) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(error = %e, "minting a robot token failed");

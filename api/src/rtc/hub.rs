@@ -90,6 +90,21 @@ pub struct HubConfig {
     pub ping_after_ms: i64,
     /// How often a member's presence is reported again (heartbeat), in ms.
     pub presence_every_ms: i64,
+    /// A socket that has not sent `join` this long after opening is closed, in ms.
+    pub join_timeout_ms: i64,
+    /// Joins per uid per minute (bucket of that size, refilled over a minute); 0: no limit.
+    pub joins_per_uid_per_min: u32,
+    /// Joins per token per minute (bucket of that size, refilled over a minute); 0: no limit.
+    pub joins_per_token_per_min: u32,
+    /// Sustained `signal` messages per second per socket (bursts of 4x); 0: no limit.
+    pub signals_per_sec: u32,
+    /// Sustained `signal` bytes per second per socket (bursts of 4x); 0: no limit.
+    pub signal_bytes_per_sec: u32,
+    /// `token_expiring` is sent this long before the socket's token expires, in ms.
+    pub token_warning_ms: i64,
+    /// A verified join is admitted only once the store says the uid is an active member
+    /// of the channel's call ([`Output::CheckMember`]; `DAPI_AUTH=jwt`).
+    pub check_membership: bool,
 }
 
 impl Default for HubConfig {
@@ -102,7 +117,62 @@ impl Default for HubConfig {
             idle_timeout_ms: 30_000,
             ping_after_ms: 10_000,
             presence_every_ms: 15_000,
+            join_timeout_ms: 10_000,
+            joins_per_uid_per_min: 30,
+            joins_per_token_per_min: 10,
+            signals_per_sec: 40,
+            signal_bytes_per_sec: 256 * 1024,
+            token_warning_ms: 30_000,
+            check_membership: false,
         }
+    }
+}
+
+/// How many times the sustained rate a signal budget holds (its burst).
+const SIGNAL_BURST: u64 = 4;
+/// Joins buckets refill over this long.
+const MINUTE_MS: u64 = 60_000;
+
+/// A token bucket, in thousandths of a unit, fed `now`: holds at most `cap` units and
+/// refills `rate` units every `per_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli: u64,
+    at_ms: i64,
+}
+
+impl Bucket {
+    fn full(cap: u64, now: i64) -> Self {
+        Self {
+            milli: cap.saturating_mul(1000),
+            at_ms: now,
+        }
+    }
+
+    fn refill(&mut self, now: i64, rate: u64, per_ms: u64, cap: u64) {
+        let elapsed = u64::try_from(now.saturating_sub(self.at_ms)).unwrap_or(0);
+        let add = elapsed.saturating_mul(rate).saturating_mul(1000) / per_ms.max(1);
+        self.milli = cap.saturating_mul(1000).min(self.milli.saturating_add(add));
+        self.at_ms = self.at_ms.max(now);
+    }
+
+    /// Refills for the time passed, then takes `cost` units if the bucket holds them.
+    fn take(&mut self, now: i64, rate: u64, per_ms: u64, cap: u64, cost: u64) -> bool {
+        self.refill(now, rate, per_ms, cap);
+        let want = cost.saturating_mul(1000);
+        if self.milli >= want {
+            self.milli -= want;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full again at `now` (it may be forgotten).
+    fn is_full(&self, now: i64, rate: u64, per_ms: u64, cap: u64) -> bool {
+        let mut b = *self;
+        b.refill(now, rate, per_ms, cap);
+        b.milli >= cap.saturating_mul(1000)
     }
 }
 
@@ -180,6 +250,24 @@ pub enum Input<'a> {
     /// Bus: another instance declared this one dead (its heartbeat lapsed) and removed
     /// its members from the presence table: every member here is dropped.
     Lapsed,
+    /// The answer to [`Output::CheckMember`]: `Some(true)` the join goes on,
+    /// `Some(false)` it is refused (`not_a_member`), `None` the store could not tell
+    /// (`unavailable`).
+    MemberChecked {
+        /// The joining socket.
+        conn: ConnId,
+        /// The store's verdict.
+        verdict: Option<bool>,
+    },
+    /// The driver could not queue a `signal` from `from` to `conn` because `conn`'s
+    /// outgoing queue is filling up with signals: the sender is cut off (`signal_flood`),
+    /// not the receiver.
+    Flooded {
+        /// The receiving socket.
+        conn: ConnId,
+        /// The sender's uid, as in the relayed `signal`.
+        from: &'a str,
+    },
 }
 
 /// How a member's presence changed, for the call state.
@@ -251,6 +339,16 @@ pub enum Output {
         /// As told to the peers.
         reason: LeaveReason,
     },
+    /// Ask the store whether `uid` is an active member of the call of `channel` (when
+    /// [`HubConfig::check_membership`]); answer with [`Input::MemberChecked`].
+    CheckMember {
+        /// The joining socket.
+        conn: ConnId,
+        /// Channel.
+        channel: ChannelName,
+        /// Who.
+        uid: Uid,
+    },
     /// Bus: send a message to another instance; on failure feed [`Input::Unpublished`].
     Publish {
         /// The instance holding the addressee.
@@ -279,6 +377,17 @@ struct Conn {
     /// Token bucket, in thousandths of a message.
     bucket_milli: u64,
     bucket_at_ms: i64,
+    /// When the socket opened (the join deadline runs from it).
+    opened_ms: i64,
+    /// Signal budget: messages, and bytes.
+    signal_msgs: Bucket,
+    signal_bytes: Bucket,
+    /// When the token the socket joined (or renewed) with expires, in ms; `None`: never.
+    token_expires_ms: Option<i64>,
+    /// `token_expiring` was sent for the current token.
+    expiry_warned: bool,
+    /// The join waiting for the store's membership check.
+    checking: Option<(ChannelName, Uid)>,
 }
 
 /// A member whose socket is on this instance.
@@ -340,6 +449,9 @@ pub struct Hub {
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<ChannelName, Room>,
     out: VecDeque<Output>,
+    /// Join buckets per uid and per token (forgotten once full again).
+    joins_by_uid: HashMap<Uid, Bucket>,
+    joins_by_token: HashMap<String, Bucket>,
 }
 
 impl Hub {
@@ -356,6 +468,8 @@ impl Hub {
             conns: HashMap::new(),
             rooms: HashMap::new(),
             out: VecDeque::new(),
+            joins_by_uid: HashMap::new(),
+            joins_by_token: HashMap::new(),
         }
     }
 
@@ -391,6 +505,15 @@ impl Hub {
                 next_presence_ms: i64::MAX,
                 bucket_milli: u64::from(self.cfg.burst) * 1000,
                 bucket_at_ms: now,
+                opened_ms: now,
+                signal_msgs: Bucket::full(u64::from(self.cfg.signals_per_sec) * SIGNAL_BURST, now),
+                signal_bytes: Bucket::full(
+                    u64::from(self.cfg.signal_bytes_per_sec) * SIGNAL_BURST,
+                    now,
+                ),
+                token_expires_ms: None,
+                expiry_warned: false,
+                checking: None,
             },
         );
         id
@@ -440,9 +563,21 @@ impl Hub {
             .values()
             .map(|c| {
                 let ping = c.last_ping_ms.unwrap_or(c.last_in_ms) + self.cfg.ping_after_ms;
+                let join = if c.member.is_none() && c.joining.is_none() && c.checking.is_none() {
+                    c.opened_ms.saturating_add(self.cfg.join_timeout_ms)
+                } else {
+                    i64::MAX
+                };
+                let token = match c.token_expires_ms {
+                    Some(exp) if c.expiry_warned => exp,
+                    Some(exp) => exp.saturating_sub(self.cfg.token_warning_ms),
+                    None => i64::MAX,
+                };
                 (c.last_in_ms + self.cfg.idle_timeout_ms)
                     .min(ping)
                     .min(c.next_presence_ms)
+                    .min(join)
+                    .min(token)
             })
             .min()
     }
@@ -520,6 +655,8 @@ impl Hub {
                 }
             }
             Input::Lapsed => {}
+            Input::Flooded { conn, from } => self.on_flooded(conn, from),
+            Input::MemberChecked { conn, verdict } => self.on_member_checked(now, conn, verdict),
         }
     }
 
@@ -730,8 +867,20 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if c.joining.is_some() {
+        if let Some((channel, uid)) = &c.checking {
+            // `joined` has not been sent yet: the membership check is under way.
+            if let ClientMessage::Renew { token } = &msg {
+                let (channel, uid) = (channel.clone(), uid.clone());
+                return self.on_renew(now, conn, &channel, &uid, token);
+            }
+            return self.while_joining(conn, msg);
+        }
+        if let Some(j) = &c.joining {
             // `joined` has not been sent yet.
+            if let ClientMessage::Renew { token } = &msg {
+                let (channel, uid) = (j.channel.clone(), j.uid.clone());
+                return self.on_renew(now, conn, &channel, &uid, token);
+            }
             return self.while_joining(conn, msg);
         }
         let member = c.member.clone();
@@ -753,7 +902,12 @@ impl Hub {
                 close_code::POLICY,
             ),
             (ClientMessage::Signal { to, payload }, Some((channel, uid))) => {
-                self.on_signal(conn, &channel, &uid, &to, payload);
+                if self.charge_signal(now, conn, text.len()) {
+                    self.on_signal(conn, &channel, &uid, &to, payload);
+                }
+            }
+            (ClientMessage::Renew { token }, Some((channel, uid))) => {
+                self.on_renew(now, conn, &channel, &uid, &token);
             }
             (ClientMessage::Leave, Some(_)) => {
                 self.drop_conn(conn, LeaveReason::Left, true, Some(close_code::NORMAL));
@@ -779,6 +933,8 @@ impl Hub {
             ClientMessage::Leave => {
                 self.drop_conn(conn, LeaveReason::Left, true, Some(close_code::NORMAL));
             }
+            // Answered by `on_text` before it gets here.
+            ClientMessage::Renew { .. } => {}
             ClientMessage::Signal { to, .. } => {
                 let shown: String = to.chars().take(64).collect();
                 self.send(
@@ -827,13 +983,43 @@ impl Hub {
             }
         };
         let now_secs = u64::try_from(now / 1000).unwrap_or(0);
-        if let Err(e) = self
+        let verified = match self
             .tokens
             .verify(token, channel.as_str(), uid.as_str(), now_secs)
         {
-            self.fail(conn, e.code(), &e.to_string(), close_code::POLICY);
+            Ok(v) => v,
+            Err(e) => {
+                self.fail(conn, e.code(), &e.to_string(), close_code::POLICY);
+                return;
+            }
+        };
+        // Counted after the token verified, so nobody can spend another uid's joins.
+        if let Some(what) = self.charge_join(now, &uid, token) {
+            self.fail(
+                conn,
+                codes::TOO_MANY_JOINS,
+                &format!("too many joins for this {what} in a minute; wait and join again"),
+                close_code::POLICY,
+            );
             return;
         }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.token_expires_ms = expiry_ms(verified.join_expires_at);
+            c.expiry_warned = false;
+            if self.cfg.check_membership {
+                // The store decides whether the uid is still an active member of a call
+                // that has not ended; the join goes on at `Input::MemberChecked`.
+                c.checking = Some((channel.clone(), uid.clone()));
+                self.out
+                    .push_back(Output::CheckMember { conn, channel, uid });
+                return;
+            }
+        }
+        self.admit_join(now, conn, channel, uid);
+    }
+
+    /// A verified join goes on: claimed in the presence table (bus), or entered here.
+    fn admit_join(&mut self, now: i64, conn: ConnId, channel: ChannelName, uid: Uid) {
         if self.bus.is_some() {
             // The presence table decides: the limit over every instance, the join order,
             // a replacement wherever the uid was.
@@ -1014,9 +1200,41 @@ impl Hub {
     }
 
     fn on_timeout(&mut self, now: i64) {
+        self.prune_join_buckets(now);
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort();
         for conn in ids {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let waiting = c.member.is_none() && c.joining.is_none() && c.checking.is_none();
+            if waiting && now.saturating_sub(c.opened_ms) >= self.cfg.join_timeout_ms {
+                let secs = self.cfg.join_timeout_ms / 1000;
+                self.fail(
+                    conn,
+                    codes::JOIN_TIMEOUT,
+                    &format!("no join within {secs} s of connecting"),
+                    close_code::POLICY,
+                );
+                continue;
+            }
+            if let Some(exp) = c.token_expires_ms.filter(|_| !waiting) {
+                if now >= exp {
+                    self.send(
+                        conn,
+                        ServerMessage::Kicked {
+                            reason: codes::TOKEN_EXPIRED_REASON.to_owned(),
+                        },
+                    );
+                    // Not a hang-up: the app may join again with a fresh token.
+                    self.drop_conn(conn, LeaveReason::Kicked, false, Some(close_code::NORMAL));
+                    continue;
+                }
+                if !c.expiry_warned && now >= exp.saturating_sub(self.cfg.token_warning_ms) {
+                    c.expiry_warned = true;
+                    self.send(conn, ServerMessage::TokenExpiring);
+                }
+            }
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
@@ -1047,6 +1265,147 @@ impl Hub {
                     });
                 }
             }
+        }
+    }
+
+    /// The store answered the membership check of `conn`'s join.
+    fn on_member_checked(&mut self, now: i64, conn: ConnId, verdict: Option<bool>) {
+        let Some((channel, uid)) = self.conns.get_mut(&conn).and_then(|c| c.checking.take()) else {
+            return; // the socket went meanwhile
+        };
+        match verdict {
+            Some(true) => self.admit_join(now, conn, channel, uid),
+            Some(false) => self.fail(
+                conn,
+                codes::NOT_A_MEMBER,
+                &format!("uid {uid} is not an active member of a call in this channel"),
+                close_code::POLICY,
+            ),
+            None => self.fail(
+                conn,
+                codes::UNAVAILABLE,
+                "the membership could not be checked; try again",
+                close_code::TRY_AGAIN,
+            ),
+        }
+    }
+
+    /// Forgets join buckets that are full again.
+    fn prune_join_buckets(&mut self, now: i64) {
+        let per_uid = u64::from(self.cfg.joins_per_uid_per_min);
+        let per_token = u64::from(self.cfg.joins_per_token_per_min);
+        self.joins_by_uid
+            .retain(|_, b| !b.is_full(now, per_uid, MINUTE_MS, per_uid));
+        self.joins_by_token
+            .retain(|_, b| !b.is_full(now, per_token, MINUTE_MS, per_token));
+    }
+
+    /// Counts a verified join against its uid's and its token's buckets (both, or
+    /// neither when one is empty); names the one that is empty.
+    fn charge_join(&mut self, now: i64, uid: &Uid, token: &str) -> Option<&'static str> {
+        let per_uid = u64::from(self.cfg.joins_per_uid_per_min);
+        let per_token = u64::from(self.cfg.joins_per_token_per_min);
+        let by_uid = (per_uid > 0).then(|| {
+            let b = self
+                .joins_by_uid
+                .entry(uid.clone())
+                .or_insert_with(|| Bucket::full(per_uid, now));
+            b.refill(now, per_uid, MINUTE_MS, per_uid);
+            b.milli >= 1000
+        });
+        if by_uid == Some(false) {
+            return Some("uid");
+        }
+        let by_token = (per_token > 0).then(|| {
+            let b = self
+                .joins_by_token
+                .entry(token.to_owned())
+                .or_insert_with(|| Bucket::full(per_token, now));
+            b.refill(now, per_token, MINUTE_MS, per_token);
+            b.milli >= 1000
+        });
+        if by_token == Some(false) {
+            return Some("token");
+        }
+        if let Some(b) = self.joins_by_uid.get_mut(uid).filter(|_| per_uid > 0) {
+            b.milli -= 1000;
+        }
+        if let Some(b) = self.joins_by_token.get_mut(token).filter(|_| per_token > 0) {
+            b.milli -= 1000;
+        }
+        None
+    }
+
+    /// Counts a `signal` of `bytes` against the socket's signal budget; false (and the
+    /// sender cut off with `signal_flood`) when it is over.
+    fn charge_signal(&mut self, now: i64, conn: ConnId, bytes: usize) -> bool {
+        let msgs = u64::from(self.cfg.signals_per_sec);
+        let rate = u64::from(self.cfg.signal_bytes_per_sec);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let msgs_ok = msgs == 0 || c.signal_msgs.take(now, msgs, 1000, msgs * SIGNAL_BURST, 1);
+        let bytes_ok = rate == 0
+            || c.signal_bytes
+                .take(now, rate, 1000, rate * SIGNAL_BURST, bytes);
+        if msgs_ok && bytes_ok {
+            return true;
+        }
+        self.fail(
+            conn,
+            codes::SIGNAL_FLOOD,
+            &format!(
+                "signals over the budget of {msgs} messages and {rate} bytes per second \
+                 (bursts of {SIGNAL_BURST}x)"
+            ),
+            close_code::POLICY,
+        );
+        false
+    }
+
+    /// A signal from `from` could not be queued for `conn`, whose queue is filling up
+    /// with signals: the sender is cut off, the receiver stays.
+    fn on_flooded(&mut self, conn: ConnId, from: &str) {
+        let Some((channel, _)) = self.conns.get(&conn).and_then(|c| c.member.clone()) else {
+            return;
+        };
+        let Ok(from) = Uid::parse(from) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&channel) else {
+            return;
+        };
+        if let Some(sender) = room.conn_of(&from) {
+            self.fail(
+                sender,
+                codes::SIGNAL_FLOOD,
+                "signals sent faster than their receiver reads them",
+                close_code::POLICY,
+            );
+        } else if room.remote_of(&from).is_some() {
+            self.kick(&channel, &from, codes::SIGNAL_FLOOD);
+        }
+    }
+
+    /// `renew`: a fresh token for the socket's channel and uid replaces its expiry; a
+    /// refused one is an `error` and the socket stays (its old token still runs).
+    fn on_renew(&mut self, now: i64, conn: ConnId, channel: &ChannelName, uid: &Uid, token: &str) {
+        let now_secs = u64::try_from(now / 1000).unwrap_or(0);
+        match self
+            .tokens
+            .verify(token, channel.as_str(), uid.as_str(), now_secs)
+        {
+            Ok(v) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.token_expires_ms = expiry_ms(v.join_expires_at);
+                    c.expiry_warned = false;
+                }
+            }
+            Err(e) => self.send(
+                conn,
+                ServerMessage::error(e.code(), format!("renew refused: {e}")),
+            ),
         }
     }
 
@@ -1427,6 +1786,15 @@ impl Hub {
     }
 }
 
+/// A token's join expiry (unix seconds) in ms.
+fn expiry_ms(join_expires_at: Option<u64>) -> Option<i64> {
+    join_expires_at.map(|s| {
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
@@ -1517,6 +1885,11 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn offer_to_sized(to: &str, sdp_len: usize) -> String {
+        json!({"type":"signal","to":to,"description":{"type":"offer","sdp":"x".repeat(sdp_len)}})
+            .to_string()
     }
 
     fn offer_to(to: &str) -> String {
@@ -2021,7 +2394,12 @@ mod tests {
 
     #[test]
     fn idle_sockets_get_pings_then_time_out() {
-        let mut h = hub(); // ping after 10 s, drop after 30 s
+        // ping after 10 s, drop after 30 s (the join deadline is moved out of the way: it
+        // has its own test)
+        let mut h = hub_with(HubConfig {
+            join_timeout_ms: 60_000,
+            ..HubConfig::default()
+        });
         let (a, _) = join(&mut h, T0, "c1", "alice");
         let (b, _) = join(&mut h, T0, "c1", "bob");
         let pre = h.open(T0); // never joins
@@ -2071,6 +2449,310 @@ mod tests {
         )));
         assert_eq!(h.present(&ch("c1")), vec![uid("bob")]);
         assert_eq!(h.connections(), 1);
+    }
+
+    #[test]
+    fn sockets_that_never_join_are_closed_at_the_join_deadline() {
+        let mut h = hub(); // join within 10 s
+        let (a, _) = join(&mut h, T0, "c1", "alice");
+        let idle = h.open(T0);
+        let late = h.open(T0 + 5_000);
+        assert_eq!(h.poll_timeout(), Some(T0 + 10_000));
+        h.handle_input(T0 + 10_000, Input::Timeout);
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, idle).as_deref(), Some(codes::JOIN_TIMEOUT));
+        assert_eq!(closed(&out, idle), Some(close_code::POLICY));
+        assert_eq!(closed(&out, late), None, "its own deadline is 5 s later");
+        assert_eq!(closed(&out, a), None, "a member is not concerned");
+        // Joining in time is enough.
+        let t = token("c1", "bob");
+        assert!(matches!(
+            sent_to(
+                &text(&mut h, T0 + 14_000, late, &join_text("c1", "bob", &t)),
+                late
+            )[0],
+            ServerMessage::Joined { .. }
+        ));
+        h.handle_input(T0 + 16_000, Input::Timeout);
+        assert_eq!(closed(&drain(&mut h), late), None);
+        assert_eq!(h.connections(), 2);
+    }
+
+    #[test]
+    fn joins_are_limited_per_token_and_per_uid_and_refill_over_a_minute() {
+        let mut h = hub_with(HubConfig {
+            joins_per_uid_per_min: 4,
+            joins_per_token_per_min: 2,
+            ..HubConfig::default()
+        });
+        fn attempt(h: &mut Hub, now: i64, tok: &str) -> bool {
+            let c = h.open(now);
+            let out = text(h, now, c, &join_text("c1", "mallory", tok));
+            let ok = matches!(sent_to(&out, c).first(), Some(ServerMessage::Joined { .. }));
+            if ok {
+                text(h, now, c, r#"{"type":"leave"}"#);
+            } else {
+                assert_eq!(error_code(&out, c).as_deref(), Some(codes::TOO_MANY_JOINS));
+                assert_eq!(closed(&out, c), Some(close_code::POLICY));
+            }
+            ok
+        }
+        let t = token("c1", "mallory");
+        assert!(attempt(&mut h, T0, &t));
+        assert!(attempt(&mut h, T0, &t));
+        assert!(!attempt(&mut h, T0, &t), "a third join with one token");
+        // Another token of the same uid: two more, then the uid's own limit.
+        let t2 = token("c1", "mallory");
+        assert_ne!(t2, t);
+        assert!(attempt(&mut h, T0, &t2));
+        assert!(attempt(&mut h, T0, &t2));
+        let t3 = token("c1", "mallory");
+        assert!(
+            !attempt(&mut h, T0, &t3),
+            "the uid's fifth join in a minute"
+        );
+        // Refused attempts spend nothing: 15 s later (a quarter of a minute) the uid has
+        // one join again, and the fresh token is not used up.
+        assert!(attempt(&mut h, T0 + 15_000, &t3));
+        assert!(!attempt(&mut h, T0 + 15_000, &t3));
+        // Someone else is not concerned.
+        let (b, out) = join(&mut h, T0 + 15_000, "c1", "bob");
+        assert!(matches!(sent_to(&out, b)[0], ServerMessage::Joined { .. }));
+        // Full buckets are forgotten.
+        h.handle_input(T0 + 200_000, Input::Timeout);
+        assert!(h.joins_by_uid.is_empty() && h.joins_by_token.is_empty());
+    }
+
+    #[test]
+    fn a_signal_flood_cuts_off_its_sender() {
+        let mut h = hub_with(HubConfig {
+            signals_per_sec: 10,          // burst 40
+            signal_bytes_per_sec: 10_000, // burst 40,000
+            ..HubConfig::default()
+        });
+        let (a, _) = join(&mut h, T0, "c1", "alice");
+        let (m, _) = join(&mut h, T0, "c1", "mallory");
+        drain(&mut h);
+        let big = offer_to_sized("alice", 9_000);
+        // Four fit in the byte burst; the fifth cuts the sender off.
+        for _ in 0..4 {
+            let out = text(&mut h, T0, m, &big);
+            assert_eq!(sent_to(&out, a).len(), 1);
+        }
+        let out = text(&mut h, T0, m, &big);
+        assert!(sent_to(&out, a).contains(&ServerMessage::PeerLeft {
+            uid: "mallory".into(),
+            reason: LeaveReason::Kicked
+        }));
+        assert_eq!(error_code(&out, m).as_deref(), Some(codes::SIGNAL_FLOOD));
+        assert_eq!(closed(&out, m), Some(close_code::POLICY));
+        assert_eq!(closed(&out, a), None);
+        // The message budget: 40 small signals at once, then cut off; refilled over time.
+        let (m2, _) = join(&mut h, T0, "c1", "mal2");
+        drain(&mut h);
+        for i in 0..40 {
+            let out = text(&mut h, T0 + i, m2, &offer_to("alice"));
+            assert_eq!(sent_to(&out, a).len(), 1, "signal {i}");
+        }
+        let out = text(&mut h, T0 + 1_000, m2, &offer_to("alice"));
+        assert_eq!(sent_to(&out, a).len(), 1, "10 more after a second");
+        let out = text(&mut h, T0 + 10_000, m2, &offer_to("alice"));
+        assert_eq!(sent_to(&out, a).len(), 1);
+        for _ in 0..40 {
+            text(&mut h, T0 + 10_000, m2, &offer_to("alice"));
+        }
+        assert_eq!(h.present(&ch("c1")), vec![uid("alice")]);
+    }
+
+    #[test]
+    fn a_flooded_receiver_stays_and_the_sender_goes() {
+        let mut h = hub();
+        let (a, _) = join(&mut h, T0, "c1", "alice");
+        let (m, _) = join(&mut h, T0, "c1", "mallory");
+        let (b, _) = join(&mut h, T0, "c1", "bob");
+        drain(&mut h);
+        h.handle_input(
+            T0,
+            Input::Flooded {
+                conn: a,
+                from: "mallory",
+            },
+        );
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, m).as_deref(), Some(codes::SIGNAL_FLOOD));
+        assert_eq!(closed(&out, m), Some(close_code::POLICY));
+        assert_eq!(closed(&out, a), None);
+        assert_eq!(h.present(&ch("c1")), vec![uid("alice"), uid("bob")]);
+        // An unknown sender, or a receiver that is not a member: nothing happens.
+        h.handle_input(
+            T0,
+            Input::Flooded {
+                conn: a,
+                from: "nobody",
+            },
+        );
+        let stranger = h.open(T0);
+        h.handle_input(
+            T0,
+            Input::Flooded {
+                conn: stranger,
+                from: "bob",
+            },
+        );
+        assert!(drain(&mut h).is_empty());
+        assert_eq!(h.present(&ch("c1")), vec![uid("alice"), uid("bob")]);
+        let _ = b;
+    }
+
+    #[test]
+    fn an_expiring_token_is_announced_then_kicked_unless_renewed() {
+        // tokens of 600 s, warned 30 s before; no idle timeout in the way
+        let mut h = hub_with(HubConfig {
+            idle_timeout_ms: 100_000_000,
+            ping_after_ms: 100_000_000,
+            presence_every_ms: 100_000_000,
+            ..HubConfig::default()
+        });
+        let (a, _) = join(&mut h, T0, "c1", "alice");
+        let (b, _) = join(&mut h, T0, "c1", "bob");
+        drain(&mut h);
+        assert_eq!(h.poll_timeout(), Some(T0 + 570_000));
+        h.handle_input(T0 + 569_000, Input::Timeout);
+        let out = drain(&mut h);
+        assert!(!sent_to(&out, a).contains(&ServerMessage::TokenExpiring));
+        h.handle_input(T0 + 570_000, Input::Timeout);
+        let out = drain(&mut h);
+        assert_eq!(sent_to(&out, a), vec![ServerMessage::TokenExpiring]);
+        assert_eq!(sent_to(&out, b), vec![ServerMessage::TokenExpiring]);
+        h.handle_input(T0 + 571_000, Input::Timeout);
+        assert!(sent_to(&drain(&mut h), a).is_empty(), "told once");
+        // Wrong uid, wrong channel: an error, the socket stays.
+        let renew = |t: &str| json!({"type":"renew","token":t}).to_string();
+        let out = text(&mut h, T0 + 575_000, a, &renew(&token("c1", "bob")));
+        assert_eq!(error_code(&out, a).as_deref(), Some(codes::TOKEN_WRONG_UID));
+        assert_eq!(closed(&out, a), None);
+        let out = text(&mut h, T0 + 575_000, a, &renew(&token("c2", "alice")));
+        assert_eq!(
+            error_code(&out, a).as_deref(),
+            Some(codes::TOKEN_WRONG_CHANNEL)
+        );
+        // A fresh token (minted at 580 s): alice now lasts until 1180 s.
+        let fresh = issuer()
+            .mint("c1", "alice", (T0 / 1000 + 580) as u64)
+            .unwrap();
+        let out = text(&mut h, T0 + 580_000, a, &renew(&fresh));
+        assert!(out.is_empty(), "{out:?}");
+        h.handle_input(T0 + 600_000, Input::Timeout);
+        let out = drain(&mut h);
+        assert_eq!(
+            sent_to(&out, b),
+            vec![ServerMessage::Kicked {
+                reason: codes::TOKEN_EXPIRED_REASON.into()
+            }]
+        );
+        assert_eq!(closed(&out, b), Some(close_code::NORMAL));
+        assert_eq!(
+            sent_to(&out, a),
+            vec![ServerMessage::PeerLeft {
+                uid: "bob".into(),
+                reason: LeaveReason::Kicked
+            }]
+        );
+        // Not a hang-up: bob may come back with a fresh token.
+        assert!(presence(&out).contains(&(
+            "bob".into(),
+            PresenceEvent::Gone {
+                reason: LeaveReason::Kicked,
+                deliberate: false
+            }
+        )));
+        h.handle_input(T0 + 1_150_000, Input::Timeout);
+        assert!(sent_to(&drain(&mut h), a).contains(&ServerMessage::TokenExpiring));
+        h.handle_input(T0 + 1_180_000, Input::Timeout);
+        let out = drain(&mut h);
+        assert_eq!(closed(&out, a), Some(close_code::NORMAL));
+        // An expired token cannot renew, and renew is not a first message.
+        let c = h.open(T0 + 1_180_000);
+        let out = text(&mut h, T0 + 1_180_000, c, &renew(&fresh));
+        assert_eq!(error_code(&out, c).as_deref(), Some(codes::NOT_JOINED));
+    }
+
+    #[test]
+    fn with_membership_checks_a_join_waits_for_the_store() {
+        let mut h = hub_with(HubConfig {
+            check_membership: true,
+            ..HubConfig::default()
+        });
+        let c = h.open(T0);
+        let out = text(
+            &mut h,
+            T0,
+            c,
+            &join_text("c1", "alice", &token("c1", "alice")),
+        );
+        assert_eq!(
+            out,
+            vec![Output::CheckMember {
+                conn: c,
+                channel: ch("c1"),
+                uid: uid("alice")
+            }]
+        );
+        // Meanwhile: no join deadline, a signal has nobody to go to.
+        h.handle_input(T0 + 11_000, Input::Timeout);
+        assert_eq!(closed(&drain(&mut h), c), None);
+        let out = text(&mut h, T0 + 11_000, c, &offer_to("bob"));
+        assert_eq!(error_code(&out, c).as_deref(), Some(codes::PEER_NOT_FOUND));
+        h.handle_input(
+            T0 + 11_000,
+            Input::MemberChecked {
+                conn: c,
+                verdict: Some(true),
+            },
+        );
+        let out = drain(&mut h);
+        assert!(matches!(sent_to(&out, c)[0], ServerMessage::Joined { .. }));
+        // Not a member: refused; the store unreachable: try again.
+        let m = h.open(T0);
+        text(
+            &mut h,
+            T0,
+            m,
+            &join_text("c1", "mallory", &token("c1", "mallory")),
+        );
+        h.handle_input(
+            T0,
+            Input::MemberChecked {
+                conn: m,
+                verdict: Some(false),
+            },
+        );
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, m).as_deref(), Some(codes::NOT_A_MEMBER));
+        assert_eq!(closed(&out, m), Some(close_code::POLICY));
+        assert!(sent_to(&out, c).is_empty(), "alice never heard of mallory");
+        let u = h.open(T0);
+        text(&mut h, T0, u, &join_text("c1", "bob", &token("c1", "bob")));
+        h.handle_input(
+            T0,
+            Input::MemberChecked {
+                conn: u,
+                verdict: None,
+            },
+        );
+        let out = drain(&mut h);
+        assert_eq!(error_code(&out, u).as_deref(), Some(codes::UNAVAILABLE));
+        assert_eq!(closed(&out, u), Some(close_code::TRY_AGAIN));
+        // An answer for a socket that went is ignored.
+        h.handle_input(
+            T0,
+            Input::MemberChecked {
+                conn: u,
+                verdict: Some(true),
+            },
+        );
+        assert!(drain(&mut h).is_empty());
+        assert_eq!(h.present(&ch("c1")), vec![uid("alice")]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!  WebSocket ──socket.rs──> Rtc (Mutex<Hub + outboxes>) ──> outbox per socket ──> WebSocket
 //!                              │        ▲
 //!                              │        └── ticker (1 s): pings, idle timeouts, presence
-//!                              └── presence queue ──> worker ──> calls::apply(Seen/Left)
+//!                              └── presence map ──> worker ──> calls::apply(Seen/Left)
 //!  server code ──> Rtc::kick / Rtc::present
 //!  PostgreSQL: hub <──> bus worker / listener <──> other instances (docs/rtc-bus.md)
 //! ```
@@ -38,6 +38,7 @@ pub mod remote;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,7 +48,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use protocol::signaling::ServerMessage;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::bus::{BusInbox, BusJob, BusOutbox, BusTimers};
@@ -69,8 +70,11 @@ const RTC_JS: &str = include_str!("../../static/rtc.js");
 
 /// Messages queued per socket before a non-reading client is dropped.
 const OUTBOX: usize = 256;
-/// Presence reports queued for the store before new ones are dropped (they repeat).
-const PRESENCE_QUEUE: usize = 4096;
+/// A `signal` is not queued for a socket with fewer free places than this: its sender
+/// is cut off instead (`Input::Flooded`), so a flood never drops the receiver.
+const OUTBOX_SIGNAL_RESERVE: usize = OUTBOX / 2;
+/// `token_expiring` is sent this long before a socket's token expires.
+const TOKEN_WARNING_MS: i64 = 30_000;
 /// How often a present member is reported to the call state.
 const PRESENCE_EVERY_MS: i64 = 15_000;
 /// How long the server waits for its bus listener before it serves anyway (PostgreSQL).
@@ -123,6 +127,10 @@ pub(crate) enum Outbound {
     Close(u16),
 }
 
+/// Presence changes on their way to the store, coalesced per (channel, uid): only the
+/// latest change of a member waits, so a join/leave flood costs one write per pass of
+/// the worker, and nothing is ever dropped (the map holds at most one entry per member
+/// that changed since the last pass).
 /// A presence change on its way to the store.
 #[derive(Debug)]
 struct PresenceReport {
@@ -131,12 +139,93 @@ struct PresenceReport {
     event: PresenceEvent,
 }
 
+#[derive(Default)]
+struct PresenceMap {
+    pending: Mutex<HashMap<(ChannelName, Uid), PresenceEvent>>,
+    wake: Notify,
+}
+
+impl PresenceMap {
+    fn put(&self, channel: ChannelName, uid: Uid, event: PresenceEvent) {
+        let replaced = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((channel, uid), event)
+            .is_some();
+        if replaced {
+            metrics::counter!("dapi_rtc_presence_coalesced_total").increment(1);
+        }
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> HashMap<(ChannelName, Uid), PresenceEvent> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A join waiting for the store's membership check (`DAPI_AUTH=jwt`).
+#[derive(Debug)]
+struct MemberCheck {
+    conn: ConnId,
+    channel: ChannelName,
+    uid: Uid,
+}
+
+/// Membership checks waiting for the checker before new joins are answered `unavailable`.
+const CHECK_QUEUE: usize = 1024;
+/// Membership checks running at once.
+const CHECKS_AT_ONCE: usize = 16;
+
 struct Driven {
     hub: Hub,
     outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
-    presence: mpsc::Sender<PresenceReport>,
+    presence: Arc<PresenceMap>,
+    checks: mpsc::Sender<MemberCheck>,
     /// The bus worker's queue (PostgreSQL only).
     bus: Option<BusOutbox>,
+}
+
+/// Open sockets per client address and in total, for `DAPI_RTC_SOCKETS_PER_IP` and
+/// `DAPI_RTC_SOCKETS_TOTAL`.
+struct SocketCaps {
+    per_ip: usize,
+    total: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketRefusal {
+    /// `DAPI_RTC_SOCKETS_PER_IP` sockets are open from this address.
+    PerIp(usize),
+    /// `DAPI_RTC_SOCKETS_TOTAL` sockets are open on this instance.
+    Total(usize),
+}
+
+/// A place among the open sockets; given back when dropped.
+pub(crate) struct SocketPermit {
+    rtc: Rtc,
+    ip: IpAddr,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        let mut open = self
+            .rtc
+            .shared
+            .caps
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// This instance on the bus (PostgreSQL only).
@@ -149,7 +238,9 @@ struct BusSide {
 struct Shared {
     driven: Mutex<Driven>,
     clock: Clock,
-    presence_rx: Mutex<Option<mpsc::Receiver<PresenceReport>>>,
+    presence: Arc<PresenceMap>,
+    checks_rx: Mutex<Option<mpsc::Receiver<MemberCheck>>>,
+    caps: SocketCaps,
     bus: Option<BusSide>,
     max_frame: usize,
     /// Socket tasks still running (shutdown waits for them to flush their close).
@@ -202,6 +293,19 @@ impl Rtc {
             config.rtc_idle_timeout >= 3,
             "DAPI_RTC_IDLE_TIMEOUT must be at least 3 seconds"
         );
+        anyhow::ensure!(
+            config.rtc_join_timeout >= 1,
+            "DAPI_RTC_JOIN_TIMEOUT must be at least 1 second"
+        );
+        anyhow::ensure!(
+            config.rtc_sockets_per_ip >= 1 && config.rtc_sockets_total >= 1,
+            "DAPI_RTC_SOCKETS_PER_IP and DAPI_RTC_SOCKETS_TOTAL must be at least 1"
+        );
+        anyhow::ensure!(
+            config.rtc_signal_bytes_per_sec == 0
+                || config.rtc_signal_bytes_per_sec as usize >= config.rtc_max_frame,
+            "DAPI_RTC_SIGNAL_BYTES_PER_SEC must be 0 (no limit) or at least DAPI_RTC_MAX_FRAME"
+        );
         let idle_ms = i64::try_from(config.rtc_idle_timeout)
             .unwrap_or(i64::MAX / 2)
             .saturating_mul(1000);
@@ -217,8 +321,18 @@ impl Rtc {
             ping_after_ms: (idle_ms / 3).max(1000),
             // Several reports per heartbeat timeout, so one lost report does not expire anyone.
             presence_every_ms: PRESENCE_EVERY_MS.min(heartbeat_ms / 3).max(1000),
+            join_timeout_ms: i64::try_from(config.rtc_join_timeout)
+                .unwrap_or(i64::MAX / 2)
+                .saturating_mul(1000),
+            joins_per_uid_per_min: config.rtc_joins_per_uid_per_min,
+            joins_per_token_per_min: config.rtc_joins_per_token_per_min,
+            signals_per_sec: config.rtc_signals_per_sec,
+            signal_bytes_per_sec: config.rtc_signal_bytes_per_sec,
+            token_warning_ms: TOKEN_WARNING_MS,
+            check_membership: config.auth == "jwt",
         };
-        let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
+        let (checks, checks_rx) = mpsc::channel(CHECK_QUEUE);
+        let presence = Arc::new(PresenceMap::default());
         let (hub, outbox, side) = match bus {
             Some(me) => {
                 let (outbox, inbox) = bus::queue();
@@ -240,11 +354,18 @@ impl Rtc {
                 driven: Mutex::new(Driven {
                     hub,
                     outboxes: HashMap::new(),
-                    presence: tx,
+                    presence: presence.clone(),
+                    checks,
                     bus: outbox,
                 }),
                 clock,
-                presence_rx: Mutex::new(Some(rx)),
+                presence,
+                checks_rx: Mutex::new(Some(checks_rx)),
+                caps: SocketCaps {
+                    per_ip: config.rtc_sockets_per_ip,
+                    total: config.rtc_sockets_total,
+                    open: Mutex::new((0, HashMap::new())),
+                },
                 bus: side,
                 max_frame: config.rtc_max_frame,
                 sockets: AtomicUsize::new(0),
@@ -286,6 +407,25 @@ impl Rtc {
     /// Largest frame a socket may send.
     pub(crate) fn max_frame(&self) -> usize {
         self.shared.max_frame
+    }
+
+    /// Takes a place for a new socket from `ip`, or says which cap is reached.
+    pub(crate) fn admit_socket(&self, ip: IpAddr) -> Result<SocketPermit, SocketRefusal> {
+        let caps = &self.shared.caps;
+        let mut open = caps.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= caps.total {
+            return Err(SocketRefusal::Total(caps.total));
+        }
+        let mine = open.1.entry(ip).or_insert(0);
+        if *mine >= caps.per_ip {
+            return Err(SocketRefusal::PerIp(caps.per_ip));
+        }
+        *mine += 1;
+        open.0 += 1;
+        Ok(SocketPermit {
+            rtc: self.clone(),
+            ip,
+        })
     }
 
     /// Registers a socket and its outbox.
@@ -354,6 +494,21 @@ impl Rtc {
                         );
                         d.hub.handle_input(now, Input::Unpublished(&message));
                     }
+                    Undelivered::Check(conn) => {
+                        tracing::warn!("rtc membership checks queue full: join refused");
+                        d.hub.handle_input(
+                            now,
+                            Input::MemberChecked {
+                                conn,
+                                verdict: None,
+                            },
+                        );
+                    }
+                    Undelivered::Flooded { conn, from } => {
+                        tracing::info!(conn = %conn, "rtc signals to a socket outpace its reading: sender cut off");
+                        d.hub
+                            .handle_input(now, Input::Flooded { conn, from: &from });
+                    }
                 }
             }
         }
@@ -369,6 +524,15 @@ enum Undelivered {
     Claim(ConnId),
     /// The bus queue refused a publication.
     Publish(BusMessage),
+    /// The membership checker's queue is full.
+    Check(ConnId),
+    /// A signal from `from` was not queued for `conn`, whose queue is filling up.
+    Flooded {
+        /// The receiver.
+        conn: ConnId,
+        /// The sender's uid.
+        from: String,
+    },
 }
 
 /// Delivers one hub output; what could not be handed over is collected in `undelivered`.
@@ -384,6 +548,21 @@ fn deliver(d: &mut Driven, out: Output, undelivered: &mut Vec<Undelivered>) {
                 }
                 ServerMessage::Kicked { reason } => {
                     tracing::info!(conn = %conn, reason = %reason, "rtc kicked");
+                }
+                ServerMessage::Signal { from, .. } => {
+                    let filling = d
+                        .outboxes
+                        .get(&conn)
+                        .is_some_and(|tx| tx.capacity() < OUTBOX_SIGNAL_RESERVE);
+                    if filling {
+                        // Someone else's flood must not drop this socket: its sender goes.
+                        metrics::counter!("dapi_rtc_signals_refused_total").increment(1);
+                        undelivered.push(Undelivered::Flooded {
+                            conn,
+                            from: from.clone(),
+                        });
+                        return;
+                    }
                 }
                 _ => {}
             }
@@ -404,13 +583,14 @@ fn deliver(d: &mut Driven, out: Output, undelivered: &mut Vec<Undelivered>) {
             if let PresenceEvent::Gone { reason, .. } = event {
                 tracing::info!(channel = %channel, uid = %uid, reason = reason.as_str(), "rtc left");
             }
-            let report = PresenceReport {
-                channel,
-                uid,
-                event,
-            };
-            if d.presence.try_send(report).is_err() {
-                tracing::warn!("rtc presence queue full: a presence report was dropped");
+            d.presence.put(channel, uid, event);
+        }
+        Output::CheckMember { conn, channel, uid } => {
+            if d.checks
+                .try_send(MemberCheck { conn, channel, uid })
+                .is_err()
+            {
+                undelivered.push(Undelivered::Check(conn));
             }
         }
         Output::Claim { conn, channel, uid } => {
@@ -494,21 +674,27 @@ impl RtcTasks {
                 ticker.input(Input::Timeout);
             }
         }));
-        let rx = rtc
+        let checks = rtc
             .shared
-            .presence_rx
+            .checks_rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(rx) = rx {
-            handles.push(tokio::spawn(feed_presence(
-                state.clone(),
-                state.clock().clone(),
-                rtc.shared.heartbeat_ms,
+        if let Some(rx) = checks {
+            handles.push(tokio::spawn(check_members(
+                state.store().clone(),
+                rtc.clone(),
                 state.config().robot_uid.clone(),
                 rx,
             )));
         }
+        handles.push(tokio::spawn(feed_presence(
+            state.clone(),
+            state.clock().clone(),
+            rtc.shared.heartbeat_ms,
+            state.config().robot_uid.clone(),
+            rtc.shared.presence.clone(),
+        )));
         let mut bus_worker = None;
         let inbox = rtc.shared.bus.as_ref().and_then(|b| {
             b.inbox
@@ -589,19 +775,85 @@ impl Drop for RtcTasks {
     }
 }
 
-/// Turns presence reports into call-state inputs, one at a time, in order, through the
-/// calls service (so a leave that ends a call tells its robot at once, on every instance).
+/// Answers the hub's membership checks (`DAPI_AUTH=jwt`): a join is admitted when the
+/// store's `is_member` says the uid is a member of the channel's call (the store decides
+/// what membership means: an active member of a call that has not ended). The robot's uid
+/// is not a call member and is admitted (its token comes from a robot session).
+async fn check_members(
+    store: Store,
+    rtc: Rtc,
+    robot_uid: String,
+    mut rx: mpsc::Receiver<MemberCheck>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE));
+    while let Some(check) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (store, rtc, robot_uid) = (store.clone(), rtc.clone(), robot_uid.clone());
+        tokio::spawn(async move {
+            let verdict = if check.uid.as_str() == robot_uid {
+                Some(true)
+            } else {
+                match store.is_member(check.channel.as_str(), &check.uid).await {
+                    Ok(Some(member)) => Some(member),
+                    Ok(None) => Some(false), // no call in this channel
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rtc membership check failed");
+                        None
+                    }
+                }
+            };
+            rtc.input(Input::MemberChecked {
+                conn: check.conn,
+                verdict,
+            });
+            drop(slot);
+        });
+    }
+}
+
+/// Turns presence changes into call-state inputs: takes every pending change (the latest
+/// per member), applies them one at a time through the calls service (so a leave that ends
+/// a call tells its robot at once, on every instance), and waits for more.
 async fn feed_presence(
     state: AppState,
     clock: Clock,
     heartbeat_ms: i64,
     robot_uid: String,
-    mut rx: mpsc::Receiver<PresenceReport>,
+    map: Arc<PresenceMap>,
 ) {
-    while let Some(p) = rx.recv().await {
-        if p.uid.as_str() == robot_uid {
+    loop {
+        let batch = map.take();
+        if batch.is_empty() {
+            map.wake.notified().await;
             continue;
         }
+        for ((channel, uid), event) in batch {
+            let p = PresenceReport {
+                channel,
+                uid,
+                event,
+            };
+            write_presence(&state, &clock, heartbeat_ms, &robot_uid, p).await;
+        }
+    }
+}
+
+/// One presence change as a call-state input (`rtc_presence`, `rtc_left`,
+/// `rtc_disconnected`).
+async fn write_presence(
+    state: &AppState,
+    clock: &Clock,
+    heartbeat_ms: i64,
+    robot_uid: &str,
+    p: PresenceReport,
+) {
+    if p.uid.as_str() == robot_uid {
+        return;
+    }
+    {
+        metrics::counter!("dapi_rtc_presence_writes_total").increment(1);
         let now = clock.now_ms();
         let left = matches!(
             p.event,
@@ -635,12 +887,51 @@ async fn feed_presence(
         } else {
             CallInput::Seen { uid: p.uid }
         };
-        match crate::calls::apply(&state, p.channel.as_str(), &input, &meta).await {
+        match crate::calls::apply(state, p.channel.as_str(), &input, &meta).await {
             // A channel without a call (a token minted by other means) has nothing to feed.
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => {
                 tracing::warn!(channel = %p.channel, error = %e, "rtc presence not recorded");
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use protocol::signaling::LeaveReason;
+
+    use super::*;
+
+    #[test]
+    fn presence_changes_coalesce_per_member_and_none_is_dropped() {
+        let map = PresenceMap::default();
+        let (c, flood, other) = (
+            ChannelName::parse("c1").unwrap(),
+            Uid::parse("mallory").unwrap(),
+            Uid::parse("alice").unwrap(),
+        );
+        map.put(c.clone(), other.clone(), PresenceEvent::Here);
+        // A join/leave flood: 10,000 changes of one member (more than the old queue held).
+        for _ in 0..5_000 {
+            map.put(c.clone(), flood.clone(), PresenceEvent::Here);
+            let gone = PresenceEvent::Gone {
+                reason: LeaveReason::Left,
+                deliberate: true,
+            };
+            map.put(c.clone(), flood.clone(), gone);
+        }
+        let batch = map.take();
+        assert_eq!(batch.len(), 2, "one write per member");
+        assert_eq!(batch[&(c.clone(), other)], PresenceEvent::Here, "kept");
+        assert!(matches!(
+            batch[&(c, flood)],
+            PresenceEvent::Gone {
+                deliberate: true,
+                ..
+            }
+        ));
+        assert!(map.take().is_empty());
     }
 }

@@ -5,18 +5,20 @@
 //!  client ──frames──> read loop ──Input──> Rtc (hub) ──Outbound──> outbox ──> write task ──> client
 //! ```
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::hub::{ConnId, Input};
-use super::{OUTBOX, Outbound, Rtc};
+use super::{OUTBOX, Outbound, Rtc, SocketPermit, SocketRefusal};
 use crate::AppState;
 
 /// How long a closing socket may take to flush its last frames and answer our close.
@@ -31,16 +33,57 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 #[utoipa::path(get, path = "/rtc", tag = "rtc",
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain", body = String)))]
-pub(crate) async fn rtc_ws(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+        (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain", body = String),
+        (status = 429, description = "`DAPI_RTC_SOCKETS_PER_IP` sockets are open from this address", content_type = "text/plain", body = String),
+        (status = 503, description = "`DAPI_RTC_SOCKETS_TOTAL` sockets are open on this instance", content_type = "text/plain", body = String)))]
+pub(crate) async fn rtc_ws(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let rtc = state.rtc().clone();
+    let ip = client_ip(&state, peer, &headers);
+    let permit = match rtc.admit_socket(ip) {
+        Ok(p) => p,
+        Err(refusal) => return refused(refusal),
+    };
     let max = rtc.max_frame().saturating_mul(2);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(rtc, socket))
+        .on_upgrade(move |socket| serve(rtc, socket, permit))
 }
 
-async fn serve(rtc: Rtc, socket: WebSocket) {
+/// The address a socket counts against for `DAPI_RTC_SOCKETS_PER_IP`: the peer address
+/// of the TCP connection. (Kept as one function so that the trusted-proxy rule of the
+/// HTTP routes, `X-Forwarded-For` from `DAPI_TRUSTED_PROXIES`, can take its place.)
+fn client_ip(_state: &AppState, peer: SocketAddr, _headers: &HeaderMap) -> IpAddr {
+    peer.ip()
+}
+
+/// 429 (this address holds too many sockets) or 503 (this instance does), before the
+/// upgrade, with `Retry-After`.
+fn refused(refusal: SocketRefusal) -> Response {
+    let (status, why, text) = match refusal {
+        SocketRefusal::PerIp(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "per_ip",
+            format!("too many /rtc sockets from this address (at most {n})"),
+        ),
+        SocketRefusal::Total(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "total",
+            format!("too many /rtc sockets on this server (at most {n}); try again later"),
+        ),
+    };
+    metrics::counter!("dapi_rtc_sockets_refused_total", "why" => why).increment(1);
+    tracing::info!(why, "rtc socket refused");
+    (status, [(header::RETRY_AFTER, "5")], text).into_response()
+}
+
+async fn serve(rtc: Rtc, socket: WebSocket, permit: SocketPermit) {
+    // Held until the socket is done.
+    let _permit = permit;
     let (tx, rx) = mpsc::channel(OUTBOX);
     let conn = rtc.open(tx);
     let span = tracing::info_span!("rtc_socket", conn = %conn);

@@ -559,25 +559,39 @@ impl TokenIssuer {
 
     /// Mints a join-only token for `uid` in `channel`, issued at `now` (unix seconds).
     pub fn mint(&self, channel: &str, uid: &str, now: u64) -> Result<String, TokenError> {
+        self.mint_for(channel, uid, now, self.ttl)
+    }
+
+    /// [`TokenIssuer::mint`] with a join privilege lasting `ttl` seconds instead of the
+    /// configured lifetime (a robot's token, which cannot be renewed, lasts as long as
+    /// the robot may run). The token itself lasts at least as long.
+    pub fn mint_for(
+        &self,
+        channel: &str,
+        uid: &str,
+        now: u64,
+        ttl: u32,
+    ) -> Result<String, TokenError> {
         use rand::Rng;
+        let outer = TOKEN_OUTER_LIFETIME.max(ttl);
         metrics::counter!("dapi_tokens_minted_total").increment(1);
         let salt: u32 = rand::rng().random_range(1..=99_999_999);
         let now32 = u32::try_from(now).map_err(|_| TokenError::Malformed("time out of range"))?;
         match self.version {
             TokenVersion::V006 => {
-                let privileges = BTreeMap::from([(PRIVILEGE_JOIN, now32.saturating_add(self.ttl))]);
+                let privileges = BTreeMap::from([(PRIVILEGE_JOIN, now32.saturating_add(ttl))]);
                 mint_006(
                     &self.app_id,
                     &self.certificate,
                     channel,
                     uid,
                     salt,
-                    now32.saturating_add(TOKEN_OUTER_LIFETIME),
+                    now32.saturating_add(outer),
                     &privileges,
                 )
             }
             TokenVersion::V007 => {
-                let privileges = BTreeMap::from([(PRIVILEGE_JOIN, self.ttl)]);
+                let privileges = BTreeMap::from([(PRIVILEGE_JOIN, ttl)]);
                 let svc = Service::Rtc {
                     channel: channel.to_owned(),
                     uid: uid.to_owned(),
@@ -586,7 +600,7 @@ impl TokenIssuer {
                     &self.app_id,
                     &self.certificate,
                     now32,
-                    TOKEN_OUTER_LIFETIME,
+                    outer,
                     salt,
                     &[(svc, privileges)],
                 )

@@ -174,6 +174,25 @@ fn minted_tokens_verify_and_every_wrong_field_is_named() {
 }
 
 #[test]
+fn mint_for_gives_its_own_lifetime_beyond_the_outer_one() {
+    for v in [TokenVersion::V006, TokenVersion::V007] {
+        let iss = issuer(v);
+        // A robot's token: two days, longer than the 24 h outer lifetime.
+        let tok = iss.mint_for("ch_abc", "robot", NOW, 172_800).unwrap();
+        let ok = iss.verify(&tok, "ch_abc", "robot", NOW + 172_000).unwrap();
+        assert_eq!(ok.join_expires_at, Some(NOW + 172_800));
+        assert_eq!(
+            iss.verify(&tok, "ch_abc", "robot", NOW + 172_801),
+            Err(TokenError::Expired)
+        );
+        // mint is mint_for with the configured lifetime.
+        let short = iss.mint("ch_abc", "1234", NOW).unwrap();
+        let ok = iss.verify(&short, "ch_abc", "1234", NOW).unwrap();
+        assert_eq!(ok.join_expires_at, Some(NOW + 600));
+    }
+}
+
+#[test]
 fn token_without_join_privilege_is_refused() {
     let publish_only = BTreeMap::from([(2u16, 0u32)]);
     let t6 = mint_006(APP, CERT, "c", "u", 1, (NOW + 100) as u32, &publish_only).unwrap();
