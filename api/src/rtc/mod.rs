@@ -183,7 +183,7 @@ impl Rtc {
         let ice = IceConfig::new(
             config.ice_servers.clone(),
             config.turn_secret.clone(),
-            config.turn_ttl,
+            config.turn_ttl(),
         )
         .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
