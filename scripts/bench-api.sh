@@ -42,7 +42,7 @@ new_call() {
 run_backend() {
   local name="$1" url="$2"
   # the rate limits would cap a load test from one address: off for the benchmark
-  DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 \
+  DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RATE_WRITES_PER_UID=0 DAPI_RATE_WRITES_PER_IP=0 DAPI_ROBOTS_PER_UID=0 \
     "$BIN" --listen 127.0.0.1:0 --database-url "$url" > "$WORK/api.out" 2> "$WORK/api.err" &
   local pid=$!
   for _ in $(seq 1 100); do grep -q 'listening on' "$WORK/api.out" 2>/dev/null && break; sleep 0.1; done

@@ -28,7 +28,7 @@ run_backend() {
   # never joins: lease, heartbeat and ring timeouts longer than the run. One load generator
   # on one address: no rate limits. The sweeper (500 ms) and the backstop poll (1 s) as shipped.
   DAPI_AGENT_KEY=bench-agent-key DAPI_LEASE_SECONDS=3600 DAPI_HEARTBEAT_TIMEOUT=3600 DAPI_RING_TIMEOUT=3600 \
-    DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 \
+    DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RATE_WRITES_PER_UID=0 DAPI_RATE_WRITES_PER_IP=0 DAPI_ROBOTS_PER_UID=0 \
     "$BIN" --listen 127.0.0.1:0 --database-url "$url" > "$WORK/api.out" 2> "$WORK/api.err" &
   local pid=$!
   for _ in $(seq 1 100); do grep -q 'listening on' "$WORK/api.out" 2>/dev/null && break; sleep 0.1; done

@@ -36,7 +36,7 @@ trap cleanup EXIT
 export DAPI_AGENT_KEY=bench-agent-key DAPI_ADMIN_KEY=bench-admin-key
 start() {
   DAPI_LISTEN=127.0.0.1:0 DATABASE_URL="sqlite://$TMP/api.db?mode=rwc" RUST_LOG=warn \
-    DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RTC_MAX_PEERS=16 "$BIN/api" > "$TMP/api.out" 2> "$TMP/api.err" &
+    DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RATE_WRITES_PER_UID=0 DAPI_RATE_WRITES_PER_IP=0 DAPI_ROBOTS_PER_UID=0 DAPI_RTC_MAX_PEERS=16 "$BIN/api" > "$TMP/api.out" 2> "$TMP/api.err" &
   API_PID=$!
   for _ in $(seq 1 300); do
     BASE="$(sed -n 's/^listening on //p' "$TMP/api.out" | head -n1)"

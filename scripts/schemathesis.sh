@@ -26,7 +26,7 @@ WORK="$(mktemp -d)"
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 # Rate limits off: the run is thousands of requests from one address. One key for /admin
 # and the agents' asset route, since a run sends one Authorization header.
-DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 \
+DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RATE_WRITES_PER_UID=0 DAPI_RATE_WRITES_PER_IP=0 DAPI_ROBOTS_PER_UID=0 \
 DAPI_ADMIN_KEY=schemathesis-key DAPI_AGENT_KEY=schemathesis-key DAPI_LOG_FORMAT=json env -u RUST_LOG \
   "$BIN" --listen 127.0.0.1:0 --database-url "sqlite://$WORK/st.db" > "$WORK/api.out" 2> "$WORK/api.err" &
 PID=$!

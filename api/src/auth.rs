@@ -3,7 +3,10 @@
 //! `Authorization: Bearer <JWT>` issued by the app's own backend (HS256 with
 //! `DAPI_JWT_SECRET`, or RS256/ES256 keys from the JWKS file `DAPI_JWT_JWKS`): the uid in
 //! every body must equal the token's `sub` (403 otherwise), and channel operations need
-//! the uid to be a member of the call (caller, callee or invited; 403 otherwise).
+//! the uid to be a member of the call (403 otherwise): an active one (row below 2, call
+//! not ended) to mint a token or invite the robot, any one to read or report. `exp` and
+//! `nbf` are checked (30 s leeway); an HS256 secret shorter than 32 bytes is refused at
+//! start. Objects of other uids (tasks, devices) answer as missing ones.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,6 +15,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use crate::AppState;
 use crate::domain::Uid;
 use crate::error::ApiError;
+
+/// Shortest `DAPI_JWT_SECRET` accepted, in bytes (the HS256 output size).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// How requests are authenticated.
 #[derive(Clone)]
@@ -57,6 +63,13 @@ impl AuthMode {
             "jwt" => {
                 let mut keys = Vec::new();
                 if let Some(secret) = &c.jwt_secret {
+                    // HS256 is only as strong as its key: a short one can be guessed offline
+                    // from any token the app hands out.
+                    anyhow::ensure!(
+                        secret.expose().len() >= MIN_JWT_SECRET_BYTES,
+                        "DAPI_JWT_SECRET is {} bytes; at least {MIN_JWT_SECRET_BYTES} are required (e.g. `openssl rand -hex 32`)",
+                        secret.expose().len()
+                    );
                     let key = DecodingKey::from_secret(secret.expose().as_bytes())
                         .map_err(|_| anyhow::anyhow!("DAPI_JWT_SECRET must not be empty"))?;
                     keys.push((None, key, Algorithm::HS256));
@@ -109,6 +122,8 @@ impl JwtVerifier {
             }
             let mut v = Validation::new(*alg);
             v.leeway = 30;
+            // A token that is not valid yet (`nbf` in the future) is refused.
+            v.validate_nbf = true;
             match &self.audience {
                 Some(a) => v.set_audience(&[a]),
                 None => v.validate_aud = false,
@@ -127,6 +142,9 @@ impl JwtVerifier {
         let why = match last.as_ref().map(|e| e.kind()) {
             Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 "the bearer token has expired"
+            }
+            Some(jsonwebtoken::errors::ErrorKind::ImmatureSignature) => {
+                "the bearer token is not valid yet (nbf)"
             }
             Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
                 "the bearer token is for another audience"
@@ -182,8 +200,9 @@ impl Authn {
         }
     }
 
-    /// 403 unless `uid` is the subject and a member of the channel's call (404 for an
-    /// unknown channel, as in open mode).
+    /// 403 unless `uid` is the subject and an **active** member of the channel's call
+    /// ([`AppState::is_active_member`]; 404 for an unknown channel, as in open mode):
+    /// minting a token and inviting the robot.
     pub async fn check_member(
         &self,
         state: &AppState,
@@ -194,12 +213,32 @@ impl Authn {
         if self.0.is_none() {
             return Ok(());
         }
-        match state.store().is_member(channel, uid).await? {
-            Some(true) => Ok(()),
-            Some(false) => Err(ApiError::Forbidden(format!(
-                "uid {uid} is not a member of channel {channel}"
-            ))),
-            None => Err(ApiError::NotFound(format!("unknown channel {channel}"))),
+        member_answer(state.is_active_member(channel, uid).await?, channel, uid)
+    }
+
+    /// 403 unless `uid` is the subject and is or was a member of the channel's call
+    /// (whatever its status): reading the timeline, reporting events and heartbeats
+    /// (late ones are recorded and ignored), asking the robot to leave.
+    pub async fn check_was_member(
+        &self,
+        state: &AppState,
+        channel: &str,
+        uid: &Uid,
+    ) -> Result<(), ApiError> {
+        self.check_uid(uid)?;
+        if self.0.is_none() {
+            return Ok(());
         }
+        member_answer(state.store().was_member(channel, uid).await?, channel, uid)
+    }
+}
+
+fn member_answer(member: Option<bool>, channel: &str, uid: &Uid) -> Result<(), ApiError> {
+    match member {
+        Some(true) => Ok(()),
+        Some(false) => Err(ApiError::Forbidden(format!(
+            "uid {uid} is not a member of channel {channel}"
+        ))),
+        None => Err(ApiError::NotFound(format!("unknown channel {channel}"))),
     }
 }

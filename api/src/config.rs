@@ -112,6 +112,36 @@ pub struct Config {
     #[arg(long, env = "DAPI_RATE_TOKENS_PER_IP", default_value_t = 6000)]
     pub rate_tokens_per_ip: u32,
 
+    /// Writes a uid may make per minute (call/event, call/heartbeat, call/msg,
+    /// calltask/update and /delete, quit/robot, device/register and /unregister; 0: no limit).
+    #[arg(long, env = "DAPI_RATE_WRITES_PER_UID", default_value_t = 120)]
+    pub rate_writes_per_uid: u32,
+
+    /// Writes one IP address may make per minute (0: no limit).
+    #[arg(long, env = "DAPI_RATE_WRITES_PER_IP", default_value_t = 6000)]
+    pub rate_writes_per_ip: u32,
+
+    /// Comma-separated CIDRs (or addresses) of the reverse proxies in front of the API:
+    /// `X-Forwarded-For` is believed only from these peers (the right-most address not
+    /// in them is the client); from any other peer the socket address is the client.
+    #[arg(long, env = "DAPI_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
+
+    /// Seconds a client has to send a whole request header (and an idle keep-alive
+    /// connection waits for the next one) before the connection is closed.
+    #[arg(long, env = "DAPI_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+
+    /// Robot sessions one uid may have active at once (queued, offered or running;
+    /// 0: no limit).
+    #[arg(long, env = "DAPI_ROBOTS_PER_UID", default_value_t = 2)]
+    pub robots_per_uid: i64,
+
+    /// Longest a robot session may last, in seconds from when it was asked for; the
+    /// sweeper then tells it to leave (0: no limit).
+    #[arg(long, env = "DAPI_ROBOT_MAX_SECONDS", default_value_t = 3600)]
+    pub robot_max_seconds: u64,
+
     /// Key robot agents present on `/agent` (unset: the agent link is refused).
     #[arg(long, env = "DAPI_AGENT_KEY", hide_env_values = true)]
     pub agent_key: Option<Secret>,
@@ -161,9 +191,10 @@ pub struct Config {
     #[arg(long, env = "DAPI_TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<Secret>,
 
-    /// Lifetime of derived TURN credentials, in seconds.
-    #[arg(long, env = "DAPI_TURN_TTL", default_value_t = 86_400)]
-    pub turn_ttl: u64,
+    /// Lifetime of derived TURN credentials, in seconds (unset: `DAPI_TOKEN_TTL`, the
+    /// lifetime of the join token they come with).
+    #[arg(long, env = "DAPI_TURN_TTL")]
+    pub turn_ttl: Option<u64>,
 
     /// Peers allowed in one `/rtc` channel.
     #[arg(long, env = "DAPI_RTC_MAX_PEERS", default_value_t = 16)]
@@ -269,10 +300,16 @@ impl Config {
             rate_calls_per_ip: 0,
             rate_tokens_per_uid: 0,
             rate_tokens_per_ip: 0,
+            rate_writes_per_uid: 0,
+            rate_writes_per_ip: 0,
+            trusted_proxies: crate::client_ip::TrustedProxies::default(),
+            header_read_timeout: 10,
+            robots_per_uid: 0,
+            robot_max_seconds: 0,
             max_asset_bytes: 50 * 1024 * 1024,
             ice_servers: crate::rtc::ice::IceServerList::default(),
             turn_secret: None,
-            turn_ttl: 86_400,
+            turn_ttl: None,
             rtc_max_peers: 16,
             rtc_max_frame: 64 * 1024,
             rtc_msgs_per_sec: 50,
@@ -292,6 +329,11 @@ impl Config {
                 ..crate::push::PushConfig::default()
             },
         }
+    }
+
+    /// Lifetime of derived TURN credentials: `DAPI_TURN_TTL`, else the token lifetime.
+    pub fn turn_ttl(&self) -> u64 {
+        self.turn_ttl.unwrap_or(u64::from(self.token_ttl))
     }
 
     /// The recent window of `call/msg`.

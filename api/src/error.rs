@@ -83,7 +83,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
-            StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::Conflict(what) | StoreError::LimitReached(what) => Self::Conflict(what),
             StoreError::Unavailable(e) => {
                 tracing::error!(error = %e, "database unavailable");
                 Self::Unavailable("the database is unavailable; retry shortly".into())

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod call_state;
 pub mod calls;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
@@ -109,6 +110,22 @@ impl AppState {
     pub fn rtc(&self) -> &rtc::Rtc {
         &self.inner.rtc
     }
+    /// Whether `uid` is an active member of the call of `channel` now (`None`: no such
+    /// channel): [`store::Store::is_member`] with the clock and, as the grace of the
+    /// caller of a rejected call, `DAPI_HEARTBEAT_TIMEOUT`. What `call/token`,
+    /// `invite/robot` and the `/rtc` join require in jwt mode.
+    pub async fn is_active_member(
+        &self,
+        channel: &str,
+        uid: &domain::Uid,
+    ) -> Result<Option<bool>, store::StoreError> {
+        let grace_ms = i64::try_from(self.config().heartbeat_timeout)
+            .unwrap_or(45)
+            .saturating_mul(1000);
+        let since = self.clock().now_ms().saturating_sub(grace_ms);
+        self.store().is_member(channel, uid, since).await
+    }
+
     /// Push providers and the worker's wake-up.
     pub fn push(&self) -> &push::Pusher {
         &self.inner.push
@@ -220,13 +237,9 @@ impl Application {
         // The line operators and tests wait for: printed once the socket accepts.
         println!("listening on http://{addr}");
         tracing::info!(%addr, backend = self.state.store().backend(), "listening");
-        axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+        let header_read_timeout =
+            std::time::Duration::from_secs(self.state.config().header_read_timeout.max(1));
+        serve(self.listener, router, header_read_timeout, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = dispatcher.await;
         let _ = listener_task.await;
@@ -236,6 +249,84 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish (upgraded WebSockets are on their own: the `/rtc` and `/agent` tasks close them).
+///
+/// What `axum::serve` does, with one thing more: hyper's header read timeout. A client
+/// that sends half a request header (or keeps an idle keep-alive connection open) is
+/// disconnected after `header_read_timeout` instead of holding a socket for ever.
+/// HTTP/1.1 only: TLS and HTTP/2 end at the reverse proxy in front (docs/security.md).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    // Shutdown: `stop` tells every connection to finish its request in flight and close;
+    // each connection task holds a clone of `open`, so `closed.recv()` returns once the
+    // last one is gone.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, as axum::serve does,
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stopping = stop.subscribe();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            let result = match done {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    drop(open);
+    let _ = closed.recv().await;
 }
 
 fn backend_name(url: &str) -> &'static str {

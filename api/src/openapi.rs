@@ -331,16 +331,18 @@ pub fn error_statuses(path: &str, method: &HttpMethod) -> Vec<u16> {
         if channel.contains(&path) || task.contains(&path) {
             v.push(404);
         }
-        if path == "/dapi/calltask/update" {
+        // A task that already fired; a uid at its robot limit (DAPI_ROBOTS_PER_UID).
+        if [
+            "/dapi/calltask/update",
+            "/dapi/call/robot",
+            "/dapi/invite/robot",
+        ]
+        .contains(&path)
+        {
             v.push(409);
         }
-        let limited = [
-            "/dapi/call/user",
-            "/dapi/call/robot",
-            "/dapi/call/token",
-            "/dapi/invite/robot",
-        ];
-        if limited.contains(&path) {
+        // Every write is rate limited (calls, tokens, writes); the two reads are not.
+        if *method == HttpMethod::Post && path != "/dapi/calltask/list" {
             v.push(429);
         }
     } else if path.starts_with("/admin/") || path.starts_with("/agent") {
@@ -359,7 +361,9 @@ fn status_description(status: u16) -> &'static str {
     match status {
         400 => "The request is malformed; the message names the field",
         401 => "Missing or wrong credentials",
-        403 => "Not allowed (wrong uid for the token, not a member, or the key is not configured)",
+        403 => {
+            "Not allowed (wrong uid for the token, not a member, device routes in open mode, or the key is not configured)"
+        }
         404 => "The channel, task, asset, session or agent does not exist",
         409 => "The request conflicts with the current state",
         413 => "The body is larger than the configured limit",

@@ -1,7 +1,15 @@
-//! Rate limits on call creation and token minting, per uid and per IP address: token
-//! buckets refilled continuously, per API instance. A refused request is a 429 with
-//! `Retry-After`. Time is passed in (sans-IO core), so the bucket logic is tested
+//! Rate limits on call creation, token minting and every other write, per uid and per IP
+//! address: token buckets refilled continuously, per API instance. A refused request is a
+//! 429 with `Retry-After`. Time is passed in (sans-IO core), so the bucket logic is tested
 //! without sleeping.
+//!
+//! **The uid is charged first, the address second.** A uid past its own limit is refused
+//! before its address is charged, so one user hammering the API cannot use up the budget
+//! of everyone behind the same address (a reverse proxy, a NAT). The address budget is
+//! ten times the uid budget by default: it only stops many uids from one place (in open
+//! mode a client may claim any uid, so it is the only limit a uid-rotating client meets).
+//! A request the address refuses gives its uid token back. The address is the client's
+//! as [`crate::client_ip`] derives it (`DAPI_TRUSTED_PROXIES`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,6 +74,23 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Gives back one request taken for `key` (a later check refused the request).
+    pub fn give_back(&self, key: &str) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let cap = f64::from(self.per_minute);
+        let mut map = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = map.get_mut(key) {
+            b.tokens = (b.tokens + 1.0).min(cap);
+        }
+    }
+}
+
 /// Every limit of the API.
 #[derive(Debug)]
 pub struct Limits {
@@ -73,6 +98,8 @@ pub struct Limits {
     calls_ip: Limiter,
     tokens_uid: Limiter,
     tokens_ip: Limiter,
+    writes_uid: Limiter,
+    writes_ip: Limiter,
 }
 
 /// What a request is about to do.
@@ -82,6 +109,8 @@ pub enum Kind {
     Call,
     /// Mint a token for an existing channel.
     Token,
+    /// Any other write (events, heartbeats, tasks, devices, quitting the robot).
+    Write,
 }
 
 impl Limits {
@@ -92,10 +121,13 @@ impl Limits {
             calls_ip: Limiter::new(c.rate_calls_per_ip),
             tokens_uid: Limiter::new(c.rate_tokens_per_uid),
             tokens_ip: Limiter::new(c.rate_tokens_per_ip),
+            writes_uid: Limiter::new(c.rate_writes_per_uid),
+            writes_ip: Limiter::new(c.rate_writes_per_ip),
         }
     }
 
-    /// Takes one `kind` request for `uid` from `ip`; a 429 with the wait when refused.
+    /// Takes one `kind` request for `uid` from `ip`: the uid's bucket first, then the
+    /// address's; a 429 with the wait when refused.
     pub fn check(
         &self,
         kind: Kind,
@@ -106,21 +138,24 @@ impl Limits {
         let (by_uid, by_ip, what) = match kind {
             Kind::Call => (&self.calls_uid, &self.calls_ip, "calls"),
             Kind::Token => (&self.tokens_uid, &self.tokens_ip, "tokens"),
+            Kind::Write => (&self.writes_uid, &self.writes_ip, "writes"),
         };
-        if let Some(ip) = ip {
-            by_ip
-                .take(&ip.to_string(), now_ms)
-                .map_err(|retry| ApiError::RateLimited {
-                    retry_after: retry,
-                    message: format!("too many {what} from this address; retry in {retry} s"),
-                })?;
-        }
         by_uid
             .take(uid, now_ms)
             .map_err(|retry| ApiError::RateLimited {
                 retry_after: retry,
                 message: format!("too many {what} for uid {uid}; retry in {retry} s"),
-            })
+            })?;
+        if let Some(ip) = ip
+            && let Err(retry) = by_ip.take(&ip.to_string(), now_ms)
+        {
+            by_uid.give_back(uid);
+            return Err(ApiError::RateLimited {
+                retry_after: retry,
+                message: format!("too many {what} from this address; retry in {retry} s"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -148,6 +183,34 @@ mod tests {
         for _ in 0..10_000 {
             assert!(l.take("u", 0).is_ok());
         }
+    }
+
+    #[test]
+    fn the_uid_is_charged_before_the_address() {
+        let c = crate::config::Config {
+            rate_writes_per_uid: 2,
+            rate_writes_per_ip: 3,
+            ..crate::config::Config::for_tests("sqlite::memory:")
+        };
+        let l = Limits::from_config(&c);
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(l.check(Kind::Write, "loud", Some(proxy), 0).is_ok());
+        assert!(l.check(Kind::Write, "loud", Some(proxy), 0).is_ok());
+        // loud is past its own limit: refused without charging the shared address
+        for _ in 0..10 {
+            let e = l.check(Kind::Write, "loud", Some(proxy), 0).unwrap_err();
+            assert!(e.to_string().contains("uid loud"), "{e}");
+        }
+        assert!(l.check(Kind::Write, "quiet", Some(proxy), 0).is_ok());
+        // the address is now spent (3): a refusal there gives the uid's token back
+        let e = l.check(Kind::Write, "other", Some(proxy), 0).unwrap_err();
+        assert!(e.to_string().contains("address"), "{e}");
+        let e = l.check(Kind::Write, "other", None, 0);
+        assert!(e.is_ok());
+        assert!(
+            l.check(Kind::Write, "other", None, 0).is_ok(),
+            "token given back"
+        );
     }
 
     #[test]

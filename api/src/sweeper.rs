@@ -1,4 +1,5 @@
-//! The sweeper: ring timeouts, heartbeat expiry and scheduled calls, applied from the
+//! The sweeper: ring timeouts, heartbeat expiry, scheduled calls and robots past their
+//! maximum duration (`DAPI_ROBOT_MAX_SECONDS`), applied from the
 //! deadline columns. Every API instance runs it; each transition is a compare-and-set,
 //! so it happens once whatever the number of instances. Time comes from the
 //! [`Clock`](crate::clock::Clock), so tests drive it with a manual clock and
@@ -25,6 +26,9 @@ pub struct SweepReport {
     pub fired: Vec<(i64, String)>,
     /// Scheduled calls too late to place.
     pub missed: Vec<i64>,
+    /// Channels whose robot reached `DAPI_ROBOT_MAX_SECONDS` and was told to leave (or
+    /// its queued session cancelled).
+    pub robots_overtime: Vec<String>,
 }
 
 fn server_meta(kind: &'static str, now_ms: i64) -> InputMeta {
@@ -114,6 +118,10 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
                 audio: task.tone_list.clone(),
                 loop_audio: false,
                 max_attempts: state.config().robot_max_attempts,
+                // Counted against the owner's robots, never refused: the task was accepted
+                // (and paid for as a call) when it was created.
+                requested_by: task.src_uid.clone(),
+                max_per_requester: 0,
             }),
         };
         if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
@@ -123,6 +131,23 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
                 push: true,
             });
             report.fired.push((task.id, channel));
+        }
+    }
+
+    // Robots past their maximum duration leave through the quit path (the agent is told
+    // at once through the dispatcher), recorded on the call's timeline.
+    let max_ms = i64::try_from(state.config().robot_max_seconds)
+        .unwrap_or(i64::MAX / 2)
+        .saturating_mul(1000);
+    if max_ms > 0 {
+        for channel in store.overtime_robots(now - max_ms, BATCH).await? {
+            store.robot_overtime(&channel, now).await?;
+            tracing::info!(channel = %channel, "robot reached its maximum duration: told to leave");
+            effects.add(Effects {
+                robot: true,
+                push: false,
+            });
+            report.robots_overtime.push(channel);
         }
     }
 
@@ -145,6 +170,7 @@ pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()
                 dropped = r.dropped.len(),
                 fired = r.fired.len(),
                 missed = r.missed.len(),
+                robots_overtime = r.robots_overtime.len(),
                 "sweep"
             ),
             Ok(_) => {}

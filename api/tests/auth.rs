@@ -11,7 +11,8 @@ use common::{TestApp, backends, spawn_app_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const SECRET: &str = "app-backend-shared-secret";
+// At least 32 bytes: DAPI_JWT_SECRET refuses shorter ones.
+const SECRET: &str = "app-backend-shared-secret-of-32-bytes-or-more";
 
 fn now() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp()).unwrap()

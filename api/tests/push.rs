@@ -4,7 +4,8 @@
 //! hangs, per device token), and a webhook receiver that checks the HMAC signature.
 //! Delivery is driven with `push::deliver_once` and a manual clock, except where the
 //! worker itself is under test. Every test runs on SQLite, and on PostgreSQL when
-//! `TEST_DATABASE_URL` is set.
+//! `TEST_DATABASE_URL` is set. Device routes need `DAPI_AUTH=jwt`, so every app here runs
+//! in jwt mode and [`TestApp`] signs each request as the body's uid.
 #![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
 
 mod common;
@@ -25,7 +26,7 @@ use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{TestApp, backends, fresh_db, spawn_app_on, spawn_app_with};
+use common::{TestApp, backends, fresh_db, jwt_mode, spawn_app_on, spawn_app_with};
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
@@ -454,7 +455,11 @@ async fn jobs(app: &TestApp, channel: &str) -> Vec<PushJob> {
 }
 
 async fn spawn_with_apns(backend: &'static str, clock: &Clock, apns: &MockApns) -> TestApp {
-    spawn_app_with(backend, clock.clone(), |c| apns.configure(c)).await
+    spawn_app_with(backend, clock.clone(), |c| {
+        jwt_mode(c);
+        apns.configure(c);
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- tests
@@ -462,7 +467,7 @@ async fn spawn_with_apns(backend: &'static str, clock: &Clock, apns: &MockApns) 
 #[tokio::test]
 async fn devices_register_move_and_unregister_with_errors_naming_the_field() {
     for backend in backends() {
-        let app = common::spawn_app(backend).await;
+        let app = spawn_app_with(backend, Clock::system(), jwt_mode).await;
         let d = app
             .ok(
                 "/dapi/device/register",
@@ -699,6 +704,7 @@ async fn a_call_that_ends_unanswered_sends_a_cancel_push() {
         let apns = MockApns::start().await;
         let clock = Clock::manual(T0);
         let app = spawn_app_with(backend, clock.clone(), |c| {
+            jwt_mode(c);
             apns.configure(c);
             c.ring_timeout = 60;
             c.heartbeat_timeout = 3600;
@@ -780,6 +786,7 @@ async fn the_webhook_gets_signed_pushes_for_other_platforms() {
         let hook = MockHook::start().await;
         let clock = Clock::manual(T0);
         let app = spawn_app_with(backend, clock.clone(), |c| {
+            jwt_mode(c);
             apns.configure(c);
             hook.configure(c);
         })
@@ -864,7 +871,7 @@ async fn the_webhook_gets_signed_pushes_for_other_platforms() {
 async fn without_a_provider_pushes_are_dropped_not_retried() {
     for backend in backends() {
         let clock = Clock::manual(T0);
-        let app = spawn_app_with(backend, clock.clone(), |_| {}).await;
+        let app = spawn_app_with(backend, clock.clone(), jwt_mode).await;
         register(&app, "B", "ios", OK, true).await;
         register(&app, "B", "android", "fcm-1", false).await;
         let ch = call(&app, "A", &["B"], "x").await;
@@ -886,6 +893,7 @@ async fn a_hanging_provider_does_not_slow_call_user() {
         let apns = MockApns::start().await;
         // the real worker, on the system clock
         let app = spawn_app_with(backend, Clock::system(), |c| {
+            jwt_mode(c);
             apns.configure(c);
             c.push.push_ms = 50;
             c.push.push_timeout = 60;
@@ -939,7 +947,11 @@ async fn pushes_enqueued_before_a_restart_are_delivered_after_it() {
         let apns = MockApns::start().await;
         let clock = Clock::manual(T0);
         let (url, dir) = fresh_db(backend).await;
-        let first = spawn_app_on(backend, &url, None, clock.clone(), |c| apns.configure(c)).await;
+        let first = spawn_app_on(backend, &url, None, clock.clone(), |c| {
+            jwt_mode(c);
+            apns.configure(c);
+        })
+        .await;
         register(&first, "B", "ios", OK, true).await;
         register(&first, "C", "ios", FLAKY, true).await;
         let ch = call(&first, "A", &["B"], "before").await;
@@ -957,7 +969,11 @@ async fn pushes_enqueued_before_a_restart_are_delivered_after_it() {
         drop(first);
         assert!(apns.seen().is_empty());
 
-        let second = spawn_app_on(backend, &url, dir, clock.clone(), |c| apns.configure(c)).await;
+        let second = spawn_app_on(backend, &url, dir, clock.clone(), |c| {
+            jwt_mode(c);
+            apns.configure(c);
+        })
+        .await;
         assert_eq!(deliver_once(&second.state).await.unwrap().handled(), 0);
         clock.advance_ms(30_000);
         let r = deliver_once(&second.state).await.unwrap();
@@ -977,11 +993,19 @@ async fn a_queued_push_survives_a_restart_unclaimed() {
         let apns = MockApns::start().await;
         let clock = Clock::manual(T0);
         let (url, dir) = fresh_db(backend).await;
-        let first = spawn_app_on(backend, &url, None, clock.clone(), |c| apns.configure(c)).await;
+        let first = spawn_app_on(backend, &url, None, clock.clone(), |c| {
+            jwt_mode(c);
+            apns.configure(c);
+        })
+        .await;
         register(&first, "B", "ios", OK, true).await;
         let ch = call(&first, "A", &["B"], "before").await;
         drop(first);
-        let second = spawn_app_on(backend, &url, dir, clock.clone(), |c| apns.configure(c)).await;
+        let second = spawn_app_on(backend, &url, dir, clock.clone(), |c| {
+            jwt_mode(c);
+            apns.configure(c);
+        })
+        .await;
         let r = deliver_once(&second.state).await.unwrap();
         assert_eq!(r.sent.len(), 1, "[{backend}] {r:?}");
         assert_eq!(apns.seen()[0].payload["channel"], ch.as_str());

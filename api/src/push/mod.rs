@@ -228,10 +228,7 @@ impl Pusher {
         };
         let webhook = match (&cfg.push_webhook_url, &cfg.push_webhook_secret) {
             (Some(url), Some(secret)) => {
-                anyhow::ensure!(
-                    url.starts_with("https://") || url.starts_with("http://"),
-                    "DAPI_PUSH_WEBHOOK_URL must be an http(s) URL"
-                );
+                webhook::check_url(url)?;
                 let http = http::HttpClient::new(
                     http::tls_config(cfg.push_ca_file.as_deref())?,
                     http::Protocols::Any,

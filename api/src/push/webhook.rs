@@ -137,3 +137,60 @@ mod tests {
         assert!(matches!(classify(401, None), Delivery::Refused { .. }));
     }
 }
+
+/// `DAPI_PUSH_WEBHOOK_URL` must be `https://`: deliveries carry who calls whom and the
+/// caller's `extra_msg`. Plain `http://` is accepted only for a loopback host
+/// (`localhost`, 127.0.0.0/8, `[::1]`), where nothing crosses a network: a sidecar, tests.
+pub fn check_url(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        anyhow::bail!("DAPI_PUSH_WEBHOOK_URL must be an https:// URL, not {url:?}");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        loopback,
+        "DAPI_PUSH_WEBHOOK_URL must be an https:// URL (http:// only to a loopback host such as 127.0.0.1), not {url:?}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::check_url;
+
+    #[test]
+    fn webhook_urls_are_https_or_loopback() {
+        for ok in [
+            "https://hooks.example.com/push",
+            "http://127.0.0.1:9000/hook",
+            "http://localhost/hook",
+            "http://[::1]:8080/x",
+            "http://127.9.9.9",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://hooks.example.com/push",
+            "http://127.0.0.1.evil.example/x",
+            "http://user@10.0.0.1/x",
+            "ftp://127.0.0.1/x",
+            "hooks.example.com",
+            "https://",
+        ] {
+            let e = check_url(bad).unwrap_err().to_string();
+            assert!(e.contains("DAPI_PUSH_WEBHOOK_URL"), "{bad}: {e}");
+        }
+    }
+}

@@ -10,13 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use std::net::SocketAddr;
-
-use axum::extract::ConnectInfo;
-
 use crate::AppState;
 use crate::auth::Authn;
 use crate::call_state::{Input, Role};
+use crate::client_ip::ClientIp;
 use crate::domain::{AssetName, ChannelName, EventCode, Uid, UidList};
 use crate::error::ApiError;
 use crate::extract::DapiJson;
@@ -81,11 +78,16 @@ fn token_data(state: &AppState, channel: &str, uid: &Uid) -> Result<Json<TokenRe
     }))
 }
 
-/// The per-uid and per-address rate limit of `kind` (429 with `Retry-After`).
-fn rate_limit(state: &AppState, kind: Kind, uid: &Uid, addr: SocketAddr) -> Result<(), ApiError> {
+/// The per-uid, then per-address rate limit of `kind` (429 with `Retry-After`).
+pub(crate) fn rate_limit(
+    state: &AppState,
+    kind: Kind,
+    uid: &Uid,
+    ip: ClientIp,
+) -> Result<(), ApiError> {
     state
         .limits()
-        .check(kind, uid.as_str(), Some(addr.ip()), state.clock().now_ms())
+        .check(kind, uid.as_str(), ip.0, state.clock().now_ms())
 }
 
 fn check_extra_msg(state: &AppState, extra: &Option<String>) -> Result<(), ApiError> {
@@ -147,6 +149,7 @@ async fn create_call(state: &AppState, mut call: NewCall) -> Result<ChannelName,
 /// unknown, so a typo fails here rather than as a dead session later.
 async fn robot_session(
     state: &AppState,
+    requested_by: &Uid,
     audio: Option<AssetName>,
     loop_audio: bool,
 ) -> Result<NewRobotSession, ApiError> {
@@ -165,6 +168,8 @@ async fn robot_session(
         audio: vec![audio.as_str().to_owned()],
         loop_audio,
         max_attempts: state.config().robot_max_attempts,
+        requested_by: requested_by.as_str().to_owned(),
+        max_per_requester: state.config().robots_per_uid,
     })
 }
 
@@ -212,11 +217,11 @@ struct CallUserReq {
 async fn call_user(
     State(state): State<AppState>,
     auth: Authn,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ip: ClientIp,
     DapiJson(req): DapiJson<CallUserReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
-    rate_limit(&state, Kind::Call, &req.src_uid, addr)?;
+    rate_limit(&state, Kind::Call, &req.src_uid, ip)?;
     check_dst(&state, &req.dst_uid)?;
     check_extra_msg(&state, &req.extra_msg)?;
     // Repeated uids and the caller are dropped where the call is stored.
@@ -252,11 +257,11 @@ struct CallRobotReq {
 async fn call_robot(
     State(state): State<AppState>,
     auth: Authn,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ip: ClientIp,
     DapiJson(req): DapiJson<CallRobotReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
-    rate_limit(&state, Kind::Call, &req.src_uid, addr)?;
+    rate_limit(&state, Kind::Call, &req.src_uid, ip)?;
     let mut call = new_call(
         &state,
         req.src_uid.clone(),
@@ -264,7 +269,7 @@ async fn call_robot(
         CallKind::Robot,
         None,
     );
-    call.robot = Some(robot_session(&state, req.audio, req.loop_audio).await?);
+    call.robot = Some(robot_session(&state, &req.src_uid, req.audio, req.loop_audio).await?);
     let channel = create_call(&state, call).await?;
     state.robot_changed().await;
     token_data(&state, channel.as_str(), &req.src_uid)
@@ -354,9 +359,12 @@ fn message_json(state: &AppState, r: &MessageRow) -> MessageOut {
 async fn call_msg(
     State(state): State<AppState>,
     auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<UidReq>,
 ) -> Result<Json<MsgResp>, ApiError> {
     auth.check_uid(&req.uid)?;
+    // It writes: the callee's rows move from 0 to 1.
+    rate_limit(&state, Kind::Write, &req.uid, ip)?;
     let window = i64::try_from(state.config().recent_window().as_millis()).unwrap_or(60_000);
     let since = state.clock().now_ms() - window;
     let rows = state.store().recent_messages(&req.uid, since).await?;
@@ -392,13 +400,13 @@ async fn require_channel(state: &AppState, channel: &ChannelName) -> Result<(), 
 async fn call_token(
     State(state): State<AppState>,
     auth: Authn,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ip: ClientIp,
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     require_channel(&state, &req.channel).await?;
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
-    rate_limit(&state, Kind::Token, &req.uid, addr)?;
+    rate_limit(&state, Kind::Token, &req.uid, ip)?;
     token_data(&state, req.channel.as_str(), &req.uid)
 }
 
@@ -420,9 +428,12 @@ struct EventReq {
 async fn call_event(
     State(state): State<AppState>,
     auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<EventReq>,
 ) -> Result<Json<OkNull>, ApiError> {
-    auth.check_member(&state, req.channel.as_str(), &req.uid)
+    auth.check_uid(&req.uid)?;
+    rate_limit(&state, Kind::Write, &req.uid, ip)?;
+    auth.check_was_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     if req.desp.as_ref().is_some_and(|d| d.len() > 1024) {
         return Err(ApiError::bad(
@@ -456,9 +467,12 @@ async fn call_event(
 async fn call_heartbeat(
     State(state): State<AppState>,
     auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<OkNull>, ApiError> {
-    auth.check_member(&state, req.channel.as_str(), &req.uid)
+    auth.check_uid(&req.uid)?;
+    rate_limit(&state, Kind::Write, &req.uid, ip)?;
+    auth.check_was_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     let now = state.clock().now_ms();
     let meta = InputMeta {
@@ -535,7 +549,8 @@ async fn call_timeline(
     let channel = ChannelName::parse(&raw)
         .map_err(|m| ApiError::bad("invalid_field", format!("channel {m}")))?;
     if let Some(sub) = auth.0.clone() {
-        auth.check_member(&state, channel.as_str(), &sub).await?;
+        auth.check_was_member(&state, channel.as_str(), &sub)
+            .await?;
     }
     let entries = state.store().timeline(channel.as_str()).await?;
     let events = entries
@@ -575,13 +590,13 @@ struct InviteRobotReq {
 async fn invite_robot(
     State(state): State<AppState>,
     auth: Authn,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ip: ClientIp,
     DapiJson(req): DapiJson<InviteRobotReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
-    rate_limit(&state, Kind::Token, &req.uid, addr)?;
-    let robot = robot_session(&state, req.audio, req.loop_audio).await?;
+    rate_limit(&state, Kind::Token, &req.uid, ip)?;
+    let robot = robot_session(&state, &req.uid, req.audio, req.loop_audio).await?;
     let now = state.clock().now_ms();
     state
         .store()
@@ -598,9 +613,12 @@ async fn invite_robot(
 async fn quit_robot(
     State(state): State<AppState>,
     auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<OkNull>, ApiError> {
-    auth.check_member(&state, req.channel.as_str(), &req.uid)
+    auth.check_uid(&req.uid)?;
+    rate_limit(&state, Kind::Write, &req.uid, ip)?;
+    auth.check_was_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     let now = state.clock().now_ms();
     let running = state
@@ -823,9 +841,17 @@ fn task_json(state: &AppState, t: &TaskRecord) -> TaskOut {
 async fn calltask_update(
     State(state): State<AppState>,
     auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<CalltaskUpdateReq>,
 ) -> Result<Json<TaskResp>, ApiError> {
     auth.check_uid(&req.src_uid)?;
+    // A new task is a call to come: it costs a call now, so scheduling cannot get around
+    // the call limit. Changing one is a write.
+    let kind = match req.id.0 {
+        None => Kind::Call,
+        Some(_) => Kind::Write,
+    };
+    rate_limit(&state, kind, &req.src_uid, ip)?;
     if req.dst_uid.0.is_empty() {
         return Err(ApiError::bad(
             "invalid_field",
@@ -848,6 +874,7 @@ async fn calltask_update(
     let now = state.clock().now_ms();
     let row = match req.id.0 {
         None => state.store().insert_task(&fields, now).await?,
+        // Only the owner's task: another uid's is "unknown", as a missing one.
         Some(id) => state.store().update_task(id, &fields, now).await?,
     };
     Ok(TaskResp::new(task_json(&state, &row)))
@@ -911,9 +938,11 @@ struct CalltaskDeleteReq {
 async fn calltask_delete(
     State(state): State<AppState>,
     auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<CalltaskDeleteReq>,
 ) -> Result<Json<OkNull>, ApiError> {
     auth.check_uid(&req.uid)?;
+    rate_limit(&state, Kind::Write, &req.uid, ip)?;
     let id = req
         .id
         .0

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::auth::Authn;
+use crate::client_ip::ClientIp;
 use crate::domain::Uid;
 use crate::error::ApiError;
 use crate::extract::DapiJson;
 use crate::push::device::{MAX_TOKEN_LEN, Platform, PushToken};
+use crate::rate_limit::Kind;
 use crate::store::NewDevice;
 
 /// The device routes.
@@ -20,6 +23,20 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/dapi/device/register", post(register).fallback(m))
         .route("/dapi/device/unregister", post(unregister).fallback(m))
+}
+
+/// Device routes need jwt mode, and then only the uid itself may register (or drop) its
+/// devices: pushes carry the caller and `extra_msg`, and in open mode anyone could
+/// register devices as a victim's uid and push the victim's own devices out (each uid
+/// keeps its newest `DAPI_PUSH_MAX_DEVICES`).
+fn authorize(state: &AppState, auth: &Authn, uid: &Uid, ip: ClientIp) -> Result<(), ApiError> {
+    if auth.0.is_none() {
+        return Err(ApiError::Forbidden(
+            "device registration needs authenticated uids: set DAPI_AUTH=jwt (in open mode anyone could register devices as any uid)".into(),
+        ));
+    }
+    auth.check_uid(uid)?;
+    super::dapi::rate_limit(state, Kind::Write, uid, ip)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -75,12 +92,11 @@ crate::envelope!(
     responses((status = 200, description = "Done", body = DeviceResp)))]
 async fn register(
     State(state): State<AppState>,
-    auth: crate::auth::Authn,
+    auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<RegisterReq>,
 ) -> Result<Json<DeviceResp>, ApiError> {
-    // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
-    // the caller and extra_msg.
-    auth.check_uid(&req.uid)?;
+    authorize(&state, &auth, &req.uid, ip)?;
     let push_token = PushToken::parse(req.platform, &req.push_token)
         .map_err(|m| ApiError::bad("invalid_field", format!("push_token {m}")))?;
     let device = NewDevice {
@@ -124,12 +140,11 @@ struct UnregisterReq {
     responses((status = 200, description = "Done", body = RemovedResp)))]
 async fn unregister(
     State(state): State<AppState>,
-    auth: crate::auth::Authn,
+    auth: Authn,
+    ip: ClientIp,
     DapiJson(req): DapiJson<UnregisterReq>,
 ) -> Result<Json<RemovedResp>, ApiError> {
-    // In jwt mode only the uid itself may register (or drop) its devices: pushes carry
-    // the caller and extra_msg.
-    auth.check_uid(&req.uid)?;
+    authorize(&state, &auth, &req.uid, ip)?;
     if req.push_token.is_empty() || req.push_token.len() > MAX_TOKEN_LEN {
         return Err(ApiError::bad(
             "invalid_field",

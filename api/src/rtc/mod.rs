@@ -274,7 +274,7 @@ impl Rtc {
         let ice = IceConfig::new(
             config.ice_servers.clone(),
             config.turn_secret.clone(),
-            config.turn_ttl,
+            config.turn_ttl(),
         )
         .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
@@ -682,7 +682,7 @@ impl RtcTasks {
             .take();
         if let Some(rx) = checks {
             handles.push(tokio::spawn(check_members(
-                state.store().clone(),
+                state.clone(),
                 rtc.clone(),
                 state.config().robot_uid.clone(),
                 rx,
@@ -780,7 +780,7 @@ impl Drop for RtcTasks {
 /// what membership means: an active member of a call that has not ended). The robot's uid
 /// is not a call member and is admitted (its token comes from a robot session).
 async fn check_members(
-    store: Store,
+    state: AppState,
     rtc: Rtc,
     robot_uid: String,
     mut rx: mpsc::Receiver<MemberCheck>,
@@ -790,12 +790,12 @@ async fn check_members(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (store, rtc, robot_uid) = (store.clone(), rtc.clone(), robot_uid.clone());
+        let (state, rtc, robot_uid) = (state.clone(), rtc.clone(), robot_uid.clone());
         tokio::spawn(async move {
             let verdict = if check.uid.as_str() == robot_uid {
                 Some(true)
             } else {
-                match store.is_member(check.channel.as_str(), &check.uid).await {
+                match state.is_active_member(check.channel.as_str(), &check.uid).await {
                     Ok(Some(member)) => Some(member),
                     Ok(None) => Some(false), // no call in this channel
                     Err(e) => {

@@ -43,6 +43,9 @@ pub enum StoreError {
     /// The change conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// A per-uid limit is reached (active robots); nothing was written.
+    #[error("{0}")]
+    LimitReached(String),
     /// The database cannot be reached; retry later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -128,6 +131,11 @@ pub struct NewRobotSession {
     pub loop_audio: bool,
     /// Attempts before the session is dead.
     pub max_attempts: i64,
+    /// Who asked for it (counted by the per-uid robot limit).
+    pub requested_by: String,
+    /// Refuse ([`StoreError::LimitReached`]) when `requested_by` would have more active
+    /// sessions than this (0: no limit).
+    pub max_per_requester: i64,
 }
 
 /// A call to create.
@@ -421,6 +429,22 @@ impl Store {
         dispatch!(self.quit_robot(channel, uid, now_ms))
     }
 
+    /// As [`Store::quit_robot`], by the server: the channel's robot reached its maximum
+    /// duration (recorded on the timeline as `robot_quit`, source `server`).
+    pub async fn robot_overtime(&self, channel: &str, now_ms: i64) -> StoreResult<Option<i64>> {
+        dispatch!(self.robot_overtime(channel, now_ms))
+    }
+
+    /// Channels whose active robot session was asked for at or before `created_before_ms`
+    /// and has not been asked to leave.
+    pub async fn overtime_robots(
+        &self,
+        created_before_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<String>> {
+        dispatch!(self.overtime_robots(created_before_ms, limit))
+    }
+
     /// Inserts a scheduled call.
     pub async fn insert_task(&self, f: &TaskFields, now_ms: i64) -> StoreResult<TaskRecord> {
         dispatch!(self.insert_task(f, now_ms))
@@ -619,9 +643,28 @@ impl Store {
         dispatch!(self.fire_task(id, call, now_ms))
     }
 
-    /// Whether `uid` is a member of the call of `channel` (`None`: no such channel).
-    pub async fn is_member(&self, channel: &str, uid: &Uid) -> StoreResult<Option<bool>> {
-        dispatch!(self.is_member(channel, uid))
+    /// Whether `uid` is an **active** member of the call of `channel` (`None`: no such
+    /// channel): what minting a token, joining `/rtc` and inviting the robot require.
+    ///
+    /// Active means the member's row is below 2 (caller, a callee still ringing or in the
+    /// call, anyone invited, none of them gone) in a call that has not ended; and, for
+    /// the spec's "invite the robot after the callee declined" flow, the caller of a call
+    /// that ended because every callee rejected it (end code 1002) until
+    /// `rejected_since_ms` (pass now minus a grace period) passes its end.
+    pub async fn is_member(
+        &self,
+        channel: &str,
+        uid: &Uid,
+        rejected_since_ms: i64,
+    ) -> StoreResult<Option<bool>> {
+        dispatch!(self.is_member(channel, uid, rejected_since_ms))
+    }
+
+    /// Whether `uid` is or was a member of the call of `channel`, whatever its status
+    /// (`None`: no such channel): what reading the timeline and reporting about the call
+    /// (events, heartbeats, quitting the robot) require.
+    pub async fn was_member(&self, channel: &str, uid: &Uid) -> StoreResult<Option<bool>> {
+        dispatch!(self.was_member(channel, uid))
     }
 
     /// Calls per state.
@@ -924,6 +967,12 @@ macro_rules! store_impl {
                 r: &$crate::store::NewRobotSession,
                 now_ms: i64,
             ) -> $crate::store::StoreResult<Option<i64>> {
+                if r.max_per_requester > 0 {
+                    sqlx::query(sql::LOCK_REQUESTER)
+                        .bind(&r.requested_by)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 let audio = serde_json::to_string(&r.audio).unwrap_or_else(|_| "[]".into());
                 let id: Option<i64> = sqlx::query_scalar(sql::INSERT_ROBOT_SESSION)
                     .bind(call_id)
@@ -933,8 +982,24 @@ macro_rules! store_impl {
                     .bind(i64::from(r.loop_audio))
                     .bind(r.max_attempts)
                     .bind(now_ms)
+                    .bind(&r.requested_by)
                     .fetch_optional(&mut **tx)
                     .await?;
+                if id.is_some() && r.max_per_requester > 0 {
+                    // Counted after the insert (under the requester's lock), so an invite
+                    // into a channel that already has its robot is never refused.
+                    let active: i64 = sqlx::query_scalar(sql::ACTIVE_ROBOTS_OF)
+                        .bind(&r.requested_by)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if active > r.max_per_requester {
+                        // The caller drops `tx`: nothing of this request is written.
+                        return Err($crate::store::StoreError::LimitReached(format!(
+                            "uid {} already has {} active robots, the most allowed (DAPI_ROBOTS_PER_UID); end one with /dapi/quit/robot",
+                            r.requested_by, r.max_per_requester
+                        )));
+                    }
+                }
                 Ok(id)
             }
 
@@ -1233,6 +1298,36 @@ macro_rules! store_impl {
                 uid: &$crate::domain::Uid,
                 now_ms: i64,
             ) -> $crate::store::StoreResult<Option<i64>> {
+                self.robot_quit(channel, Some(uid.as_str()), "app", None, now_ms)
+                    .await
+            }
+
+            /// See [`Store::robot_overtime`].
+            pub async fn robot_overtime(
+                &self,
+                channel: &str,
+                now_ms: i64,
+            ) -> $crate::store::StoreResult<Option<i64>> {
+                self.robot_quit(
+                    channel,
+                    None,
+                    "server",
+                    Some("the robot reached its maximum duration (DAPI_ROBOT_MAX_SECONDS)"),
+                    now_ms,
+                )
+                .await
+            }
+
+            /// Cancels the channel's queued robot or asks its running one to leave, and
+            /// records who did (`robot_quit` on the timeline).
+            async fn robot_quit(
+                &self,
+                channel: &str,
+                uid: Option<&str>,
+                source: &str,
+                detail: Option<&str>,
+                now_ms: i64,
+            ) -> $crate::store::StoreResult<Option<i64>> {
                 let mut tx = self.begin_write().await?;
                 let call: Option<(i64, String)> = sqlx::query_as(sql::LOCK_CALL)
                     .bind(channel)
@@ -1264,11 +1359,11 @@ macro_rules! store_impl {
                 Self::record(
                     &mut tx,
                     call_id,
-                    Some(uid.as_str()),
+                    uid,
                     "robot_quit",
                     None,
-                    None,
-                    "app",
+                    detail,
+                    source,
                     effect,
                     now_ms,
                 )
@@ -1339,8 +1434,10 @@ macro_rules! store_impl {
             ) -> $crate::store::StoreResult<$crate::store::TaskRecord> {
                 let (dst, tones) = Self::task_json(f);
                 let mut tx = self.begin_write().await?;
+                // Another uid's task is not found, in the same words as a missing one.
                 let state: Option<String> = sqlx::query_scalar(sql::LOCK_TASK)
                     .bind(id)
+                    .bind(f.src_uid.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
                 match state.as_deref() {

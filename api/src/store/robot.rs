@@ -912,18 +912,47 @@ macro_rules! robot_store_impl {
                     .collect())
             }
 
-            /// Whether `uid` is a member of the call of `channel` (`None`: no such channel).
+            /// See [`Store::is_member`](crate::store::Store::is_member).
             pub async fn is_member(
                 &self,
                 channel: &str,
                 uid: &$crate::domain::Uid,
+                rejected_since_ms: i64,
             ) -> $crate::store::StoreResult<Option<bool>> {
                 let n: Option<i64> = sqlx::query_scalar(sql::IS_MEMBER)
+                    .bind(channel)
+                    .bind(uid.as_str())
+                    .bind(rejected_since_ms)
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                Ok(n.map(|n| n > 0))
+            }
+
+            /// See [`Store::was_member`](crate::store::Store::was_member).
+            pub async fn was_member(
+                &self,
+                channel: &str,
+                uid: &$crate::domain::Uid,
+            ) -> $crate::store::StoreResult<Option<bool>> {
+                let n: Option<i64> = sqlx::query_scalar(sql::WAS_MEMBER)
                     .bind(channel)
                     .bind(uid.as_str())
                     .fetch_optional(self.read_pool())
                     .await?;
                 Ok(n.map(|n| n > 0))
+            }
+
+            /// See [`Store::overtime_robots`](crate::store::Store::overtime_robots).
+            pub async fn overtime_robots(
+                &self,
+                created_before_ms: i64,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar(sql::OVERTIME_ROBOTS)
+                    .bind(created_before_ms)
+                    .bind(limit)
+                    .fetch_all(self.read_pool())
+                    .await?)
             }
 
             /// Calls per state (metrics).

@@ -79,9 +79,13 @@ mod sql {
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) ON CONFLICT (call_id, uid) DO NOTHING";
     pub const INSERT_EVENT: &str = "INSERT INTO call_events (call_id, uid, kind, code, detail, source, effect, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7) \
+    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at, requested_by) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7, ?8) \
          ON CONFLICT (channel) WHERE state IN ('queued', 'offered', 'running') DO NOTHING RETURNING id";
+    pub const ACTIVE_ROBOTS_OF: &str = "SELECT COUNT(*) FROM robot_sessions \
+         WHERE requested_by = ?1 AND state IN ('queued', 'offered', 'running')";
+    // BEGIN IMMEDIATE already holds the write lock: counting and inserting cannot race.
+    pub const LOCK_REQUESTER: &str = "SELECT ?1";
     pub const FIND_CALL: &str =
         "SELECT id, channel, caller_uid, state, end_code FROM calls WHERE channel = ?1";
     pub const RECENT_MESSAGES: &str = "SELECT m.id, m.uid, m.channel, m.status, m.created_at, c.extra_msg, c.caller_uid, m.role \
@@ -111,9 +115,9 @@ mod sql {
     pub const INSERT_TASK: &str = "INSERT INTO calltasks (src_uid, dst_uid, call_time, taskid, tone_list, state, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6) \
          RETURNING id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel";
-    pub const LOCK_TASK: &str = "SELECT state FROM calltasks WHERE id = ?1";
+    pub const LOCK_TASK: &str = "SELECT state FROM calltasks WHERE id = ?1 AND src_uid = ?2";
     pub const UPDATE_TASK: &str = "UPDATE calltasks SET src_uid = ?2, dst_uid = ?3, call_time = ?4, taskid = ?5, tone_list = ?6, updated_at = ?7 \
-         WHERE id = ?1 RETURNING id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel";
+         WHERE id = ?1 AND src_uid = ?2 RETURNING id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel";
     pub const DELETE_TASK: &str = "DELETE FROM calltasks WHERE id = ?1 AND src_uid = ?2";
     pub const COUNT_TASKS: &str = "SELECT COUNT(*) FROM calltasks WHERE src_uid = ?1";
     pub const LIST_TASKS: &str = "SELECT id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel \
@@ -175,7 +179,16 @@ mod sql {
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name";
     pub const ASSET_EXISTS: &str = "SELECT COUNT(*) FROM audio_assets WHERE name = ?1";
     pub const CALLS_BY_STATE: &str = "SELECT state, COUNT(*) FROM calls GROUP BY state";
-    pub const IS_MEMBER: &str = "SELECT (SELECT COUNT(*) FROM call_members m WHERE m.call_id = c.id AND m.uid = ?2) FROM calls c WHERE c.channel = ?1";
+    // An active member: a row below 2 in a call that has not ended, or the caller of a call
+    // every callee rejected (1002) shortly after it ended (the spec's invite-the-robot flow).
+    pub const IS_MEMBER: &str = "SELECT (SELECT COUNT(*) FROM call_members m WHERE m.call_id = c.id AND m.uid = ?2 \
+         AND ((c.state <> 'ended' AND m.status < 2) \
+         OR (m.role = 'caller' AND c.state = 'ended' AND c.end_code = 1002 AND c.ended_at >= ?3))) \
+         FROM calls c WHERE c.channel = ?1";
+    pub const WAS_MEMBER: &str = "SELECT (SELECT COUNT(*) FROM call_members m WHERE m.call_id = c.id AND m.uid = ?2) FROM calls c WHERE c.channel = ?1";
+    pub const OVERTIME_ROBOTS: &str = "SELECT channel FROM robot_sessions \
+         WHERE state IN ('queued', 'offered', 'running') AND leave_requested = 0 AND created_at <= ?1 \
+         ORDER BY created_at LIMIT ?2";
     pub const DELETE_ASSET: &str = "DELETE FROM audio_assets WHERE name = ?1";
     // ---- sweeper
     pub const DUE_RING_TIMEOUTS: &str =

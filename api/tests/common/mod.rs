@@ -18,6 +18,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub state: AppState,
     pub backend: &'static str,
+    /// In jwt mode with an HS256 secret: `post`/`ok`/`err` sign each request as the
+    /// body's `uid` (or `src_uid`).
+    pub jwt_secret: Option<String>,
     _dir: Option<TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -94,6 +97,9 @@ pub async fn spawn_app_on(
 ) -> TestApp {
     let mut config = Config::for_tests(url);
     tweak(&mut config);
+    let jwt_secret = (config.auth == "jwt")
+        .then(|| config.jwt_secret.as_ref().map(|s| s.expose().to_owned()))
+        .flatten();
     let app = Application::build_with_clock(config, clock).await.unwrap();
     let addr = app.local_addr().unwrap();
     let state = app.state().clone();
@@ -109,10 +115,31 @@ pub async fn spawn_app_on(
             .unwrap(),
         state,
         backend,
+        jwt_secret,
         _dir: dir,
         _shutdown: tx,
         server,
     }
+}
+
+/// An HS256 secret for jwt-mode tests (32 bytes or more, as `DAPI_JWT_SECRET` requires).
+pub const JWT_SECRET: &str = "test-app-backend-shared-secret-0123456789";
+
+/// `DAPI_AUTH=jwt` with [`JWT_SECRET`]: the [`TestApp`] then signs its requests.
+pub fn jwt_mode(c: &mut Config) {
+    c.auth = "jwt".into();
+    c.jwt_secret = Some(api::config::Secret::new(JWT_SECRET));
+}
+
+/// An HS256 app JWT for `sub`, valid for an hour (system time, as the API checks it).
+pub fn jwt_for(secret: &str, sub: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "exp": now + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 /// Two instances on one fresh PostgreSQL database, or `None` (with a message) without
@@ -158,20 +185,39 @@ impl TestApp {
         self.state.tokens().mint(channel, uid, now).unwrap()
     }
 
-    /// POSTs a JSON value; returns status and body.
+    /// POSTs a JSON value; returns status and body. In jwt mode it is signed as the body's
+    /// `uid` or `src_uid` (`anonymous` when it has neither).
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.post_raw(path, body.to_string()).await
+        let bearer = self.jwt_secret.as_deref().map(|secret| {
+            let sub = match body.get("uid").or_else(|| body.get("src_uid")) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "anonymous".to_owned(),
+            };
+            jwt_for(secret, &sub)
+        });
+        self.send(path, body.to_string(), bearer).await
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let r = self
+        self.send(path, body, None).await
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        bearer: Option<String>,
+    ) -> (u16, Value) {
+        let mut req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .body(body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
