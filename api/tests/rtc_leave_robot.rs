@@ -43,7 +43,11 @@ async fn an_rtc_leave_that_ends_the_call_makes_the_robot_leave_at_once() {
             call["token"].as_str().unwrap(),
         )
         .await;
-        assert_eq!(session_state(&app, id).await["state"], "running");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while session_state(&app, id).await["state"] != "running" {
+            assert!(Instant::now() < deadline, "[{backend}] not running");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let t0 = Instant::now();
         common::rtc_client::send(&mut caller, r#"{"type":"leave"}"#).await;
         let leave = expect(&mut ag, "leave", 5).await;

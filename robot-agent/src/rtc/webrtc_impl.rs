@@ -275,24 +275,6 @@ impl WebrtcListener {
     }
 }
 
-/// The offer as sent: the robot takes the DTLS client role (`a=setup:active`) instead of
-/// leaving it to the answerer (`actpass`).
-///
-/// Why: when the robot offers it is the controlling ICE agent, and webrtc drops every
-/// non-STUN datagram that arrives before its own ICE has a selected pair ("drop message
-/// ... before ICE connection is connected"). The answerer (aiortc, Chromium) becomes DTLS
-/// client by default and sends its ClientHello as soon as *its* side of ICE completes,
-/// which for the controlled agent is when our nominating check arrives, before our side
-/// has processed the answer to that check. That ClientHello was lost and the handshake
-/// waited for the peer's retransmission timer: the ~450 ms tail on first audio of
-/// BENCHMARKS.md. As client, the robot sends the ClientHello only once its pair is
-/// selected, and a peer that is not quite ready queues it (aiortc's ICE connection
-/// buffers received data; browsers too). The answer then says `a=setup:passive`, from
-/// which webrtc derives the client role; the local description stays `actpass`.
-fn as_dtls_client(offer_sdp: &str) -> String {
-    offer_sdp.replace("a=setup:actpass", "a=setup:active")
-}
-
 #[async_trait]
 impl Listener for WebrtcListener {
     async fn offer(&self) -> Result<String, RtcError> {
@@ -301,7 +283,7 @@ impl Listener for WebrtcListener {
             .set_local_description(offer)
             .await
             .map_err(negotiation)?;
-        Ok(as_dtls_client(&self.local_sdp().await?))
+        self.local_sdp().await
     }
 
     async fn answer(&self, offer_sdp: String) -> Result<String, RtcError> {
@@ -370,19 +352,5 @@ impl Listener for WebrtcListener {
         if let Err(e) = self.pc.close().await {
             tracing::debug!(error = %e, "closing a peer connection");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_offer_takes_the_dtls_client_role() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=setup:actpass\r\na=mid:0\r\n";
-        let sent = as_dtls_client(sdp);
-        assert!(sent.contains("a=setup:active\r\n"), "{sent}");
-        assert!(!sent.contains("actpass"));
-        assert_eq!(sent.len(), sdp.len() - 1, "nothing else changes");
     }
 }
