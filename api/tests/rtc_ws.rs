@@ -619,7 +619,7 @@ async fn joined_hands_out_ice_servers_with_turn_rest_credentials() {
             .parse()
             .unwrap();
         c.turn_secret = Some(Secret::new("north-secret"));
-        c.turn_ttl = 3600;
+        c.turn_ttl = Some(3600);
     })
     .await;
     let mut ws = app.connect().await;
