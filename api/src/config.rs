@@ -188,6 +188,20 @@ pub struct Config {
     #[arg(long, env = "DAPI_RTC_BUS_HEARTBEAT_MS", default_value_t = 5000)]
     pub rtc_bus_heartbeat_ms: u64,
 
+    /// Media bridge targets: JSON `{"name": {"url": "wss://..", "secret": "..", "format":
+    /// "pcm16"|"opus", "rate": 16000}}` (pcm16 at 8000, 16000, 24000 or 48000 Hz). Checked
+    /// at start; `call/robot` and `invite/robot` name a target with `"bridge"`.
+    #[arg(long, env = "DAPI_BRIDGES", hide_env_values = true)]
+    pub bridges: Option<Secret>,
+
+    /// Days a voicemail recording is kept after its last upload.
+    #[arg(long, env = "DAPI_RECORDING_RETENTION", default_value_t = 30)]
+    pub recording_retention: u64,
+
+    /// Largest recording upload in bytes (larger bodies get 413).
+    #[arg(long, env = "DAPI_MAX_RECORDING_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_recording_bytes: usize,
+
     /// Push: the worker, APNs and the webhook (`DAPI_PUSH_*`, `DAPI_APNS_*`).
     #[command(flatten)]
     pub push: crate::push::PushConfig,
@@ -239,6 +253,9 @@ impl Config {
             rtc_msgs_per_sec: 50,
             rtc_idle_timeout: 30,
             rtc_bus_heartbeat_ms: 5000,
+            bridges: None,
+            recording_retention: 30,
+            max_recording_bytes: 32 * 1024 * 1024,
             // no worker: tests drive `push::deliver_once`
             push: crate::push::PushConfig {
                 push_ms: 0,

@@ -24,6 +24,8 @@ pub struct SweepReport {
     pub fired: Vec<(i64, String)>,
     /// Scheduled calls too late to place.
     pub missed: Vec<i64>,
+    /// Recordings deleted after `DAPI_RECORDING_RETENTION` days.
+    pub recordings_pruned: u64,
 }
 
 fn server_meta(kind: &'static str, now_ms: i64) -> InputMeta {
@@ -111,6 +113,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
                 audio: task.tone_list.clone(),
                 loop_audio: false,
                 max_attempts: state.config().robot_max_attempts,
+                options: None,
             }),
         };
         if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
@@ -119,6 +122,20 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             push_queued = true;
             report.fired.push((task.id, channel));
         }
+    }
+
+    // Retention: recordings whose last upload is older than DAPI_RECORDING_RETENTION days.
+    let retention_ms = i64::try_from(state.config().recording_retention)
+        .unwrap_or(30)
+        .saturating_mul(86_400_000);
+    report.recordings_pruned = store
+        .prune_recordings(now.saturating_sub(retention_ms))
+        .await?;
+    if report.recordings_pruned > 0 {
+        tracing::info!(
+            count = report.recordings_pruned,
+            "recordings past their retention deleted"
+        );
     }
 
     if robot_changed {

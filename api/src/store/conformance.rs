@@ -222,6 +222,7 @@ async fn one_robot_per_channel_and_quit_cancels_a_queued_one() {
             audio: vec!["default".into()],
             loop_audio: false,
             max_attempts: 3,
+            options: None,
         };
         let first = s
             .invite_robot("ch_r", &uid("A"), &robot, 2000)
@@ -266,6 +267,7 @@ async fn concurrent_invites_leave_exactly_one_session() {
             audio: vec!["default".into()],
             loop_audio: false,
             max_attempts: 3,
+            options: None,
         };
         let mut tasks = Vec::new();
         for i in 0..20 {
@@ -352,6 +354,7 @@ fn robot() -> NewRobotSession {
         audio: vec!["default".into()],
         loop_audio: false,
         max_attempts: 3,
+        options: None,
     }
 }
 

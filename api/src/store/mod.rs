@@ -125,6 +125,8 @@ pub struct NewRobotSession {
     pub loop_audio: bool,
     /// Attempts before the session is dead.
     pub max_attempts: i64,
+    /// Robot options as JSON (`robot_options::StoredOptions`); none for the seed's bodies.
+    pub options: Option<String>,
 }
 
 /// A call to create.
@@ -906,6 +908,7 @@ macro_rules! store_impl {
                     .bind(i64::from(r.loop_audio))
                     .bind(r.max_attempts)
                     .bind(now_ms)
+                    .bind(r.options.as_deref())
                     .fetch_optional(&mut **tx)
                     .await?;
                 Ok(id)
@@ -1434,6 +1437,9 @@ macro_rules! store_impl {
 }
 
 pub(crate) use store_impl;
+
+// After `dispatch!` and `store_impl!`: its `impl Store` uses the former.
+pub mod recordings;
 
 #[cfg(test)]
 mod conformance;

@@ -79,8 +79,8 @@ mod sql {
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) ON CONFLICT (call_id, uid) DO NOTHING";
     pub const INSERT_EVENT: &str = "INSERT INTO call_events (call_id, uid, kind, code, detail, source, effect, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7) \
+    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at, options) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7, ?8) \
          ON CONFLICT (channel) WHERE state IN ('queued', 'offered', 'running') DO NOTHING RETURNING id";
     pub const FIND_CALL: &str =
         "SELECT id, channel, caller_uid, state, end_code FROM calls WHERE channel = ?1";
@@ -220,3 +220,4 @@ super::store_impl!(SqliteStore, Sqlite);
 super::robot::robot_store_impl!(SqliteStore, Sqlite);
 super::sweep::sweep_store_impl!(SqliteStore, Sqlite);
 super::push::push_store_impl!(SqliteStore, Sqlite);
+super::recordings::recording_store_impl!(SqliteStore, Sqlite, sqlite_sql);
