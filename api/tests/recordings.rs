@@ -83,7 +83,9 @@ async fn upload_list_and_download_with_ranges() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |_| {}).await;
         let (ch, sid) = voicemail(&app, None).await;
-        let file = ogg_opus(250); // 5 s
+        // 250 packets of 20 ms; the last granule is 250 x 960 = 240000 and the pre-skip 312, so
+        // the duration is (240000 - 312) / 48 = 4993 ms (RFC 7845: granule less pre-skip).
+        let file = ogg_opus(250);
         let partial = without_last_page(&file);
 
         // The agent's key, a member uid, a session that exists, an Ogg Opus body.
@@ -168,7 +170,7 @@ async fn upload_list_and_download_with_ranges() {
             (v["data"]["id"].as_i64(), v["data"]["complete"].clone()),
             (Some(rid), json!(true))
         );
-        assert_eq!(v["data"]["duration_ms"], 5000);
+        assert_eq!(v["data"]["duration_ms"], 4993);
         assert_eq!(v["data"]["url"], format!("/dapi/call/recording/{rid}"));
         // the same again is a no-op; anything else is refused
         let (s, v) = put(&app, sid, "1001", "", KEY, file.clone()).await;
@@ -187,7 +189,7 @@ async fn upload_list_and_download_with_ranges() {
                 .detail
                 .as_deref()
                 .unwrap()
-                .contains(&format!("recording {rid}: 5000 ms"))
+                .contains(&format!("recording {rid}: 4993 ms"))
         );
         let pushes: Vec<_> = app
             .state
@@ -227,7 +229,7 @@ async fn upload_list_and_download_with_ranges() {
         assert_eq!(first["id"], rid);
         assert_eq!(first["channel"], ch);
         assert_eq!(first["uid"], 1001);
-        assert_eq!(first["duration_ms"], 5000);
+        assert_eq!(first["duration_ms"], 4993);
         assert_eq!(first["bytes"], file.len());
         assert_eq!(first["url"], format!("/dapi/call/recording/{rid}"));
         assert_eq!(first["complete"], true);
@@ -235,7 +237,7 @@ async fn upload_list_and_download_with_ranges() {
         assert_eq!(first["session_id"], sid);
         assert_eq!(first["started_at"].as_str().unwrap().len(), 19, "{first}");
         assert_eq!(items[1]["part"], 1);
-        assert_eq!(items[1]["duration_ms"], 1000);
+        assert_eq!(items[1]["duration_ms"], 993, "(50 x 960 - 312) / 48");
         assert_eq!(
             get_as(&app, "/dapi/call/recordings?channel=ch_none", None, &[])
                 .await

@@ -51,8 +51,9 @@ pub async fn wait_running(app: &TestApp, id: i64) {
     }
 }
 
-/// An Ogg Opus file of `frames` 20 ms packets (tiny valid Opus packets: a TOC byte for a
-/// 20 ms CELT frame and silence), with its end-of-stream page.
+/// An Ogg Opus file of `frames` 20 ms packets (tiny Opus packets: a TOC byte for a 20 ms
+/// CELT frame and two payload bytes), pre-skip 312, with its end-of-stream page. Its
+/// duration is `(frames x 960 - 312) / 48` ms.
 pub fn ogg_opus(frames: u64) -> Vec<u8> {
     use audio::ogg_opus::{OggOpusWriter, OpusHead, OpusTags};
     let head = OpusHead::new(1, 312, 48000);
