@@ -257,6 +257,19 @@ pub struct Config {
     /// robot cannot renew on `/rtc`, so its token must last as long as the robot may run.
     #[arg(long, env = "DAPI_ROBOT_TOKEN_TTL", default_value_t = 86_400)]
     pub robot_token_ttl: u32,
+    /// Media bridge targets: JSON `{"name": {"url": "wss://..", "secret": "..", "format":
+    /// "pcm16"|"opus", "rate": 16000}}` (pcm16 at 8000, 16000, 24000 or 48000 Hz). Checked
+    /// at start; `call/robot` and `invite/robot` name a target with `"bridge"`.
+    #[arg(long, env = "DAPI_BRIDGES", hide_env_values = true)]
+    pub bridges: Option<Secret>,
+
+    /// Days a voicemail recording is kept after its last upload.
+    #[arg(long, env = "DAPI_RECORDING_RETENTION", default_value_t = 30)]
+    pub recording_retention: u64,
+
+    /// Largest recording upload in bytes (larger bodies get 413).
+    #[arg(long, env = "DAPI_MAX_RECORDING_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_recording_bytes: usize,
 
     /// Push: the worker, APNs and the webhook (`DAPI_PUSH_*`, `DAPI_APNS_*`).
     #[command(flatten)]
@@ -323,6 +336,9 @@ impl Config {
             rtc_signals_per_sec: 40,
             rtc_signal_bytes_per_sec: 256 * 1024,
             robot_token_ttl: 86_400,
+            bridges: None,
+            recording_retention: 30,
+            max_recording_bytes: 32 * 1024 * 1024,
             // no worker: tests drive `push::deliver_once`
             push: crate::push::PushConfig {
                 push_ms: 0,

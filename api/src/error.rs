@@ -29,6 +29,18 @@ pub enum ApiError {
     /// The request conflicts with the current state (for example a task that already fired).
     #[error("{0}")]
     Conflict(String),
+    /// The request conflicts with the current state, with a specific code (`no_robot`,
+    /// `control_failed`).
+    #[error("{message}")]
+    ConflictCode {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is in the way.
+        message: String,
+    },
+    /// Something the request waits for (a robot agent) did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// The body is larger than the configured limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -69,6 +81,8 @@ impl ApiError {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::ConflictCode { code, .. } => (StatusCode::CONFLICT, code),
+            Self::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),

@@ -21,6 +21,7 @@ pub mod calls;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod control_relay;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod push;
 pub mod rate_limit;
+pub mod robot_options;
 pub mod routes;
 pub mod rtc;
 pub mod store;
@@ -64,6 +66,8 @@ struct Inner {
     auth: auth::AuthMode,
     limits: rate_limit::Limits,
     push: push::Pusher,
+    control: control_relay::ControlRelay,
+    bridges: robot_options::Bridges,
 }
 
 impl AppState {
@@ -130,6 +134,14 @@ impl AppState {
     pub fn push(&self) -> &push::Pusher {
         &self.inner.push
     }
+    /// Robot controls waiting for their agents' answers.
+    pub fn control(&self) -> &control_relay::ControlRelay {
+        &self.inner.control
+    }
+    /// The media bridge targets of `DAPI_BRIDGES`.
+    pub fn bridges(&self) -> &robot_options::Bridges {
+        &self.inner.bridges
+    }
 }
 
 /// A built server: listener bound, store connected and migrated.
@@ -174,6 +186,7 @@ impl Application {
         let bus = matches!(store, Store::Postgres(_)).then(rtc::remote::InstanceId::random);
         let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone(), bus)?;
         let push = push::Pusher::from_config(&config.push)?;
+        let bridges = robot_options::Bridges::from_config(config.bridges.as_ref())?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -196,6 +209,8 @@ impl Application {
                 limits,
                 rtc,
                 push,
+                control: control_relay::ControlRelay::new(),
+                bridges,
             }),
         };
         routes::admin::seed_default_asset(&state).await?;
@@ -233,6 +248,10 @@ impl Application {
             self.state.clone(),
             stopped(stop_rx.clone()),
         ));
+        let control_task = tokio::spawn(control_relay::listen(
+            self.state.clone(),
+            stopped(stop_rx.clone()),
+        ));
         let rtc_tasks = rtc::RtcTasks::start(&self.state).await;
         // The line operators and tests wait for: printed once the socket accepts.
         println!("listening on http://{addr}");
@@ -245,6 +264,7 @@ impl Application {
         let _ = listener_task.await;
         let _ = sweeper.await;
         let _ = pusher.await;
+        let _ = control_task.await;
         rtc_tasks.shutdown().await;
         tracing::info!("stopped");
         Ok(())

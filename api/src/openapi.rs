@@ -49,6 +49,10 @@ use crate::routes::{admin, dapi, device, health};
         dapi::calltask_update,
         dapi::calltask_list,
         dapi::calltask_delete,
+        crate::routes::robot_control::robot_control,
+        crate::routes::recordings::list,
+        crate::routes::recordings::download,
+        crate::routes::recordings::upload,
         device::register,
         device::unregister,
         health::healthz,
@@ -326,20 +330,28 @@ pub fn error_statuses(path: &str, method: &HttpMethod) -> Vec<u16> {
             "/dapi/call/timeline",
             "/dapi/invite/robot",
             "/dapi/quit/robot",
+            "/dapi/robot/control",
+            "/dapi/call/recordings",
+            "/dapi/call/recording/{id}",
         ];
         let task = ["/dapi/calltask/update", "/dapi/calltask/delete"];
         if channel.contains(&path) || task.contains(&path) {
             v.push(404);
         }
-        // A task that already fired; a uid at its robot limit (DAPI_ROBOTS_PER_UID).
+        // A task that already fired; a uid at its robot limit (DAPI_ROBOTS_PER_UID); a
+        // control the agent refused.
         if [
             "/dapi/calltask/update",
             "/dapi/call/robot",
             "/dapi/invite/robot",
+            "/dapi/robot/control",
         ]
         .contains(&path)
         {
             v.push(409);
+        }
+        if path == "/dapi/robot/control" {
+            v.push(504);
         }
         // Every write is rate limited (calls, tokens, writes); the two reads are not.
         if *method == HttpMethod::Post && path != "/dapi/calltask/list" {
@@ -350,6 +362,9 @@ pub fn error_statuses(path: &str, method: &HttpMethod) -> Vec<u16> {
         v.extend([400, 401, 403, 404, 503]);
         if path.starts_with("/admin/audio/") && *method == HttpMethod::Put {
             v.push(413);
+        }
+        if path.starts_with("/agent/recordings/") {
+            v.extend([409, 413]);
         }
     }
     v.sort_unstable();
@@ -368,6 +383,7 @@ fn status_description(status: u16) -> &'static str {
         409 => "The request conflicts with the current state",
         413 => "The body is larger than the configured limit",
         429 => "Rate limited; retry after the Retry-After header's seconds",
+        504 => "The robot's agent did not answer in time (`agent_timeout`)",
         503 => "The database is unavailable; retry shortly (Retry-After: 1)",
         _ => "Error",
     }

@@ -29,6 +29,8 @@ pub struct SweepReport {
     /// Channels whose robot reached `DAPI_ROBOT_MAX_SECONDS` and was told to leave (or
     /// its queued session cancelled).
     pub robots_overtime: Vec<String>,
+    /// Recordings deleted after `DAPI_RECORDING_RETENTION` days.
+    pub recordings_pruned: u64,
 }
 
 fn server_meta(kind: &'static str, now_ms: i64) -> InputMeta {
@@ -122,6 +124,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
                 // (and paid for as a call) when it was created.
                 requested_by: task.src_uid.clone(),
                 max_per_requester: 0,
+                options: None,
             }),
         };
         if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
@@ -149,6 +152,20 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             });
             report.robots_overtime.push(channel);
         }
+    }
+
+    // Retention: recordings whose last upload is older than DAPI_RECORDING_RETENTION days.
+    let retention_ms = i64::try_from(state.config().recording_retention)
+        .unwrap_or(30)
+        .saturating_mul(86_400_000);
+    report.recordings_pruned = store
+        .prune_recordings(now.saturating_sub(retention_ms))
+        .await?;
+    if report.recordings_pruned > 0 {
+        tracing::info!(
+            count = report.recordings_pruned,
+            "recordings past their retention deleted"
+        );
     }
 
     effects.fire(state).await;

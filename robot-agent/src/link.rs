@@ -262,6 +262,18 @@ impl AgentLink {
             ServerMessage::Error { code, message } => {
                 tracing::warn!(code = %code, message = %message, "the API reported an error");
             }
+            // Playback control (docs/agent-protocol.md): applied by the session once the
+            // playback queue exists; until then this agent does not answer and the API's
+            // request times out (504), as with an agent that predates `control`.
+            ServerMessage::Control {
+                session_id, seq, ..
+            } => {
+                tracing::warn!(
+                    session = session_id,
+                    seq,
+                    "control is not supported by this agent yet"
+                );
+            }
         }
     }
 

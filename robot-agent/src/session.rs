@@ -767,7 +767,8 @@ impl ChannelState {
             ServerMessage::Error { code, message } => {
                 tracing::warn!(code = %code, message = %message, "/rtc error");
             }
-            ServerMessage::Joined { .. } => {}
+            // Robot tokens last DAPI_ROBOT_TOKEN_TTL (as long as a robot may run): no renewal.
+            ServerMessage::Joined { .. } | ServerMessage::TokenExpiring => {}
         }
         None
     }

@@ -268,6 +268,14 @@ async fn handle(
                     }
                 }
             }
+            // Robot control (ext): docs/robot-control.md.
+            AgentMessage::ControlAck { session_id: _, seq, status, error } => {
+                let outcome = crate::control_relay::AckOutcome { status, error };
+                state.control().on_ack(state, agent, seq, outcome).await;
+            }
+            AgentMessage::Mark { session_id, name, state: mark, position_ms } => {
+                crate::routes::robot_control::record_mark(state, agent, session_id, &name, mark, position_ms).await?;
+            }
         }
         Ok(())
     }

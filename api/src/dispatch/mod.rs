@@ -303,7 +303,7 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
                     continue;
                 }
             };
-            let offer = SessionOffer {
+            let mut offer = SessionOffer {
                 id: s.id,
                 channel: s.channel.clone(),
                 uid: s.uid.clone(),
@@ -314,7 +314,12 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
                 playlist: s.audio.clone(),
                 position_ms: u64::try_from(s.position_ms).unwrap_or(0),
                 attempt: u32::try_from(s.attempts + 1).unwrap_or(u32::MAX),
+                items: Vec::new(),
+                record: None,
+                bridge: None,
             };
+            // items, record, bridge (ext): from the session's stored options
+            crate::robot_options::complete_offer(state, &mut offer).await;
             tracing::info!(session = s.id, channel = %s.channel, agent = %agent, "robot session offered");
             if !d.send(&agent, ServerMessage::Offer { session: offer }) {
                 d.unreserve(&agent, s.id); // the offer expires and is retried

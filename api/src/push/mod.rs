@@ -131,13 +131,26 @@ pub fn route(platform: &str, voip: bool) -> Route {
     }
 }
 
+/// The provider of one job: [`route`], except that a `recording_ready` push always goes
+/// to the webhook. APNs is configured for VoIP pushes only, and iOS requires every VoIP
+/// push to report an incoming call to CallKit (an app that does not is stopped), so a
+/// voicemail notice must reach the phone as an ordinary alert, which the operator's
+/// service sends (docs/recordings.md).
+pub fn route_job(job: &PushJob) -> Route {
+    if job.kind == crate::store::PushKind::RecordingReady {
+        Route::Webhook
+    } else {
+        route(&job.platform, job.voip)
+    }
+}
+
 fn uid_json(uid: &str) -> Value {
     Uid::parse(uid)
         .map(|u| u.to_json())
         .unwrap_or_else(|_| Value::from(uid))
 }
 
-/// The payload both providers carry: `type` (`call` or `cancel`), `channel`, `src_uid`
+/// The payload both providers carry: `type` (`call`, `cancel` or `recording_ready`), `channel`, `src_uid`
 /// (the caller), `uid` (the callee) and `extra_msg`; uids as in `call/msg` rows.
 pub fn payload(job: &PushJob) -> Value {
     json!({
@@ -289,7 +302,7 @@ impl Pusher {
         if job.expires_at.is_some_and(|e| now_ms >= e) {
             return Delivery::Expired;
         }
-        match route(&job.platform, job.voip) {
+        match route_job(job) {
             Route::Apns => match &self.apns {
                 Some(c) => c.send(job, now_ms).await,
                 None => Delivery::Skipped {

@@ -145,32 +145,17 @@ async fn create_call(state: &AppState, mut call: NewCall) -> Result<ChannelName,
     )))
 }
 
-/// A robot session for `audio` (the default asset when absent); 400 if the asset is
-/// unknown, so a typo fails here rather than as a dead session later.
+/// A robot session for `audio` (the default asset when absent) and the robot options;
+/// 400 if an asset is unknown or an option is bad, so a typo fails here rather than as a
+/// dead session later, and nothing is queued (`robot_options::robot_session`).
 async fn robot_session(
     state: &AppState,
     requested_by: &Uid,
     audio: Option<AssetName>,
     loop_audio: bool,
+    options: crate::robot_options::RobotOptionsReq,
 ) -> Result<NewRobotSession, ApiError> {
-    let audio = audio.unwrap_or_else(AssetName::default_asset);
-    if !state.store().asset_exists(audio.as_str()).await? {
-        return Err(ApiError::bad(
-            "unknown_audio",
-            format!(
-                "audio asset {0} does not exist; upload it with PUT /admin/audio/{0}",
-                audio.as_str()
-            ),
-        ));
-    }
-    Ok(NewRobotSession {
-        uid: state.config().robot_uid.clone(),
-        audio: vec![audio.as_str().to_owned()],
-        loop_audio,
-        max_attempts: state.config().robot_max_attempts,
-        requested_by: requested_by.as_str().to_owned(),
-        max_per_requester: state.config().robots_per_uid,
-    })
+    crate::robot_options::robot_session(state, requested_by, audio, loop_audio, options).await
 }
 
 fn new_call(
@@ -248,6 +233,15 @@ struct CallRobotReq {
     audio: Option<AssetName>,
     #[serde(default, rename = "loop")]
     loop_audio: bool,
+    /// Playback queue after `audio` (ext: DESIGN.md "Robot options").
+    #[serde(default)]
+    playlist: Option<Vec<crate::robot_options::PlaylistItemReq>>,
+    /// Voicemail: record the other participants after the audio (ext).
+    #[serde(default)]
+    record: Option<crate::robot_options::RecordReq>,
+    /// A media bridge target named in `DAPI_BRIDGES` (ext).
+    #[serde(default)]
+    bridge: Option<String>,
 }
 
 /// Starts a call with the robot: a fresh channel, the caller's token, a robot session queued.
@@ -269,7 +263,13 @@ async fn call_robot(
         CallKind::Robot,
         None,
     );
-    call.robot = Some(robot_session(&state, &req.src_uid, req.audio, req.loop_audio).await?);
+    let options = crate::robot_options::RobotOptionsReq {
+        playlist: req.playlist,
+        record: req.record,
+        bridge: req.bridge,
+    };
+    call.robot =
+        Some(robot_session(&state, &req.src_uid, req.audio, req.loop_audio, options).await?);
     let channel = create_call(&state, call).await?;
     state.robot_changed().await;
     token_data(&state, channel.as_str(), &req.src_uid)
@@ -581,6 +581,15 @@ struct InviteRobotReq {
     audio: Option<AssetName>,
     #[serde(default, rename = "loop")]
     loop_audio: bool,
+    /// Playback queue after `audio` (ext: DESIGN.md "Robot options").
+    #[serde(default)]
+    playlist: Option<Vec<crate::robot_options::PlaylistItemReq>>,
+    /// Voicemail: record the other participants after the audio (ext).
+    #[serde(default)]
+    record: Option<crate::robot_options::RecordReq>,
+    /// A media bridge target named in `DAPI_BRIDGES` (ext).
+    #[serde(default)]
+    bridge: Option<String>,
 }
 
 /// Invites the robot into an existing channel (at most one robot per channel).
@@ -596,7 +605,12 @@ async fn invite_robot(
     auth.check_member(&state, req.channel.as_str(), &req.uid)
         .await?;
     rate_limit(&state, Kind::Token, &req.uid, ip)?;
-    let robot = robot_session(&state, &req.uid, req.audio, req.loop_audio).await?;
+    let options = crate::robot_options::RobotOptionsReq {
+        playlist: req.playlist,
+        record: req.record,
+        bridge: req.bridge,
+    };
+    let robot = robot_session(&state, &req.uid, req.audio, req.loop_audio, options).await?;
     let now = state.clock().now_ms();
     state
         .store()

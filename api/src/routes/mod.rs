@@ -4,6 +4,8 @@ pub mod admin;
 pub mod dapi;
 pub mod device;
 pub mod health;
+pub mod recordings;
+pub mod robot_control;
 
 use std::collections::HashSet;
 use std::sync::RwLock;
@@ -21,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .merge(dapi::router())
         .merge(device::router())
         .merge(health::router())
+        .merge(recordings::router())
+        .merge(robot_control::router())
         .merge(admin::router(state.config().max_asset_bytes))
         .merge(crate::rtc::router())
         .route(

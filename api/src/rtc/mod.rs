@@ -795,7 +795,10 @@ async fn check_members(
             let verdict = if check.uid.as_str() == robot_uid {
                 Some(true)
             } else {
-                match state.is_active_member(check.channel.as_str(), &check.uid).await {
+                match state
+                    .is_active_member(check.channel.as_str(), &check.uid)
+                    .await
+                {
                     Ok(Some(member)) => Some(member),
                     Ok(None) => Some(false), // no call in this channel
                     Err(e) => {

@@ -54,11 +54,11 @@ pub(crate) async fn rtc_ws(
         .on_upgrade(move |socket| serve(rtc, socket, permit))
 }
 
-/// The address a socket counts against for `DAPI_RTC_SOCKETS_PER_IP`: the peer address
-/// of the TCP connection. (Kept as one function so that the trusted-proxy rule of the
-/// HTTP routes, `X-Forwarded-For` from `DAPI_TRUSTED_PROXIES`, can take its place.)
-fn client_ip(_state: &AppState, peer: SocketAddr, _headers: &HeaderMap) -> IpAddr {
-    peer.ip()
+/// The address a socket counts against for `DAPI_RTC_SOCKETS_PER_IP`: the same rule as
+/// the HTTP routes' rate limits (`X-Forwarded-For` believed only from a peer in
+/// `DAPI_TRUSTED_PROXIES`, else the TCP peer address).
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    state.config().trusted_proxies.client_ip(peer.ip(), headers)
 }
 
 /// 429 (this address holds too many sockets) or 503 (this instance does), before the

@@ -224,6 +224,7 @@ async fn one_robot_per_channel_and_quit_cancels_a_queued_one() {
             max_attempts: 3,
             requested_by: "A".into(),
             max_per_requester: 0,
+            options: None,
         };
         let first = s
             .invite_robot("ch_r", &uid("A"), &robot, 2000)
@@ -270,6 +271,7 @@ async fn concurrent_invites_leave_exactly_one_session() {
             max_attempts: 3,
             requested_by: "A".into(),
             max_per_requester: 0,
+            options: None,
         };
         let mut tasks = Vec::new();
         for i in 0..20 {
@@ -358,6 +360,7 @@ fn robot() -> NewRobotSession {
         max_attempts: 3,
         requested_by: "A".into(),
         max_per_requester: 0,
+        options: None,
     }
 }
 

@@ -136,6 +136,8 @@ pub struct NewRobotSession {
     /// Refuse ([`StoreError::LimitReached`]) when `requested_by` would have more active
     /// sessions than this (0: no limit).
     pub max_per_requester: i64,
+    /// Robot options as JSON (`robot_options::StoredOptions`); none for the seed's bodies.
+    pub options: Option<String>,
 }
 
 /// A call to create.
@@ -983,6 +985,7 @@ macro_rules! store_impl {
                     .bind(r.max_attempts)
                     .bind(now_ms)
                     .bind(&r.requested_by)
+                    .bind(r.options.as_deref())
                     .fetch_optional(&mut **tx)
                     .await?;
                 if id.is_some() && r.max_per_requester > 0 {
@@ -1558,6 +1561,9 @@ macro_rules! store_impl {
 }
 
 pub(crate) use store_impl;
+
+// After `dispatch!` and `store_impl!`: its `impl Store` uses the former.
+pub mod recordings;
 
 #[cfg(test)]
 mod conformance;

@@ -62,6 +62,9 @@ pub enum PushKind {
     Call,
     /// The call ended before it was answered: stop ringing.
     Cancel,
+    /// A voicemail recording of the call is ready (`GET /dapi/call/recordings`).
+    #[serde(rename = "recording_ready")]
+    RecordingReady,
 }
 
 impl PushKind {
@@ -70,12 +73,14 @@ impl PushKind {
         match self {
             Self::Call => "call",
             Self::Cancel => "cancel",
+            Self::RecordingReady => "recording_ready",
         }
     }
     /// From the stored form.
     pub fn parse(s: &str) -> Self {
         match s {
             "call" => Self::Call,
+            "recording_ready" => Self::RecordingReady,
             _ => Self::Cancel,
         }
     }

@@ -79,8 +79,8 @@ mod sql {
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) ON CONFLICT (call_id, uid) DO NOTHING";
     pub const INSERT_EVENT: &str = "INSERT INTO call_events (call_id, uid, kind, code, detail, source, effect, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at, requested_by) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7, ?8) \
+    pub const INSERT_ROBOT_SESSION: &str = "INSERT INTO robot_sessions (call_id, channel, uid, audio, loop_audio, state, max_attempts, run_at, created_at, updated_at, requested_by, options) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?7, ?8, ?9) \
          ON CONFLICT (channel) WHERE state IN ('queued', 'offered', 'running') DO NOTHING RETURNING id";
     pub const ACTIVE_ROBOTS_OF: &str = "SELECT COUNT(*) FROM robot_sessions \
          WHERE requested_by = ?1 AND state IN ('queued', 'offered', 'running')";
@@ -248,3 +248,4 @@ super::store_impl!(SqliteStore, Sqlite);
 super::robot::robot_store_impl!(SqliteStore, Sqlite);
 super::sweep::sweep_store_impl!(SqliteStore, Sqlite);
 super::push::push_store_impl!(SqliteStore, Sqlite);
+super::recordings::recording_store_impl!(SqliteStore, Sqlite, sqlite_sql);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent_ws;
+pub mod robot;
 pub mod rtc_client;
 
 use std::time::Duration;
