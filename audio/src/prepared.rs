@@ -585,7 +585,7 @@ pub fn prepare_with(
 /// A gain measured over the whole file would hold back the first frame of a stream by the
 /// decoding time of the whole file (a 30-minute MP3: seconds). The opening half minute is what
 /// a listener hears first, is long enough for the gated EBU R128 measure to settle on speech,
-/// and costs about 30 ms to decode and measure. Batch preparation and streams use the same
+/// and costs only its decoding (no encoding), tens of milliseconds. Batch preparation and streams use the same
 /// window, so the same content and settings always give the same frames. See
 /// docs/decisions.md.
 pub const LOUDNESS_WINDOW: Duration = Duration::from_secs(30);
