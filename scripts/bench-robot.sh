@@ -7,7 +7,9 @@
 #   3. failover: three agents, $KILLS SIGKILLs of the agent holding a looping session, the
 #      gap in audio at an aiortc app (tests/aiortc/robot_failover_bench.py).
 # Prints markdown tables; the figures go into BENCHMARKS-robot.md by hand.
-#   scripts/bench-robot.sh [latency|fanout|failover|all]
+#   4. cold (only when asked for): POST /dapi/call/robot -> first RTP packet for a never-seen
+#      30-minute 128 kb/s MP3 (a fresh asset per call), beside a cached 8-second asset.
+#   scripts/bench-robot.sh [latency|fanout|failover|all|cold]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -90,5 +92,52 @@ print(f"session at the end: {r['final_state']}, redispatches {r['redispatches']}
       f"robot peer connections seen {r['robot_peer_connections']}")
 print("gaps (ms):", ", ".join(f"{k['gap_ms']:.0f}" for k in r["per_kill"]))
 PYEOF
+fi
+if [ "$WHAT" = cold ]; then
+  # A never-seen 30-minute MP3 per call: one base file (the 10 s speech fixture looped, 44.1
+  # kHz stereo, 128 kb/s CBR: 28.8 MB), then a copy per call with its own ID3 title, so its
+  # bytes, content hash and cache key are new (the agent has never prepared it) while the
+  # encode work is the same. Each is uploaded with PUT /admin/audio/NAME before its call.
+  # Before each call the agent's encodes of earlier calls are waited for
+  # (robot_audio_encodes_running 0), so a call measures a cold start, not 2 cores shared
+  # with the previous call's encode.
+  COLD_CALLS="${COLD_CALLS:-10}"
+  FIX="${AUDIO_FIXTURES:-$ROOT/../shared/fixtures/audio}"
+  [ -f "$FIX/speech_16000_mono_10s.wav" ] || FIX=/work/shared/fixtures/audio
+  echo "## cold: POST /dapi/call/robot -> first RTP, a never-seen 30-minute 128 kb/s MP3 per call ($COLD_CALLS calls) beside the cached 8-second default"
+  ffmpeg -nostdin -v error -stream_loop -1 -i "$FIX/speech_16000_mono_10s.wav" -t 1800 \
+    -ar 44100 -ac 2 -c:a libmp3lame -b:a 128k "$TMP/cold-base.mp3"
+  echo "asset: $(stat -c %s "$TMP/cold-base.mp3") bytes, $(ffprobe -v error -show_entries format=duration,bit_rate -of csv=p=0 "$TMP/cold-base.mp3") (duration s, bit/s)"
+  cold_ms=()
+  for i in $(seq 1 "$COLD_CALLS"); do
+    name="cold$$-$i"
+    ffmpeg -nostdin -v error -i "$TMP/cold-base.mp3" -c copy -metadata title="$name" "$TMP/$name.mp3"
+    curl -sf -X PUT -H "authorization: Bearer $DAPI_ADMIN_KEY" --data-binary "@$TMP/$name.mp3" \
+      "$BASE/admin/audio/$name" >/dev/null || { echo "upload of $name failed" >&2; exit 1; }
+    rm -f "$TMP/$name.mp3"
+    for _ in $(seq 1 600); do
+      curl -s "$HEALTH/metrics" | grep -q '^robot_audio_encodes_running 0$' && break
+      sleep 0.1
+    done
+    ms="$("$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench 1 --audio "$name" \
+      | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["all_ms"][0])')"
+    echo "cold call $i ($name): $ms ms"
+    cold_ms+=("$ms")
+  done
+  "$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench 1 >/dev/null   # default: cached now
+  warm="$("$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench "$COLD_CALLS")"
+  "$PY" - "$warm" "${cold_ms[@]}" <<'PY'
+import json, sys
+import numpy as np
+warm = json.loads(sys.argv[1])
+cold = np.array([float(x) for x in sys.argv[2:]])
+w = np.array(warm["all_ms"])
+print("| asset | calls | p50 ms | max ms | min ms |")
+print("|---|---|---|---|---|")
+print(f"| never-seen 30-min MP3, 128 kb/s (28.8 MB) | {len(cold)} | {np.percentile(cold, 50):.0f} | {cold.max():.0f} | {cold.min():.0f} |")
+print(f"| cached 8-second `default` | {len(w)} | {np.percentile(w, 50):.0f} | {w.max():.0f} | {w.min():.0f} |")
+PY
+  echo "agent metrics after the cold run:"
+  curl -s "$HEALTH/metrics" | grep -E '^robot_(audio_|asset_fetches|frames_pending_total|frames_late_total|frames_total)'
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

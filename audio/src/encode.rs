@@ -27,6 +27,9 @@ pub fn max_bandwidth_for(rate: u32) -> Bandwidth {
 
 /// Receives encoded packets, one per 20 ms frame.
 pub trait PacketSink {
+    /// Told once, before the first packet, how many frames and bytes to expect, when the
+    /// source declares its length (a hint: make room to avoid regrowing).
+    fn reserve(&mut self, _frames: usize, _bytes: usize) {}
     /// Takes one packet. The slice is only valid for the call.
     fn packet(&mut self, data: &[u8]) -> Result<()>;
 }

@@ -57,6 +57,23 @@ impl AudioError {
         }
     }
 
+    /// A copy of this error (an I/O error keeps its kind and message), for handing the same
+    /// failure to every reader of a stream.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            AudioError::Unsupported(m) => AudioError::Unsupported(m.clone()),
+            AudioError::Corrupt(m) => AudioError::Corrupt(m.clone()),
+            AudioError::LimitExceeded(m) => AudioError::LimitExceeded(m.clone()),
+            AudioError::Empty(m) => AudioError::Empty(m.clone()),
+            AudioError::InvalidSettings(m) => AudioError::InvalidSettings(m.clone()),
+            AudioError::Io { path, source } => AudioError::Io {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            AudioError::Codec(m) => AudioError::Codec(m.clone()),
+        }
+    }
+
     /// A short stable code for this kind of error, for logs and JSON (`"unsupported"`, `"corrupt"`, ...).
     pub fn code(&self) -> &'static str {
         match self {

@@ -59,9 +59,10 @@ mod prepared;
 mod probe;
 mod resample;
 mod settings;
+mod stream;
 pub mod wav;
 
-pub use cache::{CacheStats, PreparedCache};
+pub use cache::{CacheStats, PreparedCache, Served};
 pub use decode::{Decoder, SourceInfo};
 pub use downmix::{Downmix, Speaker};
 pub use encode::{FrameEncoder, MAX_PACKET, PacketSink, max_bandwidth_for};
@@ -70,9 +71,10 @@ pub use input::{Input, ReadSeek};
 pub use loudness::{Loudness, LoudnessMeter};
 pub use ogg_opus::FRAME_SAMPLES;
 pub use prepared::{
-    FRAME_DURATION, Frames, Normalization, Playhead, PreparedAudio, Progress, SourceSummary,
-    measure_loudness, prepare, prepare_with,
+    FRAME_DURATION, Frames, LOUDNESS_WINDOW, Normalization, Playhead, PreparedAudio, Progress,
+    SourceSummary, measure_loudness, measure_opening, prepare, prepare_with,
 };
 pub use probe::{ProbeInfo, probe, probe_with};
 pub use resample::{OUTPUT_RATE, To48k};
 pub use settings::{Application, ChannelMode, DEFAULT_TARGET_LUFS, Limits, Settings};
+pub use stream::{FrameRead, StreamingAudio};

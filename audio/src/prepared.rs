@@ -37,10 +37,11 @@ pub struct SourceSummary {
     pub frames: u64,
 }
 
-/// What loudness normalisation measured and did.
+/// What loudness normalisation measured (over the opening [`LOUDNESS_WINDOW`]) and did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
-    /// Integrated loudness of the downmixed source, LUFS (`None`: silence).
+    /// Integrated loudness of the downmixed source's opening [`LOUDNESS_WINDOW`], LUFS
+    /// (`None`: silence).
     pub measured_lufs: Option<f64>,
     /// The target asked for, LUFS.
     pub target_lufs: f32,
@@ -80,6 +81,27 @@ pub struct PreparedAudio {
 }
 
 impl PreparedAudio {
+    /// Assembles an encode's packets (`data`, cut at `ends`) and what it recorded.
+    pub(crate) fn from_parts(
+        data: Bytes,
+        ends: Vec<u32>,
+        e: Encoded,
+        settings: Settings,
+        normalization: Option<Normalization>,
+    ) -> Self {
+        PreparedAudio {
+            data,
+            ends,
+            samples: e.samples,
+            pre_skip: e.pre_skip,
+            channels: e.channels,
+            settings,
+            source: e.source,
+            normalization,
+            key: None,
+        }
+    }
+
     /// Number of 20 ms frames (packets).
     pub fn frame_count(&self) -> usize {
         self.ends.len()
@@ -380,6 +402,10 @@ struct Collector {
 }
 
 impl PacketSink for Collector {
+    fn reserve(&mut self, frames: usize, bytes: usize) {
+        self.data.reserve(bytes);
+        self.ends.reserve(frames);
+    }
     fn packet(&mut self, data: &[u8]) -> Result<()> {
         self.data.extend_from_slice(data);
         let end = u32::try_from(self.data.len())
@@ -541,8 +567,10 @@ pub fn prepare(input: impl Into<Input>, settings: &Settings) -> Result<PreparedA
 
 /// Prepares `input`: decode → downmix → 48 kHz → (loudness gain) → 20 ms Opus frames.
 ///
-/// With [`Settings::normalize_lufs`] the input is read twice: once to measure, once to encode.
-/// Memory stays at a few buffers plus the encoded output, whatever the length.
+/// With [`Settings::normalize_lufs`] the gain comes from a first pass over the opening
+/// [`LOUDNESS_WINDOW`] of the input (the whole input when it is shorter), then the input is
+/// read again to encode. Memory stays at a few buffers plus the encoded output, whatever the
+/// length.
 pub fn prepare_with(
     input: impl Into<Input>,
     settings: &Settings,
@@ -550,6 +578,135 @@ pub fn prepare_with(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PreparedAudio> {
     prepare_input(&mut input.into(), settings, limits, progress)
+}
+
+/// How much of the input the loudness normalisation measures: its opening 30 s.
+///
+/// A gain measured over the whole file would hold back the first frame of a stream by the
+/// decoding time of the whole file (a 30-minute MP3: seconds). The opening half minute is what
+/// a listener hears first, is long enough for the gated EBU R128 measure to settle on speech,
+/// and costs only its decoding (no encoding), tens of milliseconds. Batch preparation and streams use the same
+/// window, so the same content and settings always give the same frames. See
+/// docs/decisions.md.
+pub const LOUDNESS_WINDOW: Duration = Duration::from_secs(30);
+
+/// Measures the loudness of the first `window` of `input` as it would be played in `mode`
+/// (downmixed, at 48 kHz), on the calling thread. Reads only as much of the input as needed.
+pub fn measure_opening(
+    input: &mut Input,
+    mode: crate::ChannelMode,
+    limits: &Limits,
+    window: Duration,
+) -> Result<Loudness> {
+    let mut dec = Decoder::open(input, limits)?;
+    let downmix = Downmix::new(&dec.info().layout, mode);
+    let mut rs = To48k::new(dec.info().sample_rate, downmix.out_channels())?;
+    let ch = downmix.out_channels();
+    let want = (window.as_secs_f64() * f64::from(OUTPUT_RATE)) as usize;
+    let mut meter = LoudnessMeter::new(OUTPUT_RATE, ch);
+    let seen = std::cell::Cell::new(0usize);
+    let mut mixed = Vec::with_capacity(8192);
+    let mut feed = |s: &[f32]| -> Result<()> {
+        let room = want.saturating_sub(seen.get()) * ch;
+        let take = room.min(s.len());
+        meter.push(&s[..take]);
+        seen.set(seen.get() + take / ch);
+        Ok(())
+    };
+    let mut ended = true;
+    while let Some(b) = dec.next_block()? {
+        downmix.apply(b, &mut mixed);
+        rs.push(&mixed, &mut feed)?;
+        if seen.get() >= want {
+            ended = false;
+            break;
+        }
+    }
+    if ended {
+        rs.finish(&mut feed)?;
+    }
+    Ok(meter.finish())
+}
+
+/// The gain (linear) and its record for `settings`, from a pass over the opening
+/// [`LOUDNESS_WINDOW`] of `input`; unity and `None` without normalisation.
+pub(crate) fn normalization_gain(
+    input: &mut Input,
+    settings: &Settings,
+    limits: &Limits,
+) -> Result<(f32, Option<Normalization>)> {
+    let Some(target) = settings.normalize_lufs else {
+        return Ok((1.0, None));
+    };
+    let l = measure_opening(input, settings.channels, limits, LOUDNESS_WINDOW)?;
+    let mut gain_db = match l.integrated_lufs {
+        Some(m) => (f64::from(target) - m) as f32,
+        None => 0.0,
+    };
+    if l.sample_peak > 0.0 {
+        let headroom = -1.0 - l.sample_peak_dbfs() as f32;
+        gain_db = gain_db.min(headroom);
+    }
+    Ok((
+        10f32.powf(gain_db / 20.0),
+        Some(Normalization {
+            measured_lufs: l.integrated_lufs,
+            target_lufs: target,
+            gain_db,
+        }),
+    ))
+}
+
+/// What an encode produced besides its packets.
+pub(crate) struct Encoded {
+    pub samples: u64,
+    pub pre_skip: u16,
+    pub channels: u8,
+    pub source: SourceSummary,
+}
+
+/// Decodes, downmixes, resamples and encodes `input` into `sink` with a fixed `gain`. Calls
+/// [`PacketSink::reserve`] once with the expected size when the container declares a length.
+pub(crate) fn encode_input(
+    input: &mut Input,
+    settings: &Settings,
+    limits: &Limits,
+    gain: f32,
+    pass: (u8, u8),
+    progress: &mut dyn FnMut(Progress),
+    sink: &mut dyn PacketSink,
+) -> Result<Encoded> {
+    // The encoder needs the content rate before the first sample: peek at the headers.
+    let (content_rate, declared) = {
+        let dec = Decoder::open(input, limits)?;
+        (dec.info().content_rate, declared_total(dec.info()))
+    };
+    let mut enc = FrameEncoder::new(settings, content_rate)?;
+    enc.set_gain(gain);
+    // Reserve the expected output once, so that a long file does not double its buffer (and
+    // briefly hold two copies) as it grows: VBR stays close to the target, +25 % for safety.
+    if let Some(d) = declared {
+        let secs = d.as_secs_f64().min(limits.max_duration.as_secs_f64());
+        let bytes = (secs * f64::from(settings.bitrate) / 8.0 * 1.25) as usize + 4096;
+        let frames = (secs * 50.0) as usize + 2;
+        sink.reserve(frames.min(1 << 24), bytes.min(256 << 20));
+    }
+    let (info, frames) = run_to_48k(input, settings.channels, limits, pass, progress, &mut |s| {
+        enc.push(s, sink)
+    })?;
+    let samples = enc.finish(sink)?;
+    Ok(Encoded {
+        samples,
+        pre_skip: enc.lookahead(),
+        channels: enc.channels() as u8,
+        source: SourceSummary {
+            format: info.format,
+            codec: info.codec,
+            sample_rate: info.sample_rate,
+            channels: info.channels,
+            frames,
+        },
+    })
 }
 
 /// [`prepare_with`] on an input that can be read again afterwards (the cache hashes it first).
@@ -565,82 +722,25 @@ pub(crate) fn prepare_input(
     } else {
         1
     };
-    let mut normalization = None;
-    let mut gain = 1.0f32;
-    if let Some(target) = settings.normalize_lufs {
-        let mut meter = LoudnessMeter::new(OUTPUT_RATE, settings.channels.count());
-        run_to_48k(
-            input,
-            settings.channels,
-            limits,
-            (1, 2),
-            progress,
-            &mut |s| {
-                meter.push(s);
-                Ok(())
-            },
-        )?;
-        let l = meter.finish();
-        let mut gain_db = match l.integrated_lufs {
-            Some(m) => (f64::from(target) - m) as f32,
-            None => 0.0,
-        };
-        if l.sample_peak > 0.0 {
-            let headroom = -1.0 - l.sample_peak_dbfs() as f32;
-            gain_db = gain_db.min(headroom);
-        }
-        gain = 10f32.powf(gain_db / 20.0);
-        normalization = Some(Normalization {
-            measured_lufs: l.integrated_lufs,
-            target_lufs: target,
-            gain_db,
-        });
-    }
-
-    // The encoder needs the content rate before the first sample: peek at the headers.
-    let (content_rate, declared) = {
-        let dec = Decoder::open(input, limits)?;
-        (dec.info().content_rate, declared_total(dec.info()))
-    };
-    let mut enc = FrameEncoder::new(settings, content_rate)?;
-    enc.set_gain(gain);
-    // Reserve the expected output once, so that a long file does not double its buffer (and
-    // briefly hold two copies) as it grows: VBR stays close to the target, +25 % for safety.
-    let (bytes_hint, frames_hint) = declared.map_or((0, 0), |d| {
-        let secs = d.as_secs_f64().min(limits.max_duration.as_secs_f64());
-        (
-            (secs * f64::from(settings.bitrate) / 8.0 * 1.25) as usize + 4096,
-            (secs * 50.0) as usize + 2,
-        )
-    });
+    let (gain, normalization) = normalization_gain(input, settings, limits)?;
     let mut out = Collector {
-        data: BytesMut::with_capacity(bytes_hint.min(256 << 20)),
-        ends: Vec::with_capacity(frames_hint.min(1 << 24)),
+        data: BytesMut::new(),
+        ends: Vec::new(),
     };
-    let (info, frames) = run_to_48k(
+    let e = encode_input(
         input,
-        settings.channels,
+        settings,
         limits,
+        gain,
         (passes, passes),
         progress,
-        &mut |s| enc.push(s, &mut out),
+        &mut out,
     )?;
-    let samples = enc.finish(&mut out)?;
-    Ok(PreparedAudio {
-        data: out.data.freeze(),
-        ends: out.ends,
-        samples,
-        pre_skip: enc.lookahead(),
-        channels: enc.channels() as u8,
-        settings: settings.clone(),
-        source: SourceSummary {
-            format: info.format,
-            codec: info.codec,
-            sample_rate: info.sample_rate,
-            channels: info.channels,
-            frames,
-        },
+    Ok(PreparedAudio::from_parts(
+        out.data.freeze(),
+        out.ends,
+        e,
+        settings.clone(),
         normalization,
-        key: None,
-    })
+    ))
 }

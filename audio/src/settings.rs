@@ -122,7 +122,8 @@ impl Settings {
             self.fec_loss_percent.map_or(0, u32::from),
             u8::from(self.dtx),
             self.normalize_lufs
-                .map_or_else(|| "off".to_string(), |l| format!("{l:.2}")),
+                // the gain comes from the opening LOUDNESS_WINDOW (30 s) since streaming
+                .map_or_else(|| "off".to_string(), |l| format!("{l:.2}@30s")),
         )
     }
 }

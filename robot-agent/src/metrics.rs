@@ -51,6 +51,11 @@ pub struct Metrics {
     offers_accepted: AtomicU64,
     offers_rejected: AtomicU64,
     cache_misses: AtomicU64,
+    frames_pending: AtomicU64,
+    encodes_started: AtomicU64,
+    encodes_joined: AtomicU64,
+    /// Encodes running now (their frames stream into playback as they come).
+    pub encodes_running: AtomicI64,
     labelled: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
@@ -141,6 +146,21 @@ impl Metrics {
         self.cache_misses.fetch_add(1, Relaxed);
     }
 
+    /// A pacer's deadline came before the encoder reached the frame (nothing was sent).
+    pub fn frame_pending(&self) {
+        self.frames_pending.fetch_add(1, Relaxed);
+    }
+
+    /// An asset's encode was started (`joined: false`), or a session joined one in progress
+    /// (`joined: true`) instead of encoding again.
+    pub fn encode(&self, joined: bool) {
+        if joined {
+            self.encodes_joined.fetch_add(1, Relaxed);
+        } else {
+            self.encodes_started.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Frames handed out by all pacers.
     pub fn frames(&self) -> u64 {
         self.frames.load(Relaxed)
@@ -217,6 +237,30 @@ impl Metrics {
             "Assets that had to be encoded.",
             "counter",
             self.cache_misses.load(Relaxed).to_string(),
+        );
+        g(
+            "robot_frames_pending_total",
+            "Frame deadlines that came before the encoder reached the frame (nothing sent).",
+            "counter",
+            self.frames_pending.load(Relaxed).to_string(),
+        );
+        g(
+            "robot_audio_encodes_total",
+            "Encodes of audio assets started (a cold asset streams into playback as it encodes).",
+            "counter",
+            self.encodes_started.load(Relaxed).to_string(),
+        );
+        g(
+            "robot_audio_encode_joins_total",
+            "Sessions that shared an encode already in progress instead of starting one.",
+            "counter",
+            self.encodes_joined.load(Relaxed).to_string(),
+        );
+        g(
+            "robot_audio_encodes_running",
+            "Encodes of audio assets running now.",
+            "gauge",
+            self.encodes_running.load(Relaxed).to_string(),
         );
         let _ = writeln!(
             s,
@@ -306,6 +350,9 @@ mod tests {
         m.frame_sent(Duration::from_micros(300), 2, 0);
         m.frame_sent(Duration::from_millis(7), 2, 0);
         m.cache_hit("memory");
+        m.encode(false);
+        m.encode(true);
+        m.encode(true);
         m.session_ended("left");
         m.phase(None, Some(Phase::Joining));
         m.phase(Some(Phase::Joining), Some(Phase::Playing));
@@ -319,5 +366,7 @@ mod tests {
         assert!(t.contains("robot_sessions{state=\"playing\"} 1"));
         assert!(t.contains("robot_sessions{state=\"joining\"} 0"));
         assert!(t.contains("robot_listener_frames_total 4"));
+        assert!(t.contains("robot_audio_encodes_total 1"), "{t}");
+        assert!(t.contains("robot_audio_encode_joins_total 2"), "{t}");
     }
 }

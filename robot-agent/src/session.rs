@@ -38,8 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use audio::PreparedAudio;
-use bytes::Bytes;
+use audio::{FrameRead, StreamingAudio};
 use protocol::agent::{SessionOffer, SessionState};
 use protocol::signaling::{
     ClientMessage, IceServer, SdpType, ServerMessage, SessionDescription, SignalPayload,
@@ -125,57 +124,57 @@ pub enum SessionUpdate {
     },
 }
 
-/// The prepared assets of a session, played as one stream of frames.
+/// The assets of a session, played as one stream of frames. Each item may still be
+/// encoding (a cold asset plays while it is prepared): an item's length is known once its
+/// encode is complete, and a frame not encoded yet reads as [`FrameRead::Pending`].
 #[derive(Debug, Clone)]
 pub struct Playlist {
-    items: Vec<Arc<PreparedAudio>>,
-    /// Frame index at which each item starts.
-    starts: Vec<u64>,
-    total: u64,
+    items: Vec<Arc<StreamingAudio>>,
 }
 
 impl Playlist {
     /// The items in order.
-    pub fn new(items: Vec<Arc<PreparedAudio>>) -> Self {
-        let mut starts = Vec::with_capacity(items.len());
-        let mut total = 0u64;
-        for a in &items {
-            starts.push(total);
-            total += u64::try_from(a.frame_count()).unwrap_or(0);
-        }
-        Self {
-            items,
-            starts,
-            total,
-        }
+    pub fn new(items: Vec<Arc<StreamingAudio>>) -> Self {
+        Self { items }
     }
 
-    /// Frames in the whole playlist.
-    pub fn total_frames(&self) -> u64 {
-        self.total
+    /// Frames in the whole playlist, once every item is completely encoded.
+    pub fn total_frames(&self) -> Option<u64> {
+        self.items.iter().try_fold(0u64, |t, a| {
+            Some(t + u64::try_from(a.total_frames()?).unwrap_or(0))
+        })
     }
 
-    /// Frame `n` of the stream (wrapping when `looping`); `None` past the end.
-    pub fn frame(&self, n: u64, looping: bool) -> Option<Bytes> {
-        if self.total == 0 {
-            return None;
+    /// Frame `n` of the stream (wrapping when `looping`, once the length is known):
+    /// `Pending` while the encoder has not reached it (or the length of an earlier item is
+    /// not known yet), `End` past the end, `Failed` when an item's encode failed before it.
+    pub fn read(&self, n: u64, looping: bool) -> FrameRead {
+        let mut n = match self.total_frames() {
+            Some(0) => return FrameRead::End,
+            Some(t) if looping => n % t,
+            _ => n,
+        };
+        for item in &self.items {
+            match item.total_frames() {
+                Some(t) if n >= t as u64 => n -= t as u64,
+                _ => {
+                    return match usize::try_from(n) {
+                        Ok(i) => item.read(i),
+                        Err(_) => FrameRead::End,
+                    };
+                }
+            }
         }
-        let n = if looping { n % self.total } else { n };
-        if n >= self.total {
-            return None;
-        }
-        let item = self.starts.partition_point(|s| *s <= n).saturating_sub(1);
-        let local = usize::try_from(n - self.starts[item]).ok()?;
-        self.items[item].frame_bytes(local)
+        FrameRead::End
     }
 
     /// The position in ms of frame `n`, as reported to the API (wrapped when looping,
-    /// capped at the end otherwise).
+    /// capped at the end otherwise, once the length is known).
     pub fn position_ms(&self, n: u64, looping: bool) -> u64 {
-        let n = if looping && self.total > 0 {
-            n % self.total
-        } else {
-            n.min(self.total)
+        let n = match self.total_frames() {
+            Some(t) if looping && t > 0 => n % t,
+            Some(t) => n.min(t),
+            None => n,
         };
         n * 20
     }
@@ -338,12 +337,13 @@ impl Session {
         };
         tracing::info!(
             peers = joined.peers.len(),
-            frames = playlist.total_frames(),
+            frames = ?playlist.total_frames(),
             "robot joined the channel"
         );
         let first = start_frame(self.offer.position_ms);
         let looping = self.offer.loop_audio;
-        if !looping && first >= playlist.total_frames() {
+        // (an asset still encoding has no length yet: the playback then finds its end)
+        if !looping && playlist.total_frames().is_some_and(|t| first >= t) {
             socket.leave().await;
             self.position_ms = Some(playlist.position_ms(first, false));
             return Ending::left("audio ended");
@@ -355,7 +355,7 @@ impl Session {
 
         let position = Arc::new(AtomicU64::new(playlist.position_ms(first, looping)));
         let mut playback: Option<tokio::task::JoinHandle<()>> = None;
-        let mut ended_rx: Option<oneshot::Receiver<()>> = None;
+        let mut ended_rx: Option<oneshot::Receiver<Option<String>>> = None;
         let mut ended_at: Option<Instant> = None;
         let mut next_status = Instant::now() + cfg.position_every;
         let ending = loop {
@@ -366,9 +366,13 @@ impl Session {
                     Some(Control::HandBack) => break Ending::failed("handed back: agent draining"),
                     Some(Control::Leave) | None => break Ending::left("told to leave"),
                 },
-                () = wait_ended(&mut ended_rx) => {
-                    ended_at = Some(Instant::now());
+                failed = wait_ended(&mut ended_rx) => {
                     self.position_ms = Some(position.load(Ordering::Relaxed));
+                    if let Some(e) = failed {
+                        // a corrupt tail found mid-stream: end cleanly, the reason on the session
+                        break Ending::failed(format!("audio failed during playback: {e}"));
+                    }
+                    ended_at = Some(Instant::now());
                 }
                 m = next_message(&mut socket) => match m {
                     Some(m) => if let Some(end) = ch.on_server(m).await { break end },
@@ -504,12 +508,14 @@ async fn wait_rejoin(
     r.unwrap_or_else(|e| Err(format!("rejoin task failed: {e}")))
 }
 
-/// Resolves once the playback's end is signalled; pending while there is none.
-async fn wait_ended(rx: &mut Option<oneshot::Receiver<()>>) {
+/// Resolves once the playback's end is signalled (with the reason when the audio failed);
+/// pending while there is none.
+async fn wait_ended(rx: &mut Option<oneshot::Receiver<Option<String>>>) -> Option<String> {
     match rx {
         Some(r) => {
-            let _ = r.await;
+            let failed = r.await.unwrap_or(None);
             *rx = None;
+            failed
         }
         None => std::future::pending().await,
     }
@@ -528,23 +534,47 @@ struct Playback {
 }
 
 impl Playback {
-    async fn run(self, ended: oneshot::Sender<()>) {
+    /// Sends frames until the audio ends (`None` on `ended`) or fails (`Some(reason)`).
+    /// A frame the encoder has not reached yet (a cold asset) is a tick of silence: nothing
+    /// is sent, the position stays, and the next frame sent carries the gap in its RTP
+    /// timestamp (as skipped frames do).
+    async fn run(self, ended: oneshot::Sender<Option<String>>) {
         let mut pacer = Pacer::new(std::time::Instant::now());
+        let mut n = self.first;
+        let mut silent: u64 = 0;
         loop {
             tokio::time::sleep_until(Instant::from_std(pacer.poll_timeout())).await;
             let now = std::time::Instant::now();
             while let Some(due) = pacer.poll(now) {
-                let n = self.first + due.index;
-                let Some(frame) = self.playlist.frame(n, self.looping) else {
-                    self.position.store(
-                        self.playlist.position_ms(n, self.looping),
-                        Ordering::Relaxed,
-                    );
-                    let _ = ended.send(());
-                    return;
+                let at = n + due.skipped;
+                let frame = match self.playlist.read(at, self.looping) {
+                    FrameRead::Ready(f) => f,
+                    FrameRead::Pending => {
+                        silent += 1 + due.skipped;
+                        self.metrics.frame_pending();
+                        continue;
+                    }
+                    FrameRead::End => {
+                        self.position.store(
+                            self.playlist.position_ms(at, self.looping),
+                            Ordering::Relaxed,
+                        );
+                        let _ = ended.send(None);
+                        return;
+                    }
+                    FrameRead::Failed(e) => {
+                        self.position.store(
+                            self.playlist.position_ms(at, self.looping),
+                            Ordering::Relaxed,
+                        );
+                        let _ = ended.send(Some(e));
+                        return;
+                    }
                 };
+                n = at + 1;
                 let listeners = Arc::clone(&self.listeners.borrow());
-                let skipped = u16::try_from(due.skipped).unwrap_or(u16::MAX);
+                let skipped = u16::try_from(due.skipped + silent).unwrap_or(u16::MAX);
+                silent = 0;
                 let mut sent = 0;
                 for l in listeners.iter() {
                     match l.send_frame(frame.clone(), skipped).await {
@@ -555,8 +585,7 @@ impl Playback {
                 self.metrics.frame_sent(due.lateness, sent, due.skipped);
             }
             self.position.store(
-                self.playlist
-                    .position_ms(self.first + pacer.next_index(), self.looping),
+                self.playlist.position_ms(n, self.looping),
                 Ordering::Relaxed,
             );
         }
@@ -888,8 +917,8 @@ mod tests {
     #[test]
     fn an_empty_playlist_has_no_frames() {
         let p = Playlist::new(vec![]);
-        assert_eq!(p.total_frames(), 0);
-        assert!(p.frame(0, true).is_none());
+        assert_eq!(p.total_frames(), Some(0));
+        assert_eq!(p.read(0, true), FrameRead::End);
         assert_eq!(p.position_ms(5, true), 0);
     }
 }
