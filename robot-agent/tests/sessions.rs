@@ -146,14 +146,12 @@ impl Session {
 
 /// The next signal the robot sent: (to, kind, sdp).
 async fn signal(ch: &mut FakeChannel) -> (String, SdpType, String) {
-    loop {
-        match ch.next().await.unwrap() {
-            ClientMessage::Signal {
-                to,
-                payload: SignalPayload::Description(SessionDescription { kind, sdp }),
-            } => return (to, kind, sdp),
-            other => panic!("expected a signal, got {other:?}"),
-        }
+    match ch.next().await.unwrap() {
+        ClientMessage::Signal {
+            to,
+            payload: SignalPayload::Description(SessionDescription { kind, sdp }),
+        } => (to, kind, sdp),
+        other => panic!("expected a signal, got {other:?}"),
     }
 }
 
