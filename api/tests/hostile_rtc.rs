@@ -584,13 +584,18 @@ async fn jwt_mode_a_valid_token_of_a_non_member_cannot_join() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
             c.auth = "jwt".into();
-            c.jwt_secret = Some(api::config::Secret::new("app-backend-shared-secret"));
+            c.jwt_secret = Some(api::config::Secret::new(
+                "app-backend-shared-secret-of-32-bytes-or-more",
+            ));
         })
         .await;
         let jwt = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
             &json!({"sub": "alice", "exp": app.state.clock().now_secs() + 600}),
-            &jsonwebtoken::EncodingKey::from_secret(b"app-backend-shared-secret").unwrap(),
+            &jsonwebtoken::EncodingKey::from_secret(
+                b"app-backend-shared-secret-of-32-bytes-or-more",
+            )
+            .unwrap(),
         )
         .unwrap();
         let r: Value = app

@@ -14,16 +14,20 @@
 //! ```
 //!
 //! Modules, one concept each: [`link`] (the agent link client, leases, drain, reconnect),
-//! [`session`] (one robot session and its leave rules), [`pacer`] (which frame is due;
+//! [`session`] (one robot session: a sans-IO core with its leave rules, the playlist, and
+//! a short driver), [`pacer`] (which frame is due;
 //! no clock inside), [`rtc`] (the only module importing `webrtc`/`rtc`: the
 //! [`rtc::RtcTransport`] trait and its webrtc-crate implementation), [`signaling`] (the
-//! `/rtc` socket), [`assets`] (audio by name), [`metrics`] and [`health`]. The binary
+//! `/rtc` socket), [`assets`] (audio by name), [`error`] (the crate's one error enum),
+//! [`metrics`] and [`health`]; with the `test-util` feature, `test_util` (a fake
+//! transport and a fake `/rtc` for whole-session tests). The binary
 //! (`main.rs`) parses [`Config`], starts tracing, and runs [`Agent`] until SIGTERM/SIGINT,
 //! which drains. See `docs/robot-agent.md`.
 
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod error;
 pub mod health;
 pub mod link;
 pub mod metrics;
@@ -31,6 +35,10 @@ pub mod pacer;
 pub mod rtc;
 pub mod session;
 pub mod signaling;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+
+pub use error::AgentError;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -167,13 +175,13 @@ impl Agent {
             transport.unwrap_or_else(|| Arc::new(rtc::WebrtcTransport::new(config.bind_ip)));
         let ctx = Arc::new(session::SessionContext {
             config: session::SessionConfig {
-                rtc_url: signaling::rtc_url(&api_url),
                 leave_grace: Duration::from_secs(config.leave_grace),
                 tail: Duration::from_millis(config.tail_ms),
                 position_every: Duration::from_secs(2),
                 rejoin_for: Duration::from_secs(config.rejoin_seconds),
             },
-            assets,
+            signaling: Arc::new(signaling::RtcSignaling::new(signaling::rtc_url(&api_url))),
+            audio: assets,
             transport,
             metrics: Arc::clone(&metrics),
             media_clock: session::media_clock().context("starting the media clock thread")?,

