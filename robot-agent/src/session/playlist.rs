@@ -20,18 +20,9 @@ use std::sync::Arc;
 use audio::PreparedAudio;
 use bytes::Bytes;
 
-/// One frame of an item, as its source has it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FrameRead {
-    /// The frame (20 ms of Opus).
-    Ready(Bytes),
-    /// Not encoded yet: ask again later.
-    Pending,
-    /// Past the last frame: the item is over.
-    End,
-    /// The item failed (a corrupt tail found while encoding); the text says why.
-    Failed(String),
-}
+/// One frame of an item, as its source has it now: the audio crate's own type (Ready,
+/// Pending while the encoder has not reached it, End, Failed with the reason).
+pub use audio::FrameRead;
 
 /// Frames of one playlist item by index (0 = its first frame).
 pub trait FrameSource: Send + Sync {
@@ -64,12 +55,7 @@ impl FrameSource for audio::StreamingAudio {
         let Ok(i) = usize::try_from(index) else {
             return FrameRead::End;
         };
-        match audio::StreamingAudio::read(self, i) {
-            audio::FrameRead::Ready(b) => FrameRead::Ready(b),
-            audio::FrameRead::Pending => FrameRead::Pending,
-            audio::FrameRead::End => FrameRead::End,
-            audio::FrameRead::Failed(e) => FrameRead::Failed(e),
-        }
+        audio::StreamingAudio::read(self, i)
     }
 
     fn frame_count(&self) -> Option<u64> {
