@@ -63,31 +63,28 @@ async fn two_sessions_of_a_cold_asset_share_one_encode() {
         .dapi("call/robot", robot_call("u2", Some("long"), true))
         .await;
 
-    // Both sessions have their audio once each has joined its channel (the agent fetches the
-    // asset and joins at the same time, and logs the join when both are done).
+    // Both sessions have their audio once each has either started an encode or joined one
+    // (the robot joins its channel while the audio loads, so the join says nothing about
+    // the audio): poll the agent's metrics until both have asked.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let joined = agent
-            .logs()
-            .iter()
-            .filter(|l| l.contains("robot joined the channel"))
-            .count();
-        if joined == 2 {
-            break;
+    let text = loop {
+        let text = reqwest::get(format!("http://{health}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let asked = metric(&text, "robot_audio_encodes_total").unwrap_or(0.0)
+            + metric(&text, "robot_audio_encode_joins_total").unwrap_or(0.0);
+        if asked >= 2.0 {
+            break text;
         }
         assert!(
             Instant::now() < deadline,
-            "both sessions did not join: {:#?}",
-            agent.logs()
+            "both sessions did not get their audio:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let text = reqwest::get(format!("http://{health}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    };
     assert_eq!(
         metric(&text, "robot_audio_encodes_total"),
         Some(1.0),
