@@ -181,7 +181,7 @@ fn bool_param(v: Option<&str>, field: &str, default: bool) -> Result<bool, ApiEr
 /// far, again every few seconds, then with `final=true`.
 #[utoipa::path(put, path = "/agent/recordings/{session_id}/{uid}", tag = "agents",
     params(UploadPath, UploadQuery), security(("agent_key" = [])),
-    request_body(content = Binary, content_type = "audio/ogg", description = "The Ogg Opus file so far"),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The Ogg Opus file so far (sent as bytes; any Content-Type is taken)"),
     responses(
         (status = 200, description = "Stored, or a longer upload is kept", body = UploadResp),
         (status = 409, description = "The part is complete and this upload differs", body = crate::openapi::ErrorBody)))]
