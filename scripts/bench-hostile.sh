@@ -52,7 +52,7 @@ grep ATTACK "$WORK/attack.txt" | tail -n 1
 kill -TERM "$ATT" 2>/dev/null || true
 wait "$ATT" 2>/dev/null || true
 grep ATTACK-FINAL "$WORK/attack.txt" || true
-echo "API rtc log: $(grep -c 'rtc socket refused' "$WORK/api.out" || true) sockets refused, $(grep -c 'sender cut off' "$WORK/api.out" || true) flooders cut off by the receiver guard"
+echo "API rtc log: $(grep -c 'rtc socket refused' "$WORK/api.err" || true) sockets refused, $(grep -c 'sender cut off' "$WORK/api.err" || true) flooders cut off by the receiver guard"
 
 "$PY" - "$WORK/quiet.txt" "$WORK/attack-legit.txt" <<'PY'
 import json, sys
