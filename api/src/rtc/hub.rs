@@ -374,9 +374,8 @@ struct Conn {
     last_in_ms: i64,
     last_ping_ms: Option<i64>,
     next_presence_ms: i64,
-    /// Token bucket, in thousandths of a message.
-    bucket_milli: u64,
-    bucket_at_ms: i64,
+    /// Message budget: `msgs_per_sec`, bursts of `burst`.
+    msgs: Bucket,
     /// When the socket opened (the join deadline runs from it).
     opened_ms: i64,
     /// Signal budget: messages, and bytes.
@@ -503,8 +502,7 @@ impl Hub {
                 last_in_ms: now,
                 last_ping_ms: None,
                 next_presence_ms: i64::MAX,
-                bucket_milli: u64::from(self.cfg.burst) * 1000,
-                bucket_at_ms: now,
+                msgs: Bucket::full(u64::from(self.cfg.burst), now),
                 opened_ms: now,
                 signal_msgs: Bucket::full(u64::from(self.cfg.signals_per_sec) * SIGNAL_BURST, now),
                 signal_bytes: Bucket::full(
@@ -706,19 +704,13 @@ impl Hub {
     /// Counts a frame against the socket's rate; false (and the socket dropped) when it
     /// is over, or the socket is unknown.
     fn admit(&mut self, now: i64, conn: ConnId) -> bool {
-        let cap = u64::from(self.cfg.burst) * 1000;
-        let rate = u64::from(self.cfg.msgs_per_sec);
+        let (cap, rate) = (u64::from(self.cfg.burst), u64::from(self.cfg.msgs_per_sec));
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
         c.last_in_ms = now;
         c.last_ping_ms = None;
-        let elapsed = u64::try_from(now.saturating_sub(c.bucket_at_ms)).unwrap_or(0);
-        // `rate` messages per 1000 ms is `rate` thousandths of a message per ms.
-        c.bucket_milli = cap.min(c.bucket_milli.saturating_add(elapsed.saturating_mul(rate)));
-        c.bucket_at_ms = c.bucket_at_ms.max(now);
-        if c.bucket_milli >= 1000 {
-            c.bucket_milli -= 1000;
+        if c.msgs.take(now, rate, 1000, cap, 1) {
             true
         } else {
             let (rate, burst) = (self.cfg.msgs_per_sec, self.cfg.burst);
