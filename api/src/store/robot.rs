@@ -381,20 +381,31 @@ macro_rules! robot_store_impl {
                 let mut lost = Vec::new();
                 let mut tx = self.begin_write().await?;
                 for id in ids {
-                    let n = sqlx::query(sql::RENEW_LEASE)
-                        .bind(*id)
-                        .bind(agent)
-                        .bind(lease_until_ms)
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if n == 0 {
+                    if !Self::renew_lease(&mut tx, *id, agent, now_ms, lease_until_ms).await? {
                         lost.push(*id);
                     }
                 }
                 tx.commit().await?;
                 Ok(lost)
+            }
+
+            /// Extends the lease of session `id` if `agent` holds it; false when it does not.
+            async fn renew_lease(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                id: i64,
+                agent: &str,
+                now_ms: i64,
+                lease_until_ms: i64,
+            ) -> $crate::store::StoreResult<bool> {
+                let n = sqlx::query(sql::RENEW_LEASE)
+                    .bind(id)
+                    .bind(agent)
+                    .bind(lease_until_ms)
+                    .bind(now_ms)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                Ok(n == 1)
             }
 
             /// An agent's status report: playing records the position; left is terminal;
@@ -637,15 +648,7 @@ macro_rules! robot_store_impl {
                     .execute(&mut *tx)
                     .await?;
                 for id in held {
-                    let renewed = sqlx::query(sql::RENEW_LEASE)
-                        .bind(*id)
-                        .bind(agent)
-                        .bind(lease_until_ms)
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if renewed == 1 {
+                    if Self::renew_lease(&mut tx, *id, agent, now_ms, lease_until_ms).await? {
                         continue;
                     }
                     let back: Option<(i64, String)> = sqlx::query_as(sql::RECLAIM_SESSION)
