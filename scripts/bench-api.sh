@@ -7,6 +7,8 @@
 # call never fetched, which moves its row from 0 to 1 (the write of a callee's first fetch).
 #   scripts/bench-api.sh [SECONDS]     (WRK_THREADS, default 2: wrk threads, sharing the cores with the API)
 #   ENDPOINTS=call/msg BACKENDS=sqlite scripts/bench-api.sh 10     (a subset)
+#   BASE_REV=4dfd2f5 scripts/bench-api.sh 10     (side by side: each backend runs the
+#     binaries of commit BASE_REV, built in a temporary worktree, right after this tree's)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,11 +16,21 @@ SECS="${1:-10}"
 CONC=64
 command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; [ -z "${BASE_TREE:-}" ] || git worktree remove --force "$BASE_TREE"' EXIT
+if [ -n "${BASE_REV:-}" ]; then
+  # The baseline first, in the same target directory (dependencies are shared; the
+  # workspace crates' outputs would be overwritten, so its binaries are copied out).
+  BASE_TREE="$WORK/base-tree"
+  git worktree add -q --detach "$BASE_TREE" "$BASE_REV"
+  echo "building $BASE_REV ($(git log -1 --format=%s "$BASE_REV" | cut -c1-60))" >&2
+  (cd "$BASE_TREE" && cargo build --release -q -p api --bin api --example store_ceiling)
+  mkdir -p "$WORK/base"
+  cp "$CARGO_TARGET_DIR/release/api" "$CARGO_TARGET_DIR/release/examples/store_ceiling" "$WORK/base/"
+fi
 cargo build --release -q -p api --bin api --example store_ceiling
 BIN="$CARGO_TARGET_DIR/release/api"
 CEIL="$CARGO_TARGET_DIR/release/examples/store_ceiling"
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PGBASE="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 ENDPOINTS="${ENDPOINTS:-call/token,call/user,call/msg,call/msg-new,call/heartbeat}"
 WRK_THREADS="${WRK_THREADS:-2}"
@@ -102,11 +114,23 @@ LUA
   "$CEIL" "$url" "$CONC" "$SECS" "$ENDPOINTS" | sed "s/^/$name /"
 }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-case ",$BACKENDS," in *,sqlite,*) run_backend sqlite "sqlite://$WORK/bench.db?mode=rwc" ;; esac
-case ",$BACKENDS," in *,postgres,*)
-  PGDB="dapi_bench_$$"
-  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" -c "CREATE DATABASE $PGDB" 2>/dev/null
-  run_backend postgres "${PGBASE%/*}/$PGDB"
-  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" || true ;;
-esac
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "this tree: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo ' (with uncommitted changes)')${BASE_REV:+; base: $BASE_REV}"
+# Each variant (this tree, then the base when BASE_REV is set) on a database of its own.
+variants() { # $1 backend, $2 url-maker
+  local cur_bin="$BIN" cur_ceil="$CEIL" v
+  for v in "" ${BASE_REV:+base}; do
+    if [ -n "$v" ]; then BIN="$WORK/base/api" CEIL="$WORK/base/store_ceiling"; fi
+    "$2" "$1${v:+-$v}"
+    BIN="$cur_bin" CEIL="$cur_ceil"
+  done
+}
+sqlite_run() { run_backend "$1" "sqlite://$WORK/bench-$1.db?mode=rwc"; }
+postgres_run() {
+  local db="dapi_bench_$$_${1//-/_}"
+  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+  run_backend "$1" "${PGBASE%/*}/$db"
+  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $db" || true
+}
+case ",$BACKENDS," in *,sqlite,*) variants sqlite sqlite_run ;; esac
+case ",$BACKENDS," in *,postgres,*) variants postgres postgres_run ;; esac

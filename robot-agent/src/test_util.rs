@@ -215,9 +215,9 @@ impl Listener for FakeListener {
         Ok(format!("fake answer to {} #{}", self.peer, self.generation))
     }
 
-    async fn set_answer(&self, answer_sdp: String) -> Result<(), RtcError> {
+    async fn set_answer(&self, answer_sdp: String) -> Result<Vec<IceCandidate>, RtcError> {
         self.touch(|l| l.answers.push(answer_sdp));
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn add_candidate(&self, _candidate: IceCandidate) -> Result<(), RtcError> {

@@ -78,12 +78,15 @@ pub trait RtcTransport: Send + Sync + 'static {
 /// One listener's connection: negotiation in, Opus frames out.
 #[async_trait]
 pub trait Listener: Send + Sync + 'static {
-    /// Creates an offer and returns its SDP once candidates are gathered (complete SDP).
+    /// Creates an offer and returns its SDP once candidates are gathered. The candidates
+    /// may be held back from it: [`Listener::set_answer`] then returns them, to be
+    /// trickled once the answer is set (see `WebrtcListener::offer` for why).
     async fn offer(&self) -> Result<String, RtcError>;
     /// Takes a remote offer (first or renegotiation) and returns the complete answer SDP.
     async fn answer(&self, offer_sdp: String) -> Result<String, RtcError>;
-    /// Takes the remote answer to our offer.
-    async fn set_answer(&self, answer_sdp: String) -> Result<(), RtcError>;
+    /// Takes the remote answer to our offer; returns the candidates held back from the
+    /// offer, to be sent as trickled candidates (then end-of-candidates) now.
+    async fn set_answer(&self, answer_sdp: String) -> Result<Vec<IceCandidate>, RtcError>;
     /// Adds a trickled remote candidate (kept until the remote description is set).
     async fn add_candidate(&self, candidate: IceCandidate) -> Result<(), RtcError>;
     /// Sends one 20 ms Opus frame; `skipped` frames before it were not sent (the RTP

@@ -172,6 +172,7 @@ impl RtcTransport for WebrtcTransport {
             ssrc,
             payload_type: AtomicU16::new(NO_PT),
             pending: Mutex::new(Some(Vec::new())),
+            held: Mutex::new(Vec::new()),
             gathered: gathered_rx,
             handler,
         }))
@@ -236,6 +237,8 @@ struct WebrtcListener {
     payload_type: AtomicU16,
     /// Remote candidates that came before the remote description (None once it is set).
     pending: Mutex<Option<Vec<RTCIceCandidateInit>>>,
+    /// Our candidates held back from our offer until the answer is set.
+    held: Mutex<Vec<IceCandidate>>,
     gathered: watch::Receiver<bool>,
     handler: Arc<Handler>,
 }
@@ -277,13 +280,24 @@ impl WebrtcListener {
 
 #[async_trait]
 impl Listener for WebrtcListener {
+    /// The offer goes out **without** its candidates; `set_answer` hands them back to be
+    /// trickled. The ICE agent beneath (rtc-ice 0.21.1, `handle_inbound`) drops every
+    /// connectivity check that arrives before the remote credentials are known, i.e. before
+    /// the answer is set. A peer that answers at once with a complete SDP (aiortc) starts
+    /// checking our candidates the moment it has them, and its first check often beat its
+    /// own answer through the hub: dropped, so aioice waited for its retransmission (500 ms),
+    /// the ~450 ms tail on first audio whenever the robot offered (BENCHMARKS.md). Without
+    /// candidates in the offer the peer has nothing to check before we can answer checks.
+    /// Peers must accept trickled candidates (docs/rtc-protocol.md, "The offer rule").
     async fn offer(&self) -> Result<String, RtcError> {
         let offer = self.pc.create_offer(None).await.map_err(negotiation)?;
         self.pc
             .set_local_description(offer)
             .await
             .map_err(negotiation)?;
-        self.local_sdp().await
+        let (sdp, held) = split_candidates(&self.local_sdp().await?);
+        *self.held.lock().await = held;
+        Ok(sdp)
     }
 
     async fn answer(&self, offer_sdp: String) -> Result<String, RtcError> {
@@ -301,13 +315,14 @@ impl Listener for WebrtcListener {
         self.local_sdp().await
     }
 
-    async fn set_answer(&self, answer_sdp: String) -> Result<(), RtcError> {
+    async fn set_answer(&self, answer_sdp: String) -> Result<Vec<IceCandidate>, RtcError> {
         let answer = RTCSessionDescription::answer(answer_sdp).map_err(negotiation)?;
         self.pc
             .set_remote_description(answer)
             .await
             .map_err(negotiation)?;
-        self.remote_set().await
+        self.remote_set().await?;
+        Ok(std::mem::take(&mut *self.held.lock().await))
     }
 
     async fn add_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
@@ -352,5 +367,85 @@ impl Listener for WebrtcListener {
         if let Err(e) = self.pc.close().await {
             tracing::debug!(error = %e, "closing a peer connection");
         }
+    }
+}
+
+/// Splits a complete SDP into the SDP without its `a=candidate` and `a=end-of-candidates`
+/// lines and those candidates, each with its section's `a=mid` and m-line index, as a
+/// trickling peer would send them.
+fn split_candidates(sdp: &str) -> (String, Vec<IceCandidate>) {
+    let mut out = String::with_capacity(sdp.len());
+    let mut found: Vec<(Option<u16>, String)> = Vec::new();
+    let mut mids: Vec<Option<String>> = Vec::new();
+    let mut section: Option<u16> = None;
+    for line in sdp.split_inclusive('\n') {
+        let text = line.trim_end_matches(['\r', '\n']);
+        if text.starts_with("m=") {
+            section = Some(section.map_or(0, |i| i + 1));
+            mids.push(None);
+        } else if let Some(mid) = text.strip_prefix("a=mid:") {
+            if let Some(slot) = mids.last_mut() {
+                *slot = Some(mid.to_owned());
+            }
+        }
+        if let Some(c) = text.strip_prefix("a=") {
+            if c.starts_with("candidate:") {
+                found.push((section, c.to_owned()));
+                continue;
+            }
+            if c == "end-of-candidates" {
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    let held = found
+        .into_iter()
+        .map(|(index, candidate)| IceCandidate {
+            candidate,
+            sdp_mid: index.and_then(|i| mids.get(usize::from(i)).cloned().flatten()),
+            sdp_mline_index: index,
+            username_fragment: None,
+        })
+        .collect();
+    (out, held)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_candidates;
+
+    #[test]
+    fn candidates_leave_the_sdp_with_their_section() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+                   a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n\
+                   a=candidate:2 1 udp 2130706431 10.0.0.2 50001 typ host\r\n\
+                   a=end-of-candidates\r\na=sendonly\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:x\r\n\
+                   a=candidate:3 1 udp 2130706431 127.0.0.1 50002 typ host\r\n";
+        let (rest, held) = split_candidates(sdp);
+        assert!(!rest.contains("candidate"), "{rest}");
+        assert!(rest.contains("a=mid:0\r\na=sendonly\r\nm=application"));
+        let got: Vec<_> = held
+            .iter()
+            .map(|c| (c.candidate.as_str(), c.sdp_mid.as_deref(), c.sdp_mline_index))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", Some("0"), Some(0)),
+                ("candidate:2 1 udp 2130706431 10.0.0.2 50001 typ host", Some("0"), Some(0)),
+                ("candidate:3 1 udp 2130706431 127.0.0.1 50002 typ host", Some("x"), Some(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_sdp_without_candidates_is_unchanged() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n";
+        let (rest, held) = split_candidates(sdp);
+        assert_eq!(rest, sdp);
+        assert!(held.is_empty());
     }
 }

@@ -610,7 +610,21 @@ async fn negotiate(
                 .answer(sdp)
                 .await
                 .map(|sdp| Some((SdpType::Answer, sdp))),
-            SignalIn::Answer(sdp) => link.set_answer(sdp).await.map(|()| None),
+            SignalIn::Answer(sdp) => match link.set_answer(sdp).await {
+                Ok(held) => {
+                    // The candidates held back from our offer, then end-of-candidates.
+                    if !held.is_empty() {
+                        for c in held.into_iter().map(Some).chain([None]) {
+                            let _ = outbound.send(Outbound {
+                                to: peer.clone(),
+                                payload: SignalPayload::Candidate(c),
+                            });
+                        }
+                    }
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
             SignalIn::Candidate(c) => link.add_candidate(c).await.map(|()| None),
         };
         match result {
