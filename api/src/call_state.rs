@@ -38,12 +38,13 @@ impl CallState {
             Self::Ended => "ended",
         }
     }
-    /// From the stored form.
-    pub fn parse(s: &str) -> Self {
+    /// From the stored form; `None` for anything the store never writes.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "ringing" => Self::Ringing,
-            "connected" => Self::Connected,
-            _ => Self::Ended,
+            "ringing" => Some(Self::Ringing),
+            "connected" => Some(Self::Connected),
+            "ended" => Some(Self::Ended),
+            _ => None,
         }
     }
 }
@@ -68,12 +69,13 @@ impl Role {
             Self::Invited => "invited",
         }
     }
-    /// From the stored form.
-    pub fn parse(s: &str) -> Self {
+    /// From the stored form; `None` for anything the store never writes.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "caller" => Self::Caller,
-            "callee" => Self::Callee,
-            _ => Self::Invited,
+            "caller" => Some(Self::Caller),
+            "callee" => Some(Self::Callee),
+            "invited" => Some(Self::Invited),
+            _ => None,
         }
     }
 }
@@ -376,6 +378,52 @@ pub fn apply(snap: &CallSnapshot, input: &Input) -> Transition {
     w.t
 }
 
+impl Input {
+    /// Who reported it: none for the server's ring timeout, which has no person.
+    pub fn reporter(&self) -> Option<&Uid> {
+        match self {
+            Input::Event { uid, .. }
+            | Input::Seen { uid }
+            | Input::Left { uid }
+            | Input::HeartbeatExpired { uid } => Some(uid),
+            Input::RingTimeout => None,
+        }
+    }
+}
+
+/// How an input shows on the call's timeline (the rest of the entry, its kind, source
+/// and detail, says who reported it and how).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineLine {
+    /// The event code: the app's, or the server's 1001 for a ring timeout.
+    pub code: Option<i64>,
+    /// What it did: `applied`, `call ended (1001)`, `ignored: <why>`, ...
+    pub effect: String,
+}
+
+/// The timeline entry of `input` having made `t`, or none when it is not recorded: an
+/// input that changed nothing is only recorded when `always_record` (app events are).
+pub fn timeline_line(input: &Input, t: &Transition, always_record: bool) -> Option<TimelineLine> {
+    if !always_record && t.ignored.is_some() {
+        return None;
+    }
+    let code = match input {
+        Input::Event { code, .. } => Some(code.code()),
+        // a server-generated 1001 (spec: recorded as server-generated)
+        Input::RingTimeout => Some(EventCode::NoAnswer.code()),
+        _ => None,
+    };
+    let effect = match t.ignored {
+        None => match t.new_state {
+            Some((s, Some(c))) => format!("call {} ({c})", s.as_str()),
+            Some((s, None)) => format!("call {}", s.as_str()),
+            None => "applied".to_owned(),
+        },
+        Some(why) => format!("ignored: {why}"),
+    };
+    Some(TimelineLine { code, effect })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,5 +693,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn timeline_line_says_what_the_input_did() {
+        let event = |code| Input::Event {
+            uid: uid("A"),
+            code,
+        };
+        let snap = ringing(false);
+        // a ring timeout is the server's 1001 and ends the call
+        let t = apply(&snap, &Input::RingTimeout);
+        assert_eq!(
+            timeline_line(&Input::RingTimeout, &t, false),
+            Some(TimelineLine {
+                code: Some(1001),
+                effect: "call ended (1001)".into()
+            })
+        );
+        // an app event keeps its code; a change without an end code has none
+        let connected = Transition {
+            new_state: Some((CallState::Connected, None)),
+            ..Transition::default()
+        };
+        let line = timeline_line(&event(EventCode::Connected), &connected, true).unwrap();
+        assert_eq!(
+            (line.code, line.effect.as_str()),
+            (Some(1), "call connected")
+        );
+        // applied without a state change
+        let seen = Input::Seen { uid: uid("B") };
+        let line = timeline_line(&seen, &Transition::default(), false).unwrap();
+        assert_eq!((line.code, line.effect.as_str()), (None, "applied"));
+    }
+
+    #[test]
+    fn an_ignored_input_is_recorded_only_when_asked() {
+        let t = Transition::ignore("the call has ended");
+        let seen = Input::Seen { uid: uid("B") };
+        assert_eq!(timeline_line(&seen, &t, false), None);
+        let line = timeline_line(&seen, &t, true).unwrap();
+        assert_eq!(line.effect, "ignored: the call has ended");
+        assert_eq!(Input::RingTimeout.reporter(), None);
+        assert_eq!(seen.reporter(), Some(&uid("B")));
+    }
+
+    #[test]
+    fn stored_forms_round_trip_and_unknown_ones_are_refused() {
+        for s in [CallState::Ringing, CallState::Connected, CallState::Ended] {
+            assert_eq!(CallState::parse(s.as_str()), Some(s));
+        }
+        for r in [Role::Caller, Role::Callee, Role::Invited] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(CallState::parse("paused"), None);
+        assert_eq!(Role::parse("host"), None);
     }
 }

@@ -254,12 +254,13 @@ pub enum MsgStatus {
 }
 
 impl MsgStatus {
-    /// From the stored integer.
-    pub fn from_i64(v: i64) -> Self {
+    /// From the stored integer; `None` for anything the store never writes.
+    pub fn from_i64(v: i64) -> Option<Self> {
         match v {
-            0 => Self::Created,
-            1 => Self::Fetched,
-            _ => Self::Ended,
+            0 => Some(Self::Created),
+            1 => Some(Self::Fetched),
+            2 => Some(Self::Ended),
+            _ => None,
         }
     }
     /// The seed's label.

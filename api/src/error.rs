@@ -103,6 +103,8 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable("the database is unavailable; retry shortly".into())
             }
             StoreError::Other(e) => Self::Internal(e.into()),
+            // A row the store cannot read is the server's fault: a 500, the row in the log.
+            e @ StoreError::Corrupt { .. } => Self::Internal(e.into()),
         }
     }
 }

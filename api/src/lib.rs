@@ -22,6 +22,7 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod control_relay;
+pub mod device;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
@@ -244,7 +245,7 @@ impl Application {
         ));
         let sweeper = tokio::spawn(sweeper::run(self.state.clone(), stopped(stop_rx.clone())));
         let pusher = tokio::spawn(push::run(self.state.clone(), stopped(stop_rx.clone())));
-        let listener_task = tokio::spawn(store::listen_dispatch(
+        let listener_task = tokio::spawn(dispatch::listen(
             self.state.clone(),
             stopped(stop_rx.clone()),
         ));

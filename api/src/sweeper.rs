@@ -11,6 +11,7 @@ use crate::AppState;
 use crate::call_state::Input;
 use crate::calls::{self, Effects};
 use crate::domain::{ChannelName, Uid};
+use crate::store::tasks::{self, TaskState};
 use crate::store::{CallKind, FireOutcome, InputMeta, NewCall, NewRobotSession, StoreError};
 
 const BATCH: i64 = 500;
@@ -85,7 +86,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     let now_secs = now / 1000;
     let grace = i64::try_from(state.config().calltask_grace).unwrap_or(300);
     for task in store.due_tasks(now_secs, BATCH).await? {
-        if now_secs - task.call_time > grace {
+        if tasks::next_state(task.call_time, now_secs, grace) == TaskState::Missed {
             if store.fire_task(task.id, None, now).await? == FireOutcome::Missed {
                 tracing::warn!(
                     task = task.id,

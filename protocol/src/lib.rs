@@ -10,6 +10,8 @@
 //! - [`signaling`]: the `/rtc` channel messages (`join`, `joined`, `peer_joined`,
 //!   `peer_left`, `signal`, `leave`, `error`, `kicked`), with parsers that never panic.
 //! - [`agent`]: the `/agent` link between the API and robot agents.
+//! - [`backoff`]: the one retry backoff both sides use.
 
 pub mod agent;
+pub mod backoff;
 pub mod signaling;

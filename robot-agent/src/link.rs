@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::agent::{AgentMessage, ServerMessage, SessionOffer};
+use protocol::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -50,10 +51,13 @@ pub struct LinkConfig {
 /// The reconnect delay after `failures` consecutive failures: 250 ms doubling to 5 s, with
 /// ±20 % jitter from `jitter` in [0, 1). Pure, so it is tested without sleeping.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
-    let base = 250u64.saturating_mul(1u64 << failures.min(5)).min(5000);
+    let base = RECONNECT_BACKOFF.delay(u64::from(failures));
     let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    Duration::from_millis((base as f64 * factor) as u64)
+    Duration::from_millis((base.as_millis() as f64 * factor) as u64)
 }
+
+/// The reconnect schedule before jitter.
+const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 /// Whether to take an offer: room left and not draining.
 pub fn decide(held: usize, capacity: u32, draining: bool) -> Result<(), &'static str> {

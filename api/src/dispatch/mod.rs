@@ -254,6 +254,49 @@ impl Dispatcher {
     }
 }
 
+/// Wakes this instance's dispatcher whenever another instance asks (PostgreSQL `NOTIFY`,
+/// through the store's [`DispatchListener`](crate::store::DispatchListener); returns at
+/// once on SQLite). Resubscribes after errors; the dispatcher's slow poll is the backstop
+/// while the subscription is down.
+pub async fn listen(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let d = state.dispatcher();
+    loop {
+        let r = tokio::select! {
+            () = &mut shutdown => return,
+            r = state.store().dispatch_listener() => r,
+        };
+        let mut listener = match r {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatch listener lost; reconnecting");
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        };
+        // Wake-ups sent before the subscription were lost: read the queue now.
+        d.wake();
+        let e = loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                r = listener.next() => match r {
+                    Ok(()) => d.wake(),
+                    Err(e) => break e,
+                },
+            }
+        };
+        tracing::warn!(error = %e, "dispatch listener lost; reconnecting");
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 fn load_of(c: &AgentConn) -> u32 {
     u32::try_from(c.held.len() + c.offered.len()).unwrap_or(u32::MAX)
 }

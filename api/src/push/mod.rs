@@ -20,13 +20,15 @@
 
 pub mod apns;
 mod config;
-pub mod device;
+/// The device newtypes, at the crate root since the store uses them too.
+pub use crate::device;
 pub mod http;
 pub mod webhook;
 
 use std::time::Duration;
 
 use anyhow::Context;
+use protocol::backoff::Backoff;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -76,8 +78,11 @@ pub enum Delivery {
 /// Delay before the attempt after attempt `attempts` failed: 1 s, 2 s, 4 s, ... capped
 /// at [`MAX_BACKOFF_MS`].
 pub fn backoff_ms(attempts: i64) -> i64 {
-    let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
-    (1000_i64 << exp).min(MAX_BACKOFF_MS)
+    const BACKOFF: Backoff = Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_millis(MAX_BACKOFF_MS.unsigned_abs()),
+    );
+    BACKOFF.delay_ms_after_attempt(attempts)
 }
 
 /// The retry policy, pure: what a claimed `job` becomes after `delivery` at `now_ms`

@@ -843,7 +843,7 @@ fn task_json(state: &AppState, t: &TaskRecord) -> TaskOut {
         tone_list: t.tone_list.clone(),
         pk: t.id,
         taskid: t.taskid.clone(),
-        state: t.state.clone(),
+        state: t.state.as_str().to_owned(),
         channel: t.channel.clone(),
     }
 }

@@ -306,7 +306,7 @@ async fn tasks_insert_update_list_delete() {
         let a = s.insert_task(&task("1", 300), 1).await.unwrap();
         let b = s.insert_task(&task("1", 100), 1).await.unwrap();
         s.insert_task(&task("other", 50), 1).await.unwrap();
-        assert_eq!(a.state, "pending");
+        assert_eq!(a.state, TaskState::Pending);
         assert_eq!(a.dst_uid, vec!["2", "3"]);
         let mut f = task("1", 200);
         f.taskid = "t2".into();

@@ -55,15 +55,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use protocol::agent::SessionState;
+use protocol::backoff::Backoff;
 
 use super::Control;
 use crate::error::AgentError;
 use crate::signaling::JoinError;
 
-/// The first delay between two rejoin attempts.
-pub const REJOIN_FIRST_DELAY: Duration = Duration::from_millis(250);
-/// The longest delay between two rejoin attempts.
-pub const REJOIN_MAX_DELAY: Duration = Duration::from_secs(2);
+/// The delays between two rejoin attempts: 250 ms doubling to 2 s.
+pub const REJOIN_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
 
 /// The timings of a session: its leave rules and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,8 +312,8 @@ enum Socket {
     Rejoining {
         /// Give up after this.
         give_up_at: Instant,
-        /// The delay after the next failure.
-        delay: Duration,
+        /// Failed attempts so far (the delay after the next failure follows from it).
+        failures: u64,
         /// The next attempt (none while one is under way).
         next_attempt: Option<Instant>,
     },
@@ -482,7 +482,7 @@ impl SessionCore {
                 if self.socket == Socket::Up {
                     self.socket = Socket::Rejoining {
                         give_up_at: now + self.config.rejoin_for,
-                        delay: REJOIN_FIRST_DELAY,
+                        failures: 0,
                         next_attempt: None,
                     };
                     self.out.push_back(Output::Join);
@@ -534,8 +534,11 @@ impl SessionCore {
             Socket::Joining => self.end(Outcome::Failed(AgentError::JoinFailed(e))),
             Socket::Up => {}
             Socket::Rejoining {
-                give_up_at, delay, ..
+                give_up_at,
+                failures,
+                ..
             } => {
+                let delay = REJOIN_BACKOFF.delay(failures);
                 if matches!(e, JoinError::Refused { .. }) || now + delay >= give_up_at {
                     self.end(Outcome::Failed(AgentError::rejoin(
                         e,
@@ -544,7 +547,7 @@ impl SessionCore {
                 } else {
                     self.socket = Socket::Rejoining {
                         give_up_at,
-                        delay: (delay * 2).min(REJOIN_MAX_DELAY),
+                        failures: failures.saturating_add(1),
                         next_attempt: Some(now + delay),
                     };
                 }
@@ -567,14 +570,14 @@ impl SessionCore {
         }
         if let Socket::Rejoining {
             give_up_at,
-            delay,
+            failures,
             next_attempt: Some(t),
         } = self.socket
             && now >= t
         {
             self.socket = Socket::Rejoining {
                 give_up_at,
-                delay,
+                failures,
                 next_attempt: None,
             };
             self.out.push_back(Output::Join);
