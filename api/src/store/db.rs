@@ -182,8 +182,8 @@ impl Tx {
 impl<'c> From<&'c mut Tx> for On<'c> {
     fn from(t: &'c mut Tx) -> Self {
         match t {
-            Tx::Sqlite(t) => On::Sqlite(&mut **t),
-            Tx::Postgres(t) => On::Postgres(&mut **t),
+            Tx::Sqlite(t) => On::Sqlite(t),
+            Tx::Postgres(t) => On::Postgres(t),
         }
     }
 }
