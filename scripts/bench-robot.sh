@@ -9,7 +9,13 @@
 # Prints markdown tables; the figures go into BENCHMARKS-robot.md by hand.
 #   4. cold (only when asked for): POST /dapi/call/robot -> first RTP packet for a never-seen
 #      30-minute 128 kb/s MP3 (a fresh asset per call), beside a cached 8-second asset.
-#   scripts/bench-robot.sh [latency|fanout|failover|all|cold]
+#   5. voice (only when asked for): the recording cost per participant with $VOICEMAILS
+#      concurrent voicemails (robot-agent/examples/record_bench.rs, in one process over the
+#      fake transport), then control latency (pause/resume, $ROUNDS rounds: request -> first
+#      packet of the resumed audio at an aiortc app, p50/p99) and mark truthfulness ($MARKS
+#      marks with random clears; a mark reported played whose audio the app's received RTP
+#      did not hold whole is a lie) with tests/aiortc/robot_voice.py.
+#   scripts/bench-robot.sh [latency|fanout|failover|all|cold|voice]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,6 +30,9 @@ PY="${RTC_VENV:-$ROOT/.venv}/bin/python"
 [ -x "$PY" ] || { echo "bench-robot: $PY missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 
 cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
+if [ "$WHAT" = voice ]; then
+  cargo build --release -p robot-agent --features test-util --example record_bench >&2
+fi
 BIN="$CARGO_TARGET_DIR/release"
 TMP="$(mktemp -d)"
 API_PID=""; AGENT_PID=""
@@ -139,5 +148,39 @@ print(f"| cached 8-second `default` | {len(w)} | {np.percentile(w, 50):.0f} | {w
 PY
   echo "agent metrics after the cold run:"
   curl -s "$HEALTH/metrics" | grep -E '^robot_(audio_|asset_fetches|frames_pending_total|frames_late_total|frames_total)'
+fi
+if [ "$WHAT" = voice ]; then
+  VOICEMAILS="${VOICEMAILS:-100}"; ROUNDS="${ROUNDS:-200}"; MARKS="${MARKS:-1000}"
+  FIX="${AUDIO_FIXTURES:-$ROOT/../shared/fixtures/audio}"
+  [ -f "$FIX/speech_16000_mono_10s.wav" ] || FIX=/work/shared/fixtures/audio
+  echo "## recording cost: $VOICEMAILS concurrent voicemails, one participant each, 50 packets/s of 120 bytes"
+  "$BIN/examples/record_bench" --sessions "$VOICEMAILS" --secs "${VOICE_SECS:-20}" --bytes 120
+  echo "## control latency ($ROUNDS pause/resume rounds) and mark truthfulness ($MARKS marks, random clears)"
+  curl -sf -X PUT -H "authorization: Bearer $DAPI_ADMIN_KEY" --data-binary "@$FIX/speech_16000_mono_10s.wav" \
+    "$BASE/admin/audio/speech" >/dev/null
+  "$PY" - "$TMP/short.wav" <<'PY'
+import sys, wave
+import numpy as np
+t = np.arange(int(16000 * 0.2)) / 16000
+x = (0.3 * np.sin(2 * np.pi * 660 * t) * 32767).astype("<i2")
+with wave.open(sys.argv[1], "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(x.tobytes())
+PY
+  curl -sf -X PUT -H "authorization: Bearer $DAPI_ADMIN_KEY" --data-binary "@$TMP/short.wav" \
+    "$BASE/admin/audio/short" >/dev/null
+  "$PY" tests/aiortc/robot_voice.py --base "$BASE" --uid bench1 control --audio speech --short short \
+    --short-ms 260 --rounds "$ROUNDS" --marks "$MARKS" > "$TMP/voice.json"
+  "$PY" - "$TMP/voice.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+q, a = r["resume_from_request_ms"], r["resume_from_answer_ms"]
+print("| rounds | request -> audio p50 | p99 | max | answer -> audio p50 | p99 | packets > 20 ms after a pause's answer |")
+print("|---|---|---|---|---|---|---|")
+print(f"| {r['rounds']} | {q['p50']:.1f} ms | {q['p99']:.1f} ms | {q['max']:.1f} ms | {a['p50']:.1f} ms | {a['p99']:.1f} ms | {r['packets_after_pause_answer']} |")
+print()
+print("| marks | clears sent | played | cleared | lies | never reported | reported twice | played in order |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| {r['marks']} | {r['clears_sent']} | {r['played']} | {r['cleared']} | {r['lies']} | {r['never_reported']} | {r['reported_twice']} | {r['played_in_order']} |")
+PY
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

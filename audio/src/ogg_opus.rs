@@ -201,6 +201,26 @@ fn get_str(p: &[u8], pos: &mut usize) -> Option<String> {
     Some(String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// The length of an Opus packet at 48 kHz, from its TOC byte and frame count (RFC 6716
+/// section 3.1), without decoding it; `None` for a malformed packet.
+pub fn packet_samples(packet: &[u8]) -> Option<u32> {
+    let toc = *packet.first()?;
+    let config = toc >> 3;
+    // frame length in samples at 48 kHz, by configuration number
+    let frame: u32 = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config % 4)],
+        12..=15 => [480, 960][usize::from(config % 2)],
+        _ => [120, 240, 480, 960][usize::from(config % 4)],
+    };
+    let frames: u32 = match toc & 0x03 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u32::from(*packet.get(1)? & 0x3F),
+    };
+    let total = frame * frames;
+    (frames > 0 && total <= 5760).then_some(total)
+}
+
 /// A random-enough stream serial number (RFC 3533 asks for one per logical stream).
 pub fn random_serial() -> u32 {
     use std::collections::hash_map::RandomState;
@@ -224,7 +244,9 @@ pub struct OggOpusWriter<W: Write> {
     serial: u32,
     pre_skip: u64,
     packets: u64,
-    pending: Option<Vec<u8>>,
+    /// Samples of the packets emitted so far (the granule position without pre-skip).
+    samples: u64,
+    pending: Option<(Vec<u8>, u64)>,
 }
 
 impl<W: Write> OggOpusWriter<W> {
@@ -238,27 +260,41 @@ impl<W: Write> OggOpusWriter<W> {
             serial,
             pre_skip: u64::from(head.pre_skip),
             packets: 0,
+            samples: 0,
             pending: None,
         })
     }
 
     /// Adds one 20 ms packet.
     pub fn write_packet(&mut self, packet: &[u8]) -> io::Result<()> {
-        if let Some(prev) = self.pending.take() {
-            self.emit(prev, PacketWriteEndInfo::NormalPacket, None)?;
+        self.write_packet_samples(packet, FRAME_SAMPLES as u64)
+    }
+
+    /// Adds one packet `samples` long at 48 kHz (a received packet may be 10, 20, 40 or
+    /// 60 ms: see [`packet_samples`]). Pages break every [`PACKETS_PER_PAGE`] packets.
+    pub fn write_packet_samples(&mut self, packet: &[u8], samples: u64) -> io::Result<()> {
+        if let Some((prev, n)) = self.pending.take() {
+            self.emit(prev, n, PacketWriteEndInfo::NormalPacket, None)?;
         }
-        self.pending = Some(packet.to_vec());
+        self.pending = Some((packet.to_vec(), samples));
         Ok(())
+    }
+
+    /// The inner writer (everything handed to it so far is whole pages).
+    pub fn get_ref(&self) -> &W {
+        self.inner.inner()
     }
 
     fn emit(
         &mut self,
         data: Vec<u8>,
+        samples: u64,
         end: PacketWriteEndInfo,
         granule: Option<u64>,
     ) -> io::Result<()> {
         self.packets += 1;
-        let full = self.packets * FRAME_SAMPLES as u64;
+        self.samples += samples;
+        let full = self.samples;
         let info = if end == PacketWriteEndInfo::NormalPacket
             && self.packets.is_multiple_of(PACKETS_PER_PAGE)
         {
@@ -273,10 +309,10 @@ impl<W: Write> OggOpusWriter<W> {
     /// Ends the stream. `samples` is the number of real samples per channel at 48 kHz (without
     /// pre-skip); the last page's granule becomes `pre_skip + samples`. Returns the writer.
     pub fn finish(mut self, samples: u64) -> io::Result<W> {
-        let last = self.pending.take().unwrap_or_default();
-        let max = (self.packets + 1) * FRAME_SAMPLES as u64;
+        let (last, n) = self.pending.take().unwrap_or_default();
+        let max = self.samples + n;
         let granule = (self.pre_skip + samples).min(max);
-        self.emit(last, PacketWriteEndInfo::EndStream, Some(granule))?;
+        self.emit(last, n, PacketWriteEndInfo::EndStream, Some(granule))?;
         let mut w = self.inner.into_inner();
         w.flush()?;
         Ok(w)
@@ -403,6 +439,18 @@ impl<R: Read + Seek> OggOpusReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_lengths_come_from_the_toc() {
+        assert_eq!(packet_samples(&[0xF8, 0xFF, 0xFE]), Some(960)); // CELT FB 20 ms
+        assert_eq!(packet_samples(&[0x08]), Some(960)); // SILK NB 20 ms
+        assert_eq!(packet_samples(&[0x18]), Some(2880)); // SILK NB 60 ms
+        assert_eq!(packet_samples(&[0x78 | 1]), Some(1920)); // hybrid 20 ms, two frames
+        assert_eq!(packet_samples(&[0xE0 | 3, 0x03]), Some(360)); // CELT 2.5 ms × 3
+        assert_eq!(packet_samples(&[0xF8 | 3, 0x00]), None); // no frames
+        assert_eq!(packet_samples(&[0x18 | 3, 0x03]), None); // 180 ms: too long
+        assert_eq!(packet_samples(&[]), None);
+    }
 
     #[test]
     fn head_round_trips() {

@@ -71,6 +71,13 @@ impl std::fmt::Debug for AssetLibrary {
     }
 }
 
+/// The HTTP client of the agent's calls to the API (assets, recordings): 30 s per request.
+pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -90,9 +97,7 @@ impl AssetLibrary {
         std::fs::create_dir_all(dir.join("assets"))?;
         let cache = PreparedCache::with_dir(dir.join("prepared"))?;
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
+            http: http_client()?,
             api_url: api_url.trim_end_matches('/').to_owned(),
             agent_key: agent_key.to_owned(),
             dir,

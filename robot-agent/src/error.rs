@@ -21,6 +21,7 @@ use crate::signaling::JoinError;
 /// | [`LinkUnreachable`](AgentError::LinkUnreachable) | the `/agent` socket could not be opened | the link retries with backoff |
 /// | [`LinkRefused`](AgentError::LinkRefused) | the API answered the `/agent` upgrade with an HTTP error (401: wrong agent key) | the link retries with backoff; check the key |
 /// | [`InvalidAgentKey`](AgentError::InvalidAgentKey) | the agent key cannot be sent as a header | fix the configuration |
+/// | [`UploadFailed`](AgentError::UploadFailed) | a recording upload failed (API down, refused) | logged; the next upload re-sends the whole file so far |
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// Joining the session's channel failed.
@@ -64,6 +65,9 @@ pub enum AgentError {
     /// The agent key is not a valid header value.
     #[error("the agent key is not a valid header value")]
     InvalidAgentKey,
+    /// A recording could not be uploaded.
+    #[error("recording upload failed: {0}")]
+    UploadFailed(String),
 }
 
 impl AgentError {

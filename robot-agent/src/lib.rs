@@ -32,6 +32,7 @@ pub mod health;
 pub mod link;
 pub mod metrics;
 pub mod pacer;
+pub mod recordings;
 pub mod rtc;
 pub mod session;
 pub mod signaling;
@@ -185,6 +186,11 @@ impl Agent {
             transport,
             metrics: Arc::clone(&metrics),
             media_clock: session::media_clock().context("starting the media clock thread")?,
+            recordings: Arc::new(recordings::ApiRecordings::new(
+                &api_url,
+                config.agent_key.trim(),
+            )?),
+            recording_dir: config.cache_dir().join("recordings"),
         });
         let link = link::AgentLink::new(
             link::LinkConfig {

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::agent::{AgentMessage, ServerMessage, SessionOffer};
+use protocol::agent::{AgentMessage, PlaybackState, PlaybackStatus, ServerMessage, SessionOffer};
 use protocol::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -271,17 +271,31 @@ impl AgentLink {
             ServerMessage::Error { code, message } => {
                 tracing::warn!(code = %code, message = %message, "the API reported an error");
             }
-            // Playback control (docs/agent-protocol.md): applied by the session once the
-            // playback queue exists; until then this agent does not answer and the API's
-            // request times out (504), as with an agent that predates `control`.
+            // Playback control (docs/agent-protocol.md): the session applies it and answers
+            // `control_ack`; a session this agent does not hold is answered at once.
             ServerMessage::Control {
-                session_id, seq, ..
+                session_id,
+                seq,
+                action,
             } => {
-                tracing::warn!(
-                    session = session_id,
-                    seq,
-                    "control is not supported by this agent yet"
-                );
+                let sent = self
+                    .sessions
+                    .get(&session_id)
+                    .is_some_and(|h| h.control.send(Control::Playback { seq, action }).is_ok());
+                if !sent {
+                    self.send(AgentMessage::ControlAck {
+                        session_id,
+                        seq,
+                        status: PlaybackStatus {
+                            state: PlaybackState::Idle,
+                            item: None,
+                            position_ms: 0,
+                            queue: Vec::new(),
+                        },
+                        error: Some("this agent does not hold the session".into()),
+                    })
+                    .await;
+                }
             }
         }
     }
@@ -302,6 +316,7 @@ impl AgentLink {
                 })
                 .await;
             }
+            SessionUpdate::Send(m) => self.send(m).await,
             SessionUpdate::Ended { session_id } => {
                 self.sessions.remove(&session_id);
                 self.load_changed();

@@ -22,8 +22,10 @@ use protocol::signaling::{ClientMessage, IceCandidate, IceServer, ServerMessage}
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::AgentError;
-use crate::rtc::{Listener, ListenerEvent, ListenerState, RtcError, RtcTransport};
-use crate::session::{AudioLibrary, FrameRead, FrameSource};
+use crate::rtc::{
+    InboundAudio, Listener, ListenerEvent, ListenerSinks, ListenerState, RtcError, RtcTransport,
+};
+use crate::session::{AudioLibrary, FrameRead, FrameSource, RecordingSink};
 use crate::signaling::{ChannelLink, JoinError, Joined, Signaling, SocketClosed};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,7 +79,7 @@ impl RtcTransport for FakeTransport {
         peer: &str,
         generation: u64,
         _ice_servers: &[IceServer],
-        events: mpsc::UnboundedSender<ListenerEvent>,
+        sinks: ListenerSinks,
     ) -> Result<Arc<dyn Listener>, RtcError> {
         if lock(&self.refuse).iter().any(|p| p == peer) {
             return Err(RtcError::Setup(format!("refused by the test for {peer}")));
@@ -85,7 +87,8 @@ impl RtcTransport for FakeTransport {
         let l = Arc::new(FakeListener {
             peer: peer.to_owned(),
             generation,
-            events,
+            events: sinks.events,
+            audio: sinks.audio,
             state: Mutex::new(ListenerLog::default()),
             closed: AtomicBool::new(false),
             changed: Notify::new(),
@@ -117,6 +120,7 @@ pub struct FakeListener {
     peer: String,
     generation: u64,
     events: mpsc::UnboundedSender<ListenerEvent>,
+    audio: mpsc::UnboundedSender<InboundAudio>,
     state: Mutex<ListenerLog>,
     closed: AtomicBool,
     changed: Notify,
@@ -136,6 +140,17 @@ impl FakeListener {
     /// Its media is up: tells the session `Connected`.
     pub fn connect(&self) {
         self.event(ListenerState::Connected);
+    }
+
+    /// The peer speaks: one RTP packet of its audio reaches the session.
+    pub fn send_audio(&self, sequence: u16, timestamp: u32, payload: Bytes) {
+        let _ = self.audio.send(InboundAudio {
+            peer: Arc::from(self.peer.as_str()),
+            generation: self.generation,
+            sequence,
+            timestamp,
+            payload,
+        });
     }
 
     /// Its connection failed: tells the session `Closed`.
@@ -486,5 +501,72 @@ impl AudioLibrary for TestAudio {
         lock(&self.items).get(name).cloned().ok_or_else(|| {
             AgentError::AudioUnavailable(crate::assets::AssetError::NotFound(name.to_owned()))
         })
+    }
+}
+
+/// One upload a session made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// Session id.
+    pub session_id: i64,
+    /// Whose recording.
+    pub uid: String,
+    /// Which part.
+    pub part: u32,
+    /// The complete file (with its end-of-stream page).
+    pub last: bool,
+    /// The file.
+    pub body: Vec<u8>,
+}
+
+/// Recording uploads kept in memory.
+#[derive(Debug, Default)]
+pub struct TestRecordings {
+    uploads: Mutex<Vec<Upload>>,
+    changed: Notify,
+}
+
+impl TestRecordings {
+    /// No uploads yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Every upload so far, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        lock(&self.uploads).clone()
+    }
+
+    /// Waits until `n` uploads were made.
+    pub async fn wait_uploads(&self, n: usize) {
+        loop {
+            let notified = self.changed.notified();
+            if lock(&self.uploads).len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl RecordingSink for TestRecordings {
+    async fn upload(
+        &self,
+        session_id: i64,
+        uid: &str,
+        part: u32,
+        last: bool,
+        body: Vec<u8>,
+    ) -> Result<(), AgentError> {
+        lock(&self.uploads).push(Upload {
+            session_id,
+            uid: uid.to_owned(),
+            part,
+            last,
+            body,
+        });
+        self.changed.notify_waiters();
+        Ok(())
     }
 }

@@ -11,7 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::agent::{SessionOffer, SessionState};
+use protocol::agent::{
+    AgentMessage, ControlAction, MarkState, PlayMode, PlaybackState, PlaybackStatus, RecordOptions,
+    SessionOffer, SessionState,
+};
 use protocol::signaling::{
     ClientMessage, IceCandidate, LeaveReason, SdpType, ServerMessage, SessionDescription,
     SignalPayload, codes,
@@ -20,6 +23,7 @@ use robot_agent::metrics::Metrics;
 use robot_agent::session::{self, Control, SessionConfig, SessionContext, SessionUpdate};
 use robot_agent::test_util::{
     FakeChannel, FakeListener, FakeSignaling, FakeTransport, JoinScript, TestAudio, TestFrames,
+    TestRecordings,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -61,6 +65,10 @@ struct Session {
     control: mpsc::UnboundedSender<Control>,
     updates: mpsc::UnboundedReceiver<SessionUpdate>,
     started: Instant,
+    recordings: Arc<TestRecordings>,
+    /// `control_ack`s and marks seen while waiting for statuses.
+    acks: Vec<(u64, PlaybackStatus, Option<String>)>,
+    marks: Vec<(String, MarkState, Option<u64>)>,
 }
 
 fn start(
@@ -75,6 +83,7 @@ fn start(
     }
     let transport = FakeTransport::new();
     let metrics = Arc::new(Metrics::new(4));
+    let recordings = TestRecordings::new();
     let ctx = Arc::new(SessionContext {
         config,
         signaling: signaling.clone(),
@@ -82,6 +91,8 @@ fn start(
         transport: transport.clone(),
         metrics: Arc::clone(&metrics),
         media_clock: tokio::runtime::Handle::current(),
+        recordings: recordings.clone(),
+        recording_dir: std::env::temp_dir().join("robot-agent-sessions-test"),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (updates_tx, updates) = mpsc::unbounded_channel();
@@ -94,6 +105,9 @@ fn start(
         control,
         updates,
         started: Instant::now(),
+        recordings,
+        acks: Vec::new(),
+        marks: Vec::new(),
     }
 }
 
@@ -106,19 +120,57 @@ fn audio(frames: u32) -> Arc<TestAudio> {
 impl Session {
     /// The next status; `None` once the session ended.
     async fn status(&mut self) -> Option<Status> {
-        match self.updates.recv().await? {
-            SessionUpdate::Status {
-                session_id,
-                state,
-                detail,
-                position_ms,
-            } => {
-                assert_eq!(session_id, 7);
-                Some((state, detail, position_ms))
+        loop {
+            match self.updates.recv().await? {
+                SessionUpdate::Status {
+                    session_id,
+                    state,
+                    detail,
+                    position_ms,
+                } => {
+                    assert_eq!(session_id, 7);
+                    return Some((state, detail, position_ms));
+                }
+                SessionUpdate::Ended { session_id } => {
+                    assert_eq!(session_id, 7);
+                    return None;
+                }
+                other => self.keep(other),
             }
-            SessionUpdate::Ended { session_id } => {
-                assert_eq!(session_id, 7);
-                None
+        }
+    }
+
+    fn keep(&mut self, u: SessionUpdate) {
+        match u {
+            SessionUpdate::Send(AgentMessage::ControlAck {
+                session_id: 7,
+                seq,
+                status,
+                error,
+            }) => self.acks.push((seq, status, error)),
+            SessionUpdate::Send(AgentMessage::Mark {
+                session_id: 7,
+                name,
+                state,
+                position_ms,
+            }) => self.marks.push((name, state, position_ms)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Sends a playback control and waits for its answer (statuses meanwhile are dropped).
+    async fn steer(&mut self, seq: u64, action: ControlAction) -> (PlaybackStatus, Option<String>) {
+        self.control
+            .send(Control::Playback { seq, action })
+            .unwrap();
+        loop {
+            if let Some(i) = self.acks.iter().position(|(s, _, _)| *s == seq) {
+                let (_, status, error) = self.acks.remove(i);
+                return (status, error);
+            }
+            match self.updates.recv().await.unwrap() {
+                SessionUpdate::Status { .. } => {}
+                other => self.keep(other),
             }
         }
     }
@@ -562,4 +614,241 @@ async fn a_looping_session_plays_on_until_told_to_leave() {
         (SessionState::Left, "told to leave")
     );
     assert!(p.unwrap() < 600, "the position wraps: {p:?}");
+}
+
+/// Frames of `l` as (tag, index).
+fn tagged(l: &FakeListener) -> Vec<(u8, u32)> {
+    l.frames()
+        .iter()
+        .map(|f| (f[0], u32::from_be_bytes(f[1..5].try_into().unwrap())))
+        .collect()
+}
+
+fn play(audio: &str, mode: PlayMode) -> ControlAction {
+    ControlAction::Play {
+        audio: audio.into(),
+        mode,
+        loops: 0,
+        gain_db: 0.0,
+    }
+}
+
+fn mark(name: &str) -> ControlAction {
+    ControlAction::Mark { name: name.into() }
+}
+
+/// A session for the app listed in `joined`, its media up: the socket (keep it) and the
+/// listener.
+async fn connected(
+    a: Arc<TestAudio>,
+    o: SessionOffer,
+) -> (Session, FakeChannel, Arc<FakeListener>) {
+    let mut s = start(o, a, config(), vec![JoinScript::Accept(vec!["app".into()])]);
+    let mut ch = s.channel().await;
+    signal(&mut ch).await;
+    let l = s.transport.listener_for("app", 1).await;
+    l.connect();
+    (s, ch, l)
+}
+
+#[tokio::test(start_paused = true)]
+async fn controls_change_the_queue_on_the_next_frame_and_marks_tell_the_truth() {
+    let a = audio(500);
+    a.add("jingle", TestFrames::numbered(1, 5));
+    a.add("short", TestFrames::numbered(2, 3));
+    let (mut s, _ch, l) = connected(a, offer()).await;
+    l.wait_frames(10).await;
+
+    // append, marks around it: the state names what plays and what is queued
+    s.steer(1, mark("a")).await;
+    let (st, err) = s.steer(2, play("jingle", PlayMode::Append)).await;
+    assert_eq!(err, None);
+    assert_eq!(
+        (st.state, st.item.as_deref(), st.queue.clone()),
+        (
+            PlaybackState::Playing,
+            Some("speech"),
+            vec!["jingle".to_owned()]
+        )
+    );
+    s.steer(3, mark("b")).await;
+    let (_, err) = s.steer(4, play("nope", PlayMode::Append)).await;
+    assert_eq!(
+        err.as_deref(),
+        Some("audio asset nope does not exist on the API")
+    );
+
+    // pause: nothing is sent; resume goes on where it was
+    let (st, _) = s.steer(5, ControlAction::Pause).await;
+    assert_eq!(st.state, PlaybackState::Paused);
+    let paused_at = l.frames().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(l.frames().len(), paused_at, "silent while paused");
+    s.steer(6, ControlAction::Resume).await;
+    l.wait_frames(paused_at + 5).await;
+    let f = tagged(&l);
+    assert_eq!(f[paused_at], (0, u32::try_from(paused_at).unwrap()));
+
+    // seek within the item, and past its end
+    let (st, err) = s.steer(7, ControlAction::Seek { position_ms: 6000 }).await;
+    assert_eq!((st.position_ms, err), (6000, None));
+    let (_, err) = s
+        .steer(
+            8,
+            ControlAction::Seek {
+                position_ms: 60_000,
+            },
+        )
+        .await;
+    assert_eq!(err.as_deref(), Some("seek past the end of speech"));
+    let n = l.frames().len();
+    l.wait_frames(n + 2).await;
+    assert_eq!(tagged(&l)[n], (0, 300));
+
+    // replace: the marks queued are cleared, the next frame is the new item's first
+    let before = l.frames().len();
+    let (st, _) = s.steer(9, play("short", PlayMode::Replace)).await;
+    assert_eq!((st.item.as_deref(), st.queue.len()), (Some("short"), 0));
+    s.steer(10, mark("c")).await;
+    let end = s.rest().await;
+    let f = tagged(&l);
+    let first_new = f.iter().position(|(t, _)| *t == 2).unwrap();
+    assert!(first_new <= before, "the change is heard on the next frame");
+    assert!(f[..first_new].iter().all(|(t, _)| *t == 0));
+    assert_eq!(&f[first_new..], &[(2, 0), (2, 1), (2, 2)]);
+    assert_eq!(
+        s.marks,
+        vec![
+            ("a".to_owned(), MarkState::Cleared, None),
+            ("b".to_owned(), MarkState::Cleared, None),
+            (
+                "c".to_owned(),
+                MarkState::Played,
+                Some(u64::try_from(f.len()).unwrap() * 20)
+            ),
+        ]
+    );
+    assert_eq!(end.last().unwrap().1, "audio ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clear_stops_within_a_frame_and_a_mark_behind_it_is_never_played() {
+    let (mut s, _ch, l) = connected(audio(50_000), offer()).await;
+    l.wait_frames(20).await;
+    s.steer(1, mark("behind")).await;
+    let (st, _) = s.steer(2, ControlAction::Clear).await;
+    assert_eq!(st.state, PlaybackState::Idle);
+    let at_clear = l.frames().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        l.frames().len() <= at_clear + 1,
+        "at most the frame under way"
+    );
+    // the robot stays (a clear is not the end of the audio) and a mark now is played at once
+    s.steer(3, mark("after")).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    s.control.send(Control::Leave).unwrap();
+    let end = s.rest().await;
+    assert_eq!(end.last().unwrap().1, "told to leave");
+    let written = u64::try_from(l.frames().len()).unwrap() * 20;
+    assert_eq!(
+        s.marks,
+        vec![
+            ("behind".to_owned(), MarkState::Cleared, None),
+            ("after".to_owned(), MarkState::Played, Some(written)),
+        ]
+    );
+}
+
+fn voicemail_offer() -> SessionOffer {
+    let mut o = offer();
+    o.record = Some(RecordOptions {
+        max_seconds: 60,
+        silence_seconds: 2,
+        beep: true,
+    });
+    o
+}
+
+/// A 20 ms Opus packet of `len` bytes (CELT, mono: only its TOC byte matters here).
+fn opus(len: usize) -> bytes::Bytes {
+    let mut b = vec![0xF8u8];
+    b.resize(len, 0x5A);
+    bytes::Bytes::from(b)
+}
+
+/// A voicemail session with a greeting of `frames`, played until it and the beep went out.
+async fn greeted(frames: u32) -> (Session, FakeChannel, Arc<FakeListener>) {
+    let (s, ch, l) = connected(audio(frames), voicemail_offer()).await;
+    let frames = usize::try_from(frames).unwrap();
+    let beep = usize::try_from(
+        robot_agent::session::FrameSource::frame_count(&*robot_agent::session::beep::beep())
+            .unwrap(),
+    )
+    .unwrap();
+    // spoken during the greeting: not recorded
+    l.send_audio(1, 0, opus(150));
+    l.wait_frames(frames + beep).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (s, ch, l)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_voicemail_greets_beeps_records_until_silence_uploads_and_leaves() {
+    let (mut s, _ch, l) = greeted(50).await;
+    // 6 s of speech with 5 packets lost in the middle, then the caller stops sending
+    let t0 = 1_000_000u32;
+    for i in 0..300u32 {
+        if !(100..105).contains(&i) {
+            l.send_audio(u16::try_from(i).unwrap(), t0 + i * 960, opus(120));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = Instant::now();
+    let end = s.rest().await;
+    assert_eq!(end.last().unwrap().1, "voicemail recorded: 1 recording(s)");
+    let after = Instant::now() - stopped;
+    assert!(
+        after >= Duration::from_millis(1980) && after < Duration::from_millis(2100),
+        "{after:?}"
+    );
+    let ups = s.recordings.uploads();
+    assert!(
+        ups.iter()
+            .all(|u| u.uid == "app" && u.part == 0 && u.session_id == 7)
+    );
+    assert!(
+        ups.iter().any(|u| !u.last),
+        "the file so far went up while recording"
+    );
+    let last = ups.last().unwrap();
+    assert!(last.last);
+    let mut r =
+        audio::ogg_opus::OggOpusReader::new(std::io::Cursor::new(last.body.clone())).unwrap();
+    let mut packets = Vec::new();
+    while let Some(p) = r.next_packet().unwrap() {
+        packets.push(p.data);
+    }
+    assert_eq!(packets.len(), 300, "295 received, 5 of silence");
+    assert_eq!(
+        packets[100],
+        robot_agent::session::recorder::SILENCE.to_vec()
+    );
+    assert_eq!(packets[0], opus(120).to_vec());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hand_back_while_recording_uploads_what_there_is() {
+    let (mut s, _ch, l) = greeted(10).await;
+    for i in 0..50u32 {
+        l.send_audio(u16::try_from(i).unwrap(), i * 960, opus(120));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.control.send(Control::HandBack).unwrap();
+    let end = s.rest().await;
+    assert_eq!(end.last().unwrap().1, "handed back: agent draining");
+    let ups = s.recordings.uploads();
+    assert_eq!(ups.len(), 1);
+    assert!(!ups[0].last, "a partial upload: the next agent records on");
+    assert!(ups[0].body.len() > 1000);
 }

@@ -6,7 +6,12 @@
 //!        │                                                 ├─ add_candidate(c)
 //!        └──── same encoded frame every 20 ms ───────────► └─ send_frame(bytes)
 //!                                              events: Connected / Closed ──► session
+//!        ◄──── InboundAudio {peer, rtp seq, timestamp, Opus payload} ◄── the peer's track
 //! ```
+//!
+//! The connections are `sendrecv` (DESIGN.md decision 12): each listener's audio comes back
+//! as [`InboundAudio`], one RTP packet each, its Opus payload passed as received (no
+//! decode), tagged with the sender's uid.
 //!
 //! This is the only module that imports the `webrtc` and `rtc` crates (DESIGN.md decision
 //! 7; STYLE.md 3). The rest of the agent sees [`RtcTransport`], [`Listener`] and the small
@@ -48,6 +53,30 @@ pub struct ListenerEvent {
     pub state: ListenerState,
 }
 
+/// One RTP packet of a listener's audio, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundAudio {
+    /// The sender's uid.
+    pub peer: Arc<str>,
+    /// Which listener of that uid.
+    pub generation: u64,
+    /// RTP sequence number.
+    pub sequence: u16,
+    /// RTP timestamp (48 kHz for Opus).
+    pub timestamp: u32,
+    /// The Opus packet.
+    pub payload: Bytes,
+}
+
+/// Where a listener reports: its state changes and the audio it sends.
+#[derive(Debug, Clone)]
+pub struct ListenerSinks {
+    /// Connected / Closed.
+    pub events: mpsc::UnboundedSender<ListenerEvent>,
+    /// Its audio.
+    pub audio: mpsc::UnboundedSender<InboundAudio>,
+}
+
 /// Transport errors: what failed, in words that never carry SDP or candidates.
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
@@ -65,13 +94,14 @@ pub enum RtcError {
 /// Creates listeners. One per process, shared by every session.
 #[async_trait]
 pub trait RtcTransport: Send + Sync + 'static {
-    /// A new connection to `peer` (not negotiated yet); its state changes go to `events`.
+    /// A new connection to `peer` (not negotiated yet), sending and receiving audio; its
+    /// state changes and its audio go to `sinks`.
     async fn listener(
         &self,
         peer: &str,
         generation: u64,
         ice_servers: &[IceServer],
-        events: mpsc::UnboundedSender<ListenerEvent>,
+        sinks: ListenerSinks,
     ) -> Result<Arc<dyn Listener>, RtcError>;
 }
 

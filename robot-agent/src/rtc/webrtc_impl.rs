@@ -29,8 +29,11 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::{Listener, ListenerEvent, ListenerState, RtcError, RtcTransport};
+use super::{
+    InboundAudio, Listener, ListenerEvent, ListenerSinks, ListenerState, RtcError, RtcTransport,
+};
 use crate::pacer::FRAME;
+use webrtc::media_stream::track_remote::TrackRemoteEvent;
 
 /// The payload type we register Opus under; the negotiated one may differ (aiortc: 96).
 const OPUS_PT: u8 = 111;
@@ -83,7 +86,7 @@ impl RtcTransport for WebrtcTransport {
         peer: &str,
         generation: u64,
         ice_servers: &[IceServer],
-        events: mpsc::UnboundedSender<ListenerEvent>,
+        sinks: ListenerSinks,
     ) -> Result<Arc<dyn Listener>, RtcError> {
         let mut media = MediaEngine::default();
         media
@@ -118,8 +121,10 @@ impl RtcTransport for WebrtcTransport {
         let (gathered_tx, gathered_rx) = watch::channel(false);
         let handler = Arc::new(Handler {
             peer: peer.to_owned(),
+            uid: Arc::from(peer),
             generation,
-            events,
+            events: sinks.events,
+            audio: sinks.audio,
             gathered: gathered_tx,
             closed: AtomicBool::new(false),
         });
@@ -182,8 +187,10 @@ impl RtcTransport for WebrtcTransport {
 /// Event handler: forwards state changes, never blocks the driver.
 struct Handler {
     peer: String,
+    uid: Arc<str>,
     generation: u64,
     events: mpsc::UnboundedSender<ListenerEvent>,
+    audio: mpsc::UnboundedSender<InboundAudio>,
     gathered: watch::Sender<bool>,
     closed: AtomicBool,
 }
@@ -222,9 +229,32 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        // A listener may send its microphone; the robot does not listen. Drain the events
-        // so nothing queues up.
-        tokio::spawn(async move { while track.poll().await.is_some() {} });
+        // The listener's microphone: every RTP packet goes to the session as it came (the
+        // payload is a `Bytes` view, nothing is copied or decoded here).
+        let audio = self.audio.clone();
+        let peer = Arc::clone(&self.uid);
+        let generation = self.generation;
+        tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    if p.payload.is_empty() {
+                        continue;
+                    }
+                    let sent = audio.send(InboundAudio {
+                        peer: Arc::clone(&peer),
+                        generation,
+                        sequence: p.header.sequence_number,
+                        timestamp: p.header.timestamp,
+                        payload: p.payload,
+                    });
+                    if sent.is_err() {
+                        // The session is over: drain the rest so nothing queues up.
+                        while track.poll().await.is_some() {}
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 

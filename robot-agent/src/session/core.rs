@@ -52,12 +52,15 @@
 //! are further variants of [`Input`] and [`Output`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use protocol::agent::SessionState;
 use protocol::backoff::Backoff;
 
 use super::Control;
+use super::voicemail::{RecordAction, RecordPlan, Voicemail};
 use crate::error::AgentError;
 use crate::signaling::JoinError;
 
@@ -85,6 +88,8 @@ pub struct Plan {
     pub first_frame: u64,
     /// Play the playlist again and again (the audio never ends the session).
     pub looping: bool,
+    /// Voicemail: once the audio is over, record every other participant, then leave.
+    pub record: Option<RecordPlan>,
 }
 
 /// Which side of the negotiation a new listener takes.
@@ -158,17 +163,28 @@ pub enum Input {
         /// In ms of the playlist.
         position_ms: u64,
     },
-    /// The playback sent the last frame (not looping).
+    /// The playback queue ran out by playing its last item (not looping).
     PlaybackEnded {
         /// Its final position.
         position_ms: u64,
     },
+    /// Something was queued (a `play` control) after [`Input::PlaybackEnded`].
+    PlaybackRefilled,
     /// The playback stopped on an error of its frames.
     PlaybackFailed {
         /// What the frame source said.
         error: String,
         /// Where it stopped.
         position_ms: u64,
+    },
+    /// One RTP packet of a participant's audio (the Opus payload as received).
+    Audio {
+        /// The sender.
+        peer: Arc<str>,
+        /// Its RTP timestamp.
+        timestamp: u32,
+        /// The Opus packet.
+        payload: Bytes,
     },
     /// Time passed (call at [`SessionCore::poll_timeout`]).
     Timeout,
@@ -222,6 +238,8 @@ pub enum Output {
     },
     /// Stop the playback.
     StopPlayback,
+    /// Write to, upload or finish a participant's recording (voicemail).
+    Record(RecordAction),
     /// The session is over: leave the channel, report the final status. Nothing follows.
     End(Ending),
 }
@@ -241,6 +259,9 @@ pub enum LeftReason {
     /// The audio ended (not looping) and the tail passed.
     #[error("audio ended")]
     AudioEnded,
+    /// Voicemail: every recording is over (`.0` of them had audio).
+    #[error("voicemail recorded: {0} recording(s)")]
+    Recorded(usize),
 }
 
 /// How a session ended.
@@ -356,6 +377,8 @@ pub struct SessionCore {
     playback: Playback,
     position_ms: Option<u64>,
     ended: bool,
+    /// Recording (voicemail, once the audio is over).
+    voicemail: Option<Voicemail>,
 }
 
 impl SessionCore {
@@ -382,6 +405,7 @@ impl SessionCore {
             playback: Playback::NotStarted,
             position_ms: None,
             ended: false,
+            voicemail: None,
         }
     }
 
@@ -412,6 +436,9 @@ impl SessionCore {
         {
             min(t);
         }
+        if let Some(t) = self.voicemail.as_ref().and_then(Voicemail::poll_timeout) {
+            min(t);
+        }
         at
     }
 
@@ -440,15 +467,25 @@ impl SessionCore {
             Input::AudioFailed(e) => self.end(Outcome::Failed(e)),
             Input::PeerJoined { peer } => {
                 self.close_listener(&peer);
+                if let Some(v) = &mut self.voicemail {
+                    v.add(now, &peer);
+                }
                 self.persons.insert(peer);
                 self.update_alone(now);
             }
             Input::PeerLeft { peer } => {
                 self.close_listener(&peer);
+                if let Some(v) = &mut self.voicemail {
+                    v.left(&peer);
+                }
                 self.persons.remove(&peer);
                 self.update_alone(now);
+                self.voicemail_step();
             }
             Input::Signal { from, offer } => {
+                if let Some(v) = &mut self.voicemail {
+                    v.add(now, &from);
+                }
                 self.persons.insert(from.clone());
                 self.update_alone(now);
                 if offer && !self.listeners.contains_key(&from) {
@@ -493,6 +530,8 @@ impl SessionCore {
             Input::Control(Control::HandBack) => self.end(Outcome::HandedBack {
                 before_joining: !self.live,
             }),
+            // Playback controls go to the playback queue (the driver routes them).
+            Input::Control(Control::Playback { .. }) => {}
             Input::Position { position_ms } => {
                 if self.playback != Playback::NotStarted {
                     self.position_ms = Some(position_ms);
@@ -501,7 +540,33 @@ impl SessionCore {
             Input::PlaybackEnded { position_ms } => {
                 if matches!(self.playback, Playback::Playing { .. }) {
                     self.position_ms = Some(position_ms);
-                    self.playback = Playback::Ended { at: now };
+                    match self.plan.record {
+                        // Voicemail: the greeting (and beep) is over; record everyone.
+                        Some(plan) if self.voicemail.is_none() => {
+                            self.voicemail =
+                                Some(Voicemail::start(plan, now, self.persons.iter().cloned()));
+                            self.voicemail_step();
+                        }
+                        Some(_) => {}
+                        None => self.playback = Playback::Ended { at: now },
+                    }
+                }
+            }
+            Input::Audio {
+                peer,
+                timestamp,
+                payload,
+            } => {
+                if let Some(v) = &mut self.voicemail {
+                    v.packet(now, &peer, timestamp, payload);
+                    self.voicemail_step();
+                }
+            }
+            Input::PlaybackRefilled => {
+                if matches!(self.playback, Playback::Ended { .. }) {
+                    self.playback = Playback::Playing {
+                        next_status: now + self.config.position_every,
+                    };
                 }
             }
             Input::PlaybackFailed { error, position_ms } => {
@@ -555,7 +620,24 @@ impl SessionCore {
         }
     }
 
+    /// Passes the recordings' actions on; leaves once every recording is over.
+    fn voicemail_step(&mut self) {
+        let Some(v) = &mut self.voicemail else { return };
+        self.out.extend(v.drain().map(Output::Record));
+        if v.is_done() {
+            let n = v.recorded();
+            self.end(Outcome::Left(LeftReason::Recorded(n)));
+        }
+    }
+
     fn on_timeout(&mut self, now: Instant) {
+        if let Some(v) = &mut self.voicemail {
+            v.timeout(now);
+            self.voicemail_step();
+            if self.ended {
+                return;
+            }
+        }
         if let Playback::Ended { at } = self.playback
             && now >= at + self.config.tail
         {
@@ -604,6 +686,7 @@ impl SessionCore {
         self.live = true;
         if let Some(total) = frames
             && !self.plan.looping
+            && self.plan.record.is_none()
             && self.plan.first_frame >= total
         {
             // A resume at (or past) the end: nothing left to play.
@@ -690,6 +773,15 @@ impl SessionCore {
         ) {
             self.out.push_back(Output::StopPlayback);
         }
+        if let Some(v) = &mut self.voicemail {
+            // Handed back or failed: the session is offered again and records on into the
+            // next part, so what there is goes up as it is. Otherwise the call is over.
+            match outcome {
+                Outcome::HandedBack { .. } | Outcome::Failed(_) => v.flush_all(),
+                Outcome::Left(_) => v.finish_all(),
+            }
+            self.out.extend(v.drain().map(Output::Record));
+        }
         let peers: Vec<String> = self.listeners.keys().cloned().collect();
         for p in peers {
             self.close_listener(&p);
@@ -725,6 +817,7 @@ mod tests {
         Plan {
             first_frame: 0,
             looping: false,
+            record: None,
         }
     }
 
@@ -1310,6 +1403,7 @@ mod tests {
             Plan {
                 first_frame: 150,
                 looping: false,
+                record: None,
             },
             config(),
         );
@@ -1334,6 +1428,7 @@ mod tests {
             Plan {
                 first_frame: 600,
                 looping: false,
+                record: None,
             },
             config(),
         );
@@ -1345,6 +1440,7 @@ mod tests {
             Plan {
                 first_frame: 600,
                 looping: true,
+                record: None,
             },
             config(),
         );

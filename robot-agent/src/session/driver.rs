@@ -20,24 +20,29 @@
 //! listener; it publishes its position in an atomic, which the driver feeds to the core
 //! before each input.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use protocol::agent::{SessionOffer, SessionState};
+use protocol::agent::{
+    AgentMessage, ControlAction, PlaybackState, PlaybackStatus, SessionOffer, SessionState,
+};
 use protocol::signaling::{
     ClientMessage, IceServer, SdpType, ServerMessage, SessionDescription, SignalPayload,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::core::{Ending, Input, Output, Plan, Role, SessionCore};
-use super::playlist::{FrameSource, Playlist, Step};
+use super::playlist::{FrameSource, Playlist};
+use super::queue::{Command, Next, PlaybackQueue, QueueEvent, QueueItem};
+use super::recorder::{self, Recorder};
+use super::voicemail::{RecordAction, RecordPlan};
 use super::{Control, SessionContext, SessionUpdate, start_frame};
 use crate::error::AgentError;
 use crate::metrics::{Metrics, Phase};
 use crate::pacer::{FRAME, Pacer};
-use crate::rtc::{Listener, ListenerEvent, ListenerState};
+use crate::rtc::{InboundAudio, Listener, ListenerEvent, ListenerSinks, ListenerState};
 use crate::signaling::{ChannelLink, JoinError, Joined};
 
 /// Runs one session to its end. Sends its statuses and finally `Ended` on `updates`.
@@ -88,9 +93,9 @@ struct Outbound {
     payload: SignalPayload,
 }
 
-/// How the playback task stopped by itself.
+/// What the playback task reports.
 enum PlaybackDone {
-    Ended { position_ms: u64 },
+    Queue(QueueEvent),
     Failed { error: String, position_ms: u64 },
 }
 
@@ -99,8 +104,34 @@ struct PlaybackTask {
     position: Arc<AtomicU64>,
 }
 
+/// A command for the queue on the media clock, and where its answer goes.
+/// (`None`: only the state is asked for.)
+type QueueCall = (
+    Option<Command>,
+    oneshot::Sender<(PlaybackStatus, Option<String>)>,
+);
+
+/// Where the playback queue is: built once the audio is ready, held here until the
+/// playback starts, then owned by the playback task (commands go to it).
+enum QueueHome {
+    NotYet,
+    Here(PlaybackQueue),
+    Playing(mpsc::UnboundedSender<QueueCall>),
+}
+
+/// The idle state (no queue, or a playback task that is gone).
+fn idle() -> PlaybackStatus {
+    PlaybackStatus {
+        state: PlaybackState::Idle,
+        item: None,
+        position_ms: 0,
+        queue: Vec::new(),
+    }
+}
+
 type JoinResult = Result<(Box<dyn ChannelLink>, Joined), JoinError>;
-type Items = Vec<Arc<dyn FrameSource>>;
+type Items = Vec<QueueItem>;
+type Resolved = (u64, Result<Command, String>);
 type Connected = Arc<Vec<Arc<dyn Listener>>>;
 
 struct Driver {
@@ -113,7 +144,11 @@ struct Driver {
     joined_once: bool,
     joining: Option<JoinHandle<JoinResult>>,
     loading: Option<JoinHandle<Result<Items, AgentError>>>,
-    items: Option<Items>,
+    queue: QueueHome,
+    /// Playback controls not applied yet, in arrival order (one `play` at a time resolves
+    /// its asset; the ones behind it wait, so controls apply in order).
+    controls: VecDeque<(u64, ControlAction)>,
+    resolving: Option<JoinHandle<Resolved>>,
     ice_servers: Vec<IceServer>,
     listeners: HashMap<String, Entry>,
     events_tx: mpsc::UnboundedSender<ListenerEvent>,
@@ -127,6 +162,12 @@ struct Driver {
     done_rx: mpsc::UnboundedReceiver<PlaybackDone>,
     /// A signal to hand to its listener once the core's outputs are done.
     route: Option<(String, SignalPayload)>,
+    audio_tx: mpsc::UnboundedSender<InboundAudio>,
+    audio_rx: mpsc::UnboundedReceiver<InboundAudio>,
+    /// Recordings being written, by uid.
+    recorders: HashMap<Arc<str>, Recorder>,
+    /// Uploads under way (the session waits for them before it reports its end).
+    uploads: Vec<JoinHandle<()>>,
 }
 
 impl Driver {
@@ -138,8 +179,14 @@ impl Driver {
         let plan = Plan {
             first_frame: start_frame(offer.position_ms),
             looping: offer.loop_audio,
+            record: offer.record.map(|r| RecordPlan {
+                max: std::time::Duration::from_secs(u64::from(r.max_seconds.max(1))),
+                silence: std::time::Duration::from_secs(u64::from(r.silence_seconds.max(1))),
+                beep: r.beep,
+            }),
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (audio_tx, audio_rx) = mpsc::unbounded_channel();
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
@@ -152,7 +199,9 @@ impl Driver {
             joined_once: false,
             joining: None,
             loading: None,
-            items: None,
+            queue: QueueHome::NotYet,
+            controls: VecDeque::new(),
+            resolving: None,
             ice_servers: Vec::new(),
             listeners: HashMap::new(),
             events_tx,
@@ -164,6 +213,10 @@ impl Driver {
             done_tx,
             done_rx,
             route: None,
+            audio_tx,
+            audio_rx,
+            recorders: HashMap::new(),
+            uploads: Vec::new(),
         }
     }
 
@@ -197,7 +250,21 @@ impl Driver {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             let input = tokio::select! {
                 biased;
-                c = control.recv() => Input::Control(c.unwrap_or(Control::Leave)),
+                c = control.recv() => match c {
+                    Some(Control::Playback { seq, action }) => {
+                        self.controls.push_back((seq, action));
+                        self.next_control().await;
+                        continue;
+                    }
+                    c => Input::Control(c.unwrap_or(Control::Leave)),
+                },
+                r = wait(&mut self.resolving) => {
+                    if let Some((seq, cmd)) = r {
+                        self.apply_control(seq, cmd).await;
+                    }
+                    self.next_control().await;
+                    continue;
+                }
                 r = wait(&mut self.joining) => self.on_join(r.unwrap_or_else(|| {
                     Err(JoinError::Incomplete("the join task failed".into()))
                 })),
@@ -233,8 +300,16 @@ impl Driver {
                     }
                 }
                 Some(done) = self.done_rx.recv() => match done {
-                    PlaybackDone::Ended { position_ms } => Input::PlaybackEnded { position_ms },
+                    PlaybackDone::Queue(e) => match self.on_queue_event(e) {
+                        Some(i) => i,
+                        None => continue,
+                    },
                     PlaybackDone::Failed { error, position_ms } => Input::PlaybackFailed { error, position_ms },
+                },
+                Some(a) = self.audio_rx.recv() => Input::Audio {
+                    peer: a.peer,
+                    timestamp: a.timestamp,
+                    payload: a.payload,
                 },
                 () = sleep_until(deadline) => Input::Timeout,
             };
@@ -277,12 +352,143 @@ impl Driver {
     fn on_audio(&mut self, r: Result<Items, AgentError>) -> Input {
         match r {
             Ok(items) => {
-                let frames = Playlist::new(items.clone(), 0, false).total_frames();
+                let sources: Vec<Arc<dyn FrameSource>> = items
+                    .iter()
+                    .flat_map(|i| (0..=i.loops).map(|_| Arc::clone(&i.source)))
+                    .collect();
+                let frames = Playlist::new(sources, 0, false).total_frames();
                 tracing::info!(items = items.len(), frames = ?frames, "audio ready");
-                self.items = Some(items);
+                let first = start_frame(self.offer.position_ms);
+                self.queue =
+                    QueueHome::Here(PlaybackQueue::new(items, first, self.offer.loop_audio));
                 Input::AudioReady { frames }
             }
             Err(e) => Input::AudioFailed(e),
+        }
+    }
+
+    /// A queue event: a mark goes to the link, the end or refill of the audio to the core.
+    fn on_queue_event(&mut self, e: QueueEvent) -> Option<Input> {
+        match e {
+            QueueEvent::Mark {
+                name,
+                state,
+                position_ms,
+            } => {
+                let _ = self.updates.send(SessionUpdate::Send(AgentMessage::Mark {
+                    session_id: self.offer.id,
+                    name,
+                    state,
+                    position_ms,
+                }));
+                None
+            }
+            QueueEvent::Drained { position_ms } => Some(Input::PlaybackEnded { position_ms }),
+            QueueEvent::Refilled => Some(Input::PlaybackRefilled),
+        }
+    }
+
+    /// Starts on the next control when none is resolving: a `play` looks its asset up in
+    /// a task (the answer waits for it), the others apply at once.
+    async fn next_control(&mut self) {
+        while self.resolving.is_none() {
+            let Some((seq, action)) = self.controls.pop_front() else {
+                return;
+            };
+            let cmd = match action {
+                ControlAction::Play {
+                    audio,
+                    mode,
+                    loops,
+                    gain_db,
+                } => {
+                    let lib = Arc::clone(&self.ctx.audio);
+                    self.resolving = Some(tokio::spawn(async move {
+                        let r = lib.item(&audio).await;
+                        let cmd = r.map_err(|e| e.to_string()).map(|source| Command::Play {
+                            item: QueueItem {
+                                name: audio,
+                                source,
+                                loops,
+                                gain_db,
+                            },
+                            mode,
+                        });
+                        (seq, cmd)
+                    }));
+                    continue;
+                }
+                ControlAction::Pause => Command::Pause,
+                ControlAction::Resume => Command::Resume,
+                ControlAction::Seek { position_ms } => Command::Seek { position_ms },
+                ControlAction::Gain { gain_db } => Command::Gain { gain_db },
+                ControlAction::Clear => Command::Clear,
+                ControlAction::Mark { name } => Command::Mark { name },
+            };
+            self.apply_control(seq, Ok(cmd)).await;
+        }
+    }
+
+    /// Applies a control to the queue wherever it is, and answers `control_ack`.
+    async fn apply_control(&mut self, seq: u64, cmd: Result<Command, String>) {
+        let (status, error) = match cmd {
+            Err(e) => (self.playback_status().await, Some(e)),
+            Ok(cmd) => self.apply_to_queue(cmd).await,
+        };
+        if let Some(e) = &error {
+            tracing::info!(seq, error = %e, "control not applied");
+        }
+        let _ = self
+            .updates
+            .send(SessionUpdate::Send(AgentMessage::ControlAck {
+                session_id: self.offer.id,
+                seq,
+                status,
+                error,
+            }));
+    }
+
+    async fn apply_to_queue(&mut self, cmd: Command) -> (PlaybackStatus, Option<String>) {
+        let over = || (idle(), Some("the playback is over".to_owned()));
+        let tx = match &mut self.queue {
+            QueueHome::NotYet => {
+                return (
+                    idle(),
+                    Some("the robot is not ready yet: its audio is loading".into()),
+                );
+            }
+            QueueHome::Here(q) => {
+                let r = q.apply(cmd);
+                let status = q.status();
+                let events: Vec<QueueEvent> = std::iter::from_fn(|| q.poll_event()).collect();
+                for e in events {
+                    if let Some(i) = self.on_queue_event(e) {
+                        self.feed(i);
+                    }
+                }
+                return (status, r.err());
+            }
+            QueueHome::Playing(tx) => tx.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
+        if tx.send((Some(cmd), reply)).is_err() {
+            return over();
+        }
+        answer.await.unwrap_or_else(|_| over())
+    }
+
+    /// The playback state, for an answer that changed nothing.
+    async fn playback_status(&mut self) -> PlaybackStatus {
+        match &self.queue {
+            QueueHome::NotYet => idle(),
+            QueueHome::Here(q) => q.status(),
+            QueueHome::Playing(tx) => {
+                let (reply, answer) = oneshot::channel();
+                if tx.send((None, reply)).is_err() {
+                    return idle();
+                }
+                answer.await.map_or_else(|_| idle(), |(s, _)| s)
+            }
         }
     }
 
@@ -352,15 +558,25 @@ impl Driver {
                 }
                 Output::LoadAudio => {
                     let audio = Arc::clone(&self.ctx.audio);
-                    let names: Vec<String> = if self.offer.playlist.is_empty() {
-                        vec![self.offer.audio.clone()]
-                    } else {
-                        self.offer.playlist.clone()
-                    };
+                    let wanted = offer_items(&self.offer);
+                    let beep = self.offer.record.is_some_and(|r| r.beep);
                     self.loading = Some(tokio::spawn(async move {
-                        let mut items = Vec::with_capacity(names.len());
-                        for n in &names {
-                            items.push(audio.item(n).await?);
+                        let mut items = Vec::with_capacity(wanted.len() + 1);
+                        for w in wanted {
+                            items.push(QueueItem {
+                                source: audio.item(&w.audio).await?,
+                                name: w.audio,
+                                loops: w.loops,
+                                gain_db: w.gain_db,
+                            });
+                        }
+                        if beep {
+                            items.push(QueueItem {
+                                name: super::beep::BEEP.to_owned(),
+                                source: super::beep::beep(),
+                                loops: 0,
+                                gain_db: 0.0,
+                            });
                         }
                         Ok::<Items, AgentError>(items)
                     }));
@@ -396,10 +612,85 @@ impl Driver {
                         p.task.abort();
                     }
                 }
+                Output::Record(action) => self.record(action),
                 Output::End(ending) => return Some(ending),
             }
         }
         None
+    }
+
+    /// Writes, uploads or finishes a recording.
+    fn record(&mut self, action: RecordAction) {
+        let part = self.offer.attempt.saturating_sub(1);
+        match action {
+            RecordAction::Write {
+                peer,
+                silence_before,
+                packet,
+                samples,
+            } => {
+                let r = match self.recorders.get_mut(&peer) {
+                    Some(r) => r,
+                    None => match Recorder::create(&self.ctx.recording_dir, self.offer.id, part) {
+                        Ok(r) => {
+                            tracing::info!(peer = %peer, part, "recording");
+                            self.recorders.entry(Arc::clone(&peer)).or_insert(r)
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %peer, error = %e, "cannot create a recording file");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = r.write(silence_before, &packet, samples) {
+                    tracing::warn!(peer = %peer, error = %e, "cannot write a recording");
+                }
+            }
+            RecordAction::Upload { peer } => {
+                if let Some(r) = self.recorders.get(&peer) {
+                    let (path, len) = r.so_far();
+                    self.upload(path, len, peer, part, false, false);
+                }
+            }
+            RecordAction::Finish { peer, last } => {
+                let Some(r) = self.recorders.remove(&peer) else {
+                    return; // nothing was received from them
+                };
+                let duration_ms = r.duration_ms();
+                match r.finish() {
+                    Ok((path, len)) => {
+                        tracing::info!(peer = %peer, duration_ms, bytes = len, "recording finished");
+                        self.upload(path, len, peer, part, last, true);
+                    }
+                    Err(e) => tracing::warn!(peer = %peer, error = %e, "cannot finish a recording"),
+                }
+            }
+        }
+    }
+
+    fn upload(
+        &mut self,
+        path: std::path::PathBuf,
+        len: u64,
+        uid: Arc<str>,
+        part: u32,
+        last: bool,
+        remove: bool,
+    ) {
+        self.uploads.retain(|u| !u.is_finished());
+        let job = recorder::UploadJob {
+            path,
+            len,
+            session_id: self.offer.id,
+            uid,
+            part,
+            last,
+            remove,
+        };
+        self.uploads.push(tokio::spawn(recorder::upload(
+            Arc::clone(&self.ctx.recordings),
+            job,
+        )));
     }
 
     /// A new listener for `peer`, with its negotiation task.
@@ -408,7 +699,15 @@ impl Driver {
         let link = match self
             .ctx
             .transport
-            .listener(&peer, generation, &self.ice_servers, self.events_tx.clone())
+            .listener(
+                &peer,
+                generation,
+                &self.ice_servers,
+                ListenerSinks {
+                    events: self.events_tx.clone(),
+                    audio: self.audio_tx.clone(),
+                },
+            )
             .await
         {
             Ok(l) => l,
@@ -465,13 +764,15 @@ impl Driver {
     }
 
     fn start_playback(&mut self, first_frame: u64) {
-        let Some(items) = self.items.clone() else {
+        let QueueHome::Here(queue) = std::mem::replace(&mut self.queue, QueueHome::NotYet) else {
             return; // the core starts the playback only once the audio is ready
         };
-        let playlist = Playlist::new(items, first_frame, self.offer.loop_audio);
-        let position = Arc::new(AtomicU64::new(playlist.position_ms()));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        self.queue = QueueHome::Playing(commands);
+        let position = Arc::new(AtomicU64::new(queue.position_ms()));
         let task = self.ctx.media_clock.spawn(play(
-            playlist,
+            queue,
+            commands_rx,
             self.connected.subscribe(),
             Arc::clone(&position),
             Arc::clone(&self.ctx.metrics),
@@ -498,12 +799,24 @@ impl Driver {
         if let Some(l) = self.loading.take() {
             l.abort();
         }
+        if let Some(r) = self.resolving.take() {
+            r.abort();
+        }
         let peers: Vec<String> = self.listeners.keys().cloned().collect();
         for p in peers {
             self.drop_listener(&p);
         }
         if let Some(s) = self.socket.take() {
             s.leave().await;
+        }
+        // The recordings go up before the final status (the session ends after them).
+        for u in self.uploads.drain(..) {
+            if tokio::time::timeout(std::time::Duration::from_secs(30), u)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a recording upload took over 30 s; not waiting for it");
+            }
         }
     }
 }
@@ -537,29 +850,70 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Runs on the media clock (a thread of its own), so a busy main runtime (negotiation, the
 /// peer connections' drivers, sockets) never delays a frame.
 ///
+/// It owns the [`PlaybackQueue`]: a command from the driver is applied between two frames
+/// (so it shows on the next frame) and answered at once. After writing frame `seq` to every
+/// connected listener it tells the queue, which is what makes a mark `played`.
+///
 /// A frame not encoded yet at its deadline (`Pending`) is not sent and the position stays;
 /// the pacer is anchored again one frame later, so the stream resumes without a burst.
-/// Frames the pacer skips after a long stall are skipped in the playlist too.
+/// Frames the pacer skips after a long stall are skipped in the queue too. While the queue
+/// is idle or paused nothing is sent and no timer runs: the task waits for a command and
+/// anchors the pacer again when one comes, so a `resume` or `play` goes out at once.
 async fn play(
-    mut playlist: Playlist,
+    mut queue: PlaybackQueue,
+    mut commands: mpsc::UnboundedReceiver<QueueCall>,
     listeners: watch::Receiver<Connected>,
     position: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     done: mpsc::UnboundedSender<PlaybackDone>,
 ) {
     let mut pacer = Pacer::new(now());
+    let mut gain: Option<audio::GainStage> = None;
+    let mut idle = false;
     loop {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(pacer.poll_timeout())).await;
+        let wake = tokio::time::Instant::from_std(pacer.poll_timeout());
+        let call = tokio::select! {
+            biased;
+            c = commands.recv() => match c {
+                Some(c) => Some(c),
+                None => return,
+            },
+            () = tokio::time::sleep_until(wake), if !idle => None,
+        };
+        if let Some((cmd, reply)) = call {
+            let error = cmd.and_then(|c| queue.apply(c).err());
+            let _ = reply.send((queue.status(), error));
+            report(&mut queue, &done);
+            if idle {
+                idle = false;
+                pacer = Pacer::new(now());
+            }
+            continue;
+        }
         let t = now();
         while let Some(due) = pacer.poll(t) {
-            let mut step = playlist.next_step();
-            let mut skipped = 0u64;
-            while skipped < due.skipped && matches!(step, Step::Frame(_)) {
-                step = playlist.next_step();
-                skipped += 1;
-            }
-            match step {
-                Step::Frame(frame) => {
+            let skipped = if due.skipped > 0 {
+                queue.skip(due.skipped)
+            } else {
+                0
+            };
+            match queue.next_frame() {
+                Next::Frame {
+                    seq,
+                    frame,
+                    gain_db,
+                } => {
+                    let frame = if gain_db == 0.0 {
+                        frame
+                    } else {
+                        match with_gain(&mut gain, &frame, gain_db) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "gain not applied to a frame");
+                                frame
+                            }
+                        }
+                    };
                     let to: Connected = Arc::clone(&listeners.borrow());
                     let skipped16 = u16::try_from(skipped).unwrap_or(u16::MAX);
                     let mut sent = 0;
@@ -569,29 +923,74 @@ async fn play(
                             Err(e) => tracing::debug!(error = %e, "frame not sent"),
                         }
                     }
+                    queue.written(seq);
                     metrics.frame_sent(due.lateness, sent, skipped);
                 }
-                Step::Pending => {
+                Next::Pending => {
                     metrics.frame_pending();
                     pacer = Pacer::new(t + FRAME);
                     break;
                 }
-                Step::End => {
-                    let position_ms = playlist.position_ms();
-                    position.store(position_ms, Ordering::Relaxed);
-                    let _ = done.send(PlaybackDone::Ended { position_ms });
-                    return;
+                Next::Idle => {
+                    idle = true;
+                    break;
                 }
-                Step::Failed(error) => {
-                    let position_ms = playlist.position_ms();
+                Next::Failed(error) => {
+                    let position_ms = queue.position_ms();
                     position.store(position_ms, Ordering::Relaxed);
+                    report(&mut queue, &done);
                     let _ = done.send(PlaybackDone::Failed { error, position_ms });
                     return;
                 }
             }
         }
-        position.store(playlist.position_ms(), Ordering::Relaxed);
+        position.store(queue.position_ms(), Ordering::Relaxed);
+        report(&mut queue, &done);
     }
+}
+
+/// The frame at `gain_db`, through a gain stage made on first use.
+fn with_gain(
+    stage: &mut Option<audio::GainStage>,
+    frame: &[u8],
+    gain_db: f32,
+) -> Result<bytes::Bytes, audio::AudioError> {
+    let s = match stage {
+        Some(s) => s,
+        None => stage.insert(audio::GainStage::new(GAIN_BITRATE)?),
+    };
+    s.apply(frame, gain_db)
+}
+
+/// The bitrate frames played at a gain are encoded again at.
+const GAIN_BITRATE: u32 = 48_000;
+
+/// Sends the queue's events to the driver.
+fn report(queue: &mut PlaybackQueue, done: &mpsc::UnboundedSender<PlaybackDone>) {
+    while let Some(e) = queue.poll_event() {
+        let _ = done.send(PlaybackDone::Queue(e));
+    }
+}
+
+/// The offer's queue: `items` when the API filled it, else `playlist` (or `audio`) once
+/// each at 0 dB.
+fn offer_items(offer: &SessionOffer) -> Vec<protocol::agent::PlaylistItem> {
+    if !offer.items.is_empty() {
+        return offer.items.clone();
+    }
+    let names = if offer.playlist.is_empty() {
+        vec![offer.audio.clone()]
+    } else {
+        offer.playlist.clone()
+    };
+    names
+        .into_iter()
+        .map(|audio| protocol::agent::PlaylistItem {
+            audio,
+            loops: 0,
+            gain_db: 0.0,
+        })
+        .collect()
 }
 
 /// One listener's negotiation, one step at a time (an answer is set before its candidates).

@@ -49,20 +49,27 @@
 //! [`RtcTransport`]: crate::rtc::RtcTransport
 //! [`Signaling`]: crate::signaling::Signaling
 
+pub mod beep;
 pub mod core;
 pub mod driver;
 pub mod playlist;
+pub mod queue;
+pub mod recorder;
+pub mod voicemail;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protocol::agent::SessionState;
+use protocol::agent::{AgentMessage, ControlAction, SessionState};
 
 pub use self::core::{
     Ending, Input, LeftReason, Outcome, Output, Plan, Role, SessionConfig, SessionCore,
 };
 pub use self::driver::run;
 pub use self::playlist::{FrameRead, FrameSource, Playlist, Step};
+pub use self::queue::{Command, Next, PlaybackQueue, QueueEvent, QueueItem};
+pub use self::recorder::{Recorder, RecordingSink};
+pub use self::voicemail::{RecordAction, RecordPlan, Voicemail};
 use crate::assets::AssetLibrary;
 use crate::error::AgentError;
 use crate::metrics::Metrics;
@@ -98,6 +105,10 @@ pub struct SessionContext {
     pub metrics: Arc<Metrics>,
     /// The runtime that paces frames (a thread of its own: see [`media_clock`]).
     pub media_clock: tokio::runtime::Handle,
+    /// Where recordings are uploaded.
+    pub recordings: Arc<dyn RecordingSink>,
+    /// Where recordings are written while they grow.
+    pub recording_dir: std::path::PathBuf,
 }
 
 /// Starts the media clock: a single-threaded runtime on a thread of its own, where every
@@ -114,16 +125,24 @@ pub fn media_clock() -> std::io::Result<tokio::runtime::Handle> {
 }
 
 /// Commands from the agent link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     /// `leave {session_id}`: leave the channel now.
     Leave,
     /// Drain deadline passed: leave and hand the session back to the API for re-dispatch.
     HandBack,
+    /// `control {session_id, seq, action}`: change the playback queue and answer
+    /// `control_ack` with the same `seq` ([`SessionUpdate::ControlAck`]).
+    Playback {
+        /// The API's sequence number.
+        seq: u64,
+        /// What to do.
+        action: ControlAction,
+    },
 }
 
 /// What a session tells the agent link.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SessionUpdate {
     /// A `status` to send.
     Status {
@@ -136,6 +155,9 @@ pub enum SessionUpdate {
         /// Playback position, ms.
         position_ms: Option<u64>,
     },
+    /// A message for the API as it is: the `control_ack` of a [`Control::Playback`], or a
+    /// `mark` played or cleared.
+    Send(AgentMessage),
     /// The session task ended (after its final status).
     Ended {
         /// Session id.

@@ -134,6 +134,33 @@ impl Playlist {
         (self.before + local).saturating_mul(20)
     }
 
+    /// The index of the item under the cursor (`items.len()` once over).
+    pub fn current_item(&self) -> usize {
+        self.item
+    }
+
+    /// The position of the cursor inside its item, in ms.
+    pub fn item_position_ms(&self) -> u64 {
+        self.seek.unwrap_or(self.local).saturating_mul(20)
+    }
+
+    /// Moves the cursor to frame `frame` of the current item; false (and nothing moves)
+    /// when the item has no such frame (it ended before it) or the playlist is over. A frame
+    /// not encoded yet is accepted (the playback waits for it, as for any frame).
+    pub fn seek_in_item(&mut self, frame: u64) -> bool {
+        let Some(source) = self.items.get(self.item) else {
+            return false;
+        };
+        match source.read(frame) {
+            FrameRead::Ready(_) | FrameRead::Pending => {
+                self.seek = None;
+                self.local = frame;
+                true
+            }
+            FrameRead::End | FrameRead::Failed(_) => false,
+        }
+    }
+
     /// The frame at the cursor, moving past it when there is one.
     pub fn next_step(&mut self) -> Step {
         loop {

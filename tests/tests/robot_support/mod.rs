@@ -287,6 +287,21 @@ impl RobotApi {
         }
     }
 
+    /// The call timeline of `channel` (`GET /dapi/call/timeline`), as text.
+    pub async fn timeline(&self, channel: &str) -> String {
+        self.http
+            .get(format!(
+                "{}/dapi/call/timeline?channel={channel}",
+                self.base
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Kills the process and checks its log never carried SDP, candidates or tokens.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
