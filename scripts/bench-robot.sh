@@ -29,11 +29,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PY="${RTC_VENV:-$ROOT/.venv}/bin/python"
 [ -x "$PY" ] || { echo "bench-robot: $PY missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 
-cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
-if [ "$WHAT" = voice ]; then
-  cargo build --release -p robot-agent --features test-util --example record_bench >&2
+# BENCH_BIN_DIR: binaries built elsewhere (api, robot-agent, examples); the figures are
+# then those of that build (say which in BENCHMARKS.md).
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  BIN="$BENCH_BIN_DIR"
+  echo "bench-robot: prebuilt binaries from $BIN" >&2
+else
+  cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
+  if [ "$WHAT" = voice ]; then
+    cargo build --release -p robot-agent --features test-util --example record_bench >&2
+  fi
+  BIN="$CARGO_TARGET_DIR/release"
 fi
-BIN="$CARGO_TARGET_DIR/release"
 TMP="$(mktemp -d)"
 API_PID=""; AGENT_PID=""
 cleanup() {
