@@ -76,6 +76,12 @@ pub struct Config {
     /// address (127.0.0.1 for tests on one machine).
     #[arg(long, env = "ROBOT_BIND_IP", default_value = "0.0.0.0")]
     pub bind_ip: IpAddr,
+    /// Where the robot's offer puts its ICE candidates: `trickle` (default: sent as `signal`
+    /// candidates once the answer is set, which avoids a 500 ms stall with peers that check
+    /// at once; docs/decisions.md) or `inline` (inside the offer's SDP, for a peer that
+    /// cannot take trickled candidates although docs/rtc-protocol.md requires it).
+    #[arg(long, env = "ROBOT_OFFER_CANDIDATES", default_value = "trickle", value_parser = ["trickle", "inline"])]
+    pub offer_candidates: String,
     /// Address of the health port (/healthz, /readyz, /metrics); off when unset. Port 0
     /// picks one; the agent prints `health listening on http://ADDR`.
     #[arg(long, env = "ROBOT_HEALTH_LISTEN")]
@@ -173,7 +179,12 @@ impl Agent {
             .with_context(|| format!("opening the cache {}", config.cache_dir().display()))?,
         );
         let transport =
-            transport.unwrap_or_else(|| Arc::new(rtc::WebrtcTransport::new(config.bind_ip)));
+            transport.unwrap_or_else(|| {
+                Arc::new(
+                    rtc::WebrtcTransport::new(config.bind_ip)
+                        .with_trickled_offer(config.offer_candidates != "inline"),
+                )
+            });
         let ctx = Arc::new(session::SessionContext {
             config: session::SessionConfig {
                 leave_grace: Duration::from_secs(config.leave_grace),

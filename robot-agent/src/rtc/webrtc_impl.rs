@@ -50,13 +50,25 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct WebrtcTransport {
     bind_ip: IpAddr,
+    /// Our offers' candidates trickle after the answer (see `WebrtcListener::offer`).
+    trickled_offer: bool,
 }
 
 impl WebrtcTransport {
     /// A transport whose UDP sockets bind `bind_ip` (`127.0.0.1` on loopback; `0.0.0.0`:
     /// every non-loopback interface).
     pub fn new(bind_ip: IpAddr) -> Self {
-        Self { bind_ip }
+        Self {
+            bind_ip,
+            trickled_offer: true,
+        }
+    }
+
+    /// Whether our offers leave their candidates out, to trickle them once the answer is
+    /// set (default), or carry them inside the SDP.
+    pub fn with_trickled_offer(mut self, trickled: bool) -> Self {
+        self.trickled_offer = trickled;
+        self
     }
 }
 
@@ -178,6 +190,7 @@ impl RtcTransport for WebrtcTransport {
             payload_type: AtomicU16::new(NO_PT),
             pending: Mutex::new(Some(Vec::new())),
             held: Mutex::new(Vec::new()),
+            trickled_offer: self.trickled_offer,
             gathered: gathered_rx,
             handler,
         }))
@@ -269,6 +282,8 @@ struct WebrtcListener {
     pending: Mutex<Option<Vec<RTCIceCandidateInit>>>,
     /// Our candidates held back from our offer until the answer is set.
     held: Mutex<Vec<IceCandidate>>,
+    /// Hold our offer's candidates back (else they stay inside its SDP).
+    trickled_offer: bool,
     gathered: watch::Receiver<bool>,
     handler: Arc<Handler>,
 }
@@ -325,7 +340,11 @@ impl Listener for WebrtcListener {
             .set_local_description(offer)
             .await
             .map_err(negotiation)?;
-        let (sdp, held) = split_candidates(&self.local_sdp().await?);
+        let sdp = self.local_sdp().await?;
+        if !self.trickled_offer {
+            return Ok(sdp);
+        }
+        let (sdp, held) = split_candidates(&sdp);
         *self.held.lock().await = held;
         Ok(sdp)
     }
