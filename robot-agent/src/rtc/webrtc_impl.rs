@@ -432,10 +432,8 @@ fn split_candidates(sdp: &str) -> (String, Vec<IceCandidate>) {
         if text.starts_with("m=") {
             section = Some(section.map_or(0, |i| i + 1));
             mids.push(None);
-        } else if let Some(mid) = text.strip_prefix("a=mid:") {
-            if let Some(slot) = mids.last_mut() {
-                *slot = Some(mid.to_owned());
-            }
+        } else if let (Some(mid), Some(slot)) = (text.strip_prefix("a=mid:"), mids.last_mut()) {
+            *slot = Some(mid.to_owned());
         }
         if let Some(c) = text.strip_prefix("a=") {
             if c.starts_with("candidate:") {
