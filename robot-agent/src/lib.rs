@@ -178,13 +178,12 @@ impl Agent {
             )
             .with_context(|| format!("opening the cache {}", config.cache_dir().display()))?,
         );
-        let transport =
-            transport.unwrap_or_else(|| {
-                Arc::new(
-                    rtc::WebrtcTransport::new(config.bind_ip)
-                        .with_trickled_offer(config.offer_candidates != "inline"),
-                )
-            });
+        let transport = transport.unwrap_or_else(|| {
+            Arc::new(
+                rtc::WebrtcTransport::new(config.bind_ip)
+                    .with_trickled_offer(config.offer_candidates != "inline"),
+            )
+        });
         let ctx = Arc::new(session::SessionContext {
             config: session::SessionConfig {
                 leave_grace: Duration::from_secs(config.leave_grace),

@@ -476,14 +476,32 @@ mod split_tests {
         assert!(rest.contains("a=mid:0\r\na=sendonly\r\nm=application"));
         let got: Vec<_> = held
             .iter()
-            .map(|c| (c.candidate.as_str(), c.sdp_mid.as_deref(), c.sdp_mline_index))
+            .map(|c| {
+                (
+                    c.candidate.as_str(),
+                    c.sdp_mid.as_deref(),
+                    c.sdp_mline_index,
+                )
+            })
             .collect();
         assert_eq!(
             got,
             [
-                ("candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", Some("0"), Some(0)),
-                ("candidate:2 1 udp 2130706431 10.0.0.2 50001 typ host", Some("0"), Some(0)),
-                ("candidate:3 1 udp 2130706431 127.0.0.1 50002 typ host", Some("x"), Some(1)),
+                (
+                    "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
+                    Some("0"),
+                    Some(0)
+                ),
+                (
+                    "candidate:2 1 udp 2130706431 10.0.0.2 50001 typ host",
+                    Some("0"),
+                    Some(0)
+                ),
+                (
+                    "candidate:3 1 udp 2130706431 127.0.0.1 50002 typ host",
+                    Some("x"),
+                    Some(1)
+                ),
             ]
         );
     }
