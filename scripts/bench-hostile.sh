@@ -21,9 +21,14 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 "$PY" -c 'import websockets' 2>/dev/null || { echo "needs python websockets (the project .venv)"; exit 1; }
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-# Built with the same package set as bench-robot.sh, so the two share one release build.
-cargo build --release -q -p api --bin api -p robot-agent --bin robot-agent
-BIN="$CARGO_TARGET_DIR/release/api"
+# Built with the same package set as bench-robot.sh, so the two share one release build;
+# BENCH_BIN_DIR: an api binary built elsewhere (say which build in BENCHMARKS.md).
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  BIN="$BENCH_BIN_DIR/api"
+else
+  cargo build --release -q -p api --bin api -p robot-agent --bin robot-agent
+  BIN="$CARGO_TARGET_DIR/release/api"
+fi
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
