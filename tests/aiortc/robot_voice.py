@@ -285,6 +285,8 @@ async def steer(a):
         counts = window_counts(bounds)
         full = counts[0]
         tl = get_json(f"{a.base}/dapi/call/timeline?channel={channel}")["data"]
+        if isinstance(tl, dict):  # {..., "entries": [...]}: the list of entries
+            tl = next(v for v in tl.values() if isinstance(v, list))
         reported = {}
         twice = 0
         for e in tl:

@@ -45,3 +45,31 @@ async fn the_demo_page_calls_the_robot_and_hears_it() {
     agent.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "fails as of c724cc1: the page hangs up about 5 s after the robot connects, before the greeting is over, so nothing is recorded; the wait for the greeting's end (getStats polling) needs fixing"]
+async fn the_demo_page_leaves_a_voicemail_and_plays_it_back() {
+    require_browser_deps();
+    let api = RobotApi::start().await;
+    let agent = RobotAgent::start(&api, "agent-vm", 2, &[]).await;
+    api.wait_agents(1).await;
+    let out = run_json(
+        node("voicemail-page.mjs", &[&api.base, "4"]),
+        "voicemail-page.mjs",
+        Duration::from_secs(180),
+    )
+    .await;
+    eprintln!("voicemail-page.mjs: {out}");
+    let rows = out["recordings"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{out:#}");
+    let secs: f64 = rows[0]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(" s")
+        .parse()
+        .unwrap();
+    assert!((3.0..8.0).contains(&secs), "a {secs} s recording: {out:#}");
+    positive(&out, "/played_s");
+    agent.stop().await;
+    api.stop().await;
+}

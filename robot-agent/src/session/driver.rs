@@ -790,6 +790,16 @@ impl Driver {
     }
 
     async fn shut_down(&mut self) {
+        // The recordings go up before the robot leaves the channel and reports its end
+        // (an app that sees the robot leave finds the complete recording).
+        for u in self.uploads.drain(..) {
+            if tokio::time::timeout(std::time::Duration::from_secs(30), u)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a recording upload took over 30 s; not waiting for it");
+            }
+        }
         if let Some(p) = &self.playback {
             p.task.abort();
         }
@@ -808,15 +818,6 @@ impl Driver {
         }
         if let Some(s) = self.socket.take() {
             s.leave().await;
-        }
-        // The recordings go up before the final status (the session ends after them).
-        for u in self.uploads.drain(..) {
-            if tokio::time::timeout(std::time::Duration::from_secs(30), u)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a recording upload took over 30 s; not waiting for it");
-            }
         }
     }
 }
