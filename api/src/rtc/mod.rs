@@ -325,6 +325,7 @@ impl Rtc {
                 .unwrap_or(i64::MAX / 2)
                 .saturating_mul(1000),
             joins_per_uid_per_min: config.rtc_joins_per_uid_per_min,
+            joins_unlimited_uid: Uid::parse(&config.robot_uid).ok(),
             joins_per_token_per_min: config.rtc_joins_per_token_per_min,
             signals_per_sec: config.rtc_signals_per_sec,
             signal_bytes_per_sec: config.rtc_signal_bytes_per_sec,

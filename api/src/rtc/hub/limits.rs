@@ -124,7 +124,11 @@ impl JoinLimits {
         uid: &Uid,
         token: &str,
     ) -> Option<&'static str> {
-        let per_uid = u64::from(cfg.joins_per_uid_per_min);
+        let per_uid = if cfg.joins_unlimited_uid.as_ref() == Some(uid) {
+            0
+        } else {
+            u64::from(cfg.joins_per_uid_per_min)
+        };
         let per_token = u64::from(cfg.joins_per_token_per_min);
         let by_uid = (per_uid > 0).then(|| {
             self.by_uid
@@ -241,6 +245,51 @@ mod tests {
         h.handle_input(T0, Input::Ping { conn: a });
         let out = drain(&mut h);
         assert_eq!(error_code(&out, a).as_deref(), Some(codes::RATE_LIMITED));
+    }
+
+    #[test]
+    fn the_robot_uid_is_limited_per_token_only() {
+        // Every robot session of every agent joins as the robot's uid: a busy deployment
+        // makes more joins a minute than one person would. Each session's token still is.
+        let mut h = hub_with(HubConfig {
+            joins_per_uid_per_min: 2,
+            joins_per_token_per_min: 1,
+            joins_unlimited_uid: Some(uid("robot")),
+            ..HubConfig::default()
+        });
+        for i in 0..10 {
+            let ch = format!("c{i}");
+            let t = token(&ch, "robot");
+            let c = h.open(T0);
+            let out = text(&mut h, T0, c, &join_text(&ch, "robot", &t));
+            assert!(
+                matches!(sent_to(&out, c).first(), Some(ServerMessage::Joined { .. })),
+                "robot join {i}"
+            );
+            text(&mut h, T0, c, r#"{"type":"leave"}"#);
+            let again = h.open(T0);
+            let out = text(&mut h, T0, again, &join_text(&ch, "robot", &t));
+            assert_eq!(
+                error_code(&out, again).as_deref(),
+                Some(codes::TOO_MANY_JOINS)
+            );
+        }
+        // Anyone else keeps the per-uid limit.
+        for i in 0..3 {
+            let ch = format!("d{i}");
+            let c = h.open(T0);
+            let out = text(
+                &mut h,
+                T0,
+                c,
+                &join_text(&ch, "alice", &token(&ch, "alice")),
+            );
+            assert_eq!(
+                matches!(sent_to(&out, c).first(), Some(ServerMessage::Joined { .. })),
+                i < 2,
+                "alice join {i}"
+            );
+        }
     }
 
     #[test]

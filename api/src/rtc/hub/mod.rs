@@ -112,6 +112,10 @@ pub struct HubConfig {
     pub join_timeout_ms: i64,
     /// Joins per uid per minute (bucket of that size, refilled over a minute); 0: no limit.
     pub joins_per_uid_per_min: u32,
+    /// A uid exempt from `joins_per_uid_per_min`: the robot's (`DAPI_ROBOT_UID`). Every robot
+    /// session of every agent joins as it, so a busy deployment makes more than 30 robot
+    /// joins a minute; each session has a token of its own, still limited per token.
+    pub joins_unlimited_uid: Option<Uid>,
     /// Joins per token per minute (bucket of that size, refilled over a minute); 0: no limit.
     pub joins_per_token_per_min: u32,
     /// Sustained `signal` messages per second per socket (bursts of 4x); 0: no limit.
@@ -137,6 +141,7 @@ impl Default for HubConfig {
             presence_every_ms: 15_000,
             join_timeout_ms: 10_000,
             joins_per_uid_per_min: 30,
+            joins_unlimited_uid: None,
             joins_per_token_per_min: 10,
             signals_per_sec: 40,
             signal_bytes_per_sec: 256 * 1024,
