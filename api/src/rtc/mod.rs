@@ -325,7 +325,7 @@ impl Rtc {
                 .unwrap_or(i64::MAX / 2)
                 .saturating_mul(1000),
             joins_per_uid_per_min: config.rtc_joins_per_uid_per_min,
-            joins_unlimited_uid: Uid::parse(&config.robot_uid).ok(),
+            robot_uid: Uid::parse(&config.robot_uid).ok(),
             joins_per_token_per_min: config.rtc_joins_per_token_per_min,
             signals_per_sec: config.rtc_signals_per_sec,
             signal_bytes_per_sec: config.rtc_signal_bytes_per_sec,
@@ -682,12 +682,7 @@ impl RtcTasks {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rx) = checks {
-            handles.push(tokio::spawn(check_members(
-                state.clone(),
-                rtc.clone(),
-                state.config().robot_uid.clone(),
-                rx,
-            )));
+            handles.push(tokio::spawn(check_members(state.clone(), rtc.clone(), rx)));
         }
         handles.push(tokio::spawn(feed_presence(
             state.clone(),
@@ -779,33 +774,24 @@ impl Drop for RtcTasks {
 /// Answers the hub's membership checks (`DAPI_AUTH=jwt`): a join is admitted when the
 /// store's `is_member` says the uid is a member of the channel's call (the store decides
 /// what membership means: an active member of a call that has not ended). The robot's uid
-/// is not a call member and is admitted (its token comes from a robot session).
-async fn check_members(
-    state: AppState,
-    rtc: Rtc,
-    robot_uid: String,
-    mut rx: mpsc::Receiver<MemberCheck>,
-) {
+/// is never asked about: the hub admits it without a check ([`HubConfig::robot_uid`]).
+async fn check_members(state: AppState, rtc: Rtc, mut rx: mpsc::Receiver<MemberCheck>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE));
     while let Some(check) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (state, rtc, robot_uid) = (state.clone(), rtc.clone(), robot_uid.clone());
+        let (state, rtc) = (state.clone(), rtc.clone());
         tokio::spawn(async move {
-            let verdict = if check.uid.as_str() == robot_uid {
-                Some(true)
-            } else {
-                match state
-                    .is_active_member(check.channel.as_str(), &check.uid)
-                    .await
-                {
-                    Ok(Some(member)) => Some(member),
-                    Ok(None) => Some(false), // no call in this channel
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rtc membership check failed");
-                        None
-                    }
+            let verdict = match state
+                .is_active_member(check.channel.as_str(), &check.uid)
+                .await
+            {
+                Ok(Some(member)) => Some(member),
+                Ok(None) => Some(false), // no call in this channel
+                Err(e) => {
+                    tracing::warn!(error = %e, "rtc membership check failed");
+                    None
                 }
             };
             rtc.input(Input::MemberChecked {
