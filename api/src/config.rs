@@ -132,6 +132,12 @@ pub struct Config {
     #[arg(long, env = "DAPI_HEADER_READ_TIMEOUT", default_value_t = 10)]
     pub header_read_timeout: u64,
 
+    /// Scheduled calls (`calltask/update`) one uid may have pending at once; one more is
+    /// refused with 409 (0: no limit). Tasks fire without being charged again, so this
+    /// bounds how many calls one uid can make fire at the same minute.
+    #[arg(long, env = "DAPI_CALLTASKS_PER_UID", default_value_t = 100)]
+    pub calltasks_per_uid: i64,
+
     /// Robot sessions one uid may have active at once (queued, offered or running;
     /// 0: no limit).
     #[arg(long, env = "DAPI_ROBOTS_PER_UID", default_value_t = 2)]
@@ -318,6 +324,7 @@ impl Config {
             trusted_proxies: crate::client_ip::TrustedProxies::default(),
             header_read_timeout: 10,
             robots_per_uid: 0,
+            calltasks_per_uid: 0,
             robot_max_seconds: 0,
             max_asset_bytes: 50 * 1024 * 1024,
             ice_servers: crate::rtc::ice::IceServerList::default(),
