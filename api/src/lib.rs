@@ -34,6 +34,7 @@ pub mod rate_limit;
 pub mod robot_options;
 pub mod routes;
 pub mod rtc;
+pub mod rtc_wire;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;
@@ -184,7 +185,7 @@ impl Application {
         };
         let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
         // On PostgreSQL several instances may serve one channel: they meet on the bus.
-        let bus = matches!(store, Store::Postgres(_)).then(rtc::remote::InstanceId::random);
+        let bus = matches!(store, Store::Postgres(_)).then(rtc_wire::InstanceId::random);
         let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone(), bus)?;
         let push = push::Pusher::from_config(&config.push)?;
         let bridges = robot_options::Bridges::from_config(config.bridges.as_ref())?;

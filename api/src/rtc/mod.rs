@@ -12,7 +12,8 @@
 //!
 //! - [`hub`]: the sans-IO core (rooms, presence, relay, kicks, limits).
 //! - [`ice`]: STUN/TURN servers and TURN REST credentials for `joined`.
-//! - [`remote`]: what instances tell each other over the bus.
+//! - [`crate::rtc_wire`]: what instances tell each other over the bus (beside `domain`, so
+//!   the store can write it without importing `rtc`).
 //! - [`bus`]: the bus worker and listener (PostgreSQL only; SQLite has one instance).
 //! - `socket`: the axum handler; it only moves frames between a socket and the hub.
 //!
@@ -34,7 +35,6 @@
 pub mod bus;
 pub mod hub;
 pub mod ice;
-pub mod remote;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
@@ -54,12 +54,12 @@ use tokio::task::JoinHandle;
 use self::bus::{BusInbox, BusJob, BusOutbox, BusTimers};
 use self::hub::{ConnId, Hub, HubConfig, Input, Output, PresenceEvent};
 use self::ice::IceConfig;
-use self::remote::{BusMessage, InstanceId, PresenceRow};
 use crate::AppState;
 use crate::call_state::Input as CallInput;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{ChannelName, Uid};
+use crate::rtc_wire::{BusMessage, InstanceId, PresenceRow};
 use crate::store::{InputMeta, Store, StoreError};
 use crate::token::TokenIssuer;
 

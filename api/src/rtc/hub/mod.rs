@@ -69,8 +69,8 @@ use protocol::signaling::{ClientMessage, LeaveReason, ServerMessage, codes};
 use self::limits::{JoinLimits, SocketBudget};
 use self::membership::Membership;
 use super::ice::IceConfig;
-use super::remote::{BusMessage, Claim, InstanceId, PresenceRow};
 use crate::domain::{ChannelName, Uid};
+use crate::rtc_wire::{BusMessage, Claim, InstanceId, PresenceRow};
 use crate::token::TokenIssuer;
 
 /// WebSocket close codes the hub asks for.
