@@ -188,6 +188,13 @@ print()
 print("| marks | clears sent | played | cleared | lies | never reported | reported twice | played in order |")
 print("|---|---|---|---|---|---|---|---|")
 print(f"| {r['marks']} | {r['clears_sent']} | {r['played']} | {r['cleared']} | {r['lies']} | {r['never_reported']} | {r['reported_twice']} | {r['played_in_order']} |")
+print(f"played rounds that only look short when packets are cut by arrival window (a run spilling into the next round): {r.get('short_by_arrival_window_only')}")
+if r.get("lie_rounds"):
+    print("lies:", json.dumps(r["lie_rounds"]))
 PY
+  # A frame the pacer skips after a stall (a loaded machine) is never sent: an item with
+  # skipped frames is not heard whole although its mark's frame was written.
+  echo "agent frames skipped or late during the run:"
+  curl -s "$HEALTH/metrics" | grep -E '^robot_frames_(skipped|late|pending)_total' || true
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

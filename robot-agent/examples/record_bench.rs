@@ -13,7 +13,7 @@
 //! the resident memory per participant that recording adds (VmRSS while recording less
 //! VmRSS of the same sessions before they record). What it leaves out: SRTP decryption and
 //! the UDP socket of the real transport, which every received stream pays whether it is
-//! recorded or not (see `scripts/bench-voice.sh` for the whole agent under aiortc senders).
+//! recorded or not (no whole-agent recording benchmark with aiortc senders exists yet).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -217,10 +217,26 @@ async def voicemail(a):
     return result
 
 
-def window_counts(bounds):
-    """Packets that arrived in each [bounds[k], bounds[k + 1])."""
-    times = np.array([t for t, _ in ARRIVALS])
-    return [int(np.sum((times >= lo) & (times < hi))) for lo, hi in zip(bounds, bounds[1:])]
+def window_counts(bounds, gap=0.07):
+    """Packets of each round [bounds[k], bounds[k + 1]). The robot sends a round's item as
+    one paced run (a packet every 20 ms) and nothing between rounds, so the packets are cut
+    into runs at gaps over `gap` s, and each run counts for the round in which its first
+    packet arrived: a run whose last packets arrive just after the next round began (a slow
+    control answer, a loaded machine) is still its own round's, not a short round plus a
+    stray packet in the next."""
+    times = [t for t, _ in ARRIVALS if bounds[0] <= t < bounds[-1]]
+    runs = []
+    for t in times:
+        if runs and t - runs[-1][1] <= gap:
+            runs[-1][1] = t
+            runs[-1][2] += 1
+        else:
+            runs.append([t, t, 1])
+    counts = [0] * (len(bounds) - 1)
+    for first, _, n in runs:
+        k = max(i for i, b in enumerate(bounds[:-1]) if b <= first)
+        counts[k] += n
+    return counts
 
 
 async def steer(a):
@@ -283,6 +299,10 @@ async def steer(a):
         await asyncio.sleep(0.3)
         bounds.append(time.monotonic())
         counts = window_counts(bounds)
+        # The same cut by arrival time alone, for comparison: a run that spills into the
+        # next round's window makes a round look short there.
+        times = np.array([t for t, _ in ARRIVALS])
+        naive = [int(np.sum((times >= lo) & (times < hi))) for lo, hi in zip(bounds, bounds[1:])]
         full = counts[0]
         tl = get_json(f"{a.base}/dapi/call/timeline?channel={channel}")["data"]
         if isinstance(tl, dict):  # {..., "entries": [...]}: the list of entries
@@ -296,7 +316,8 @@ async def steer(a):
                 reported[e["detail"]] = e["effect"]
         lies, never, played, cleared_n = 0, 0, 0, 0
         order = []
-        for name, n, was_cleared in zip(names, counts, clears):
+        lie_rounds = []
+        for k, (name, n, was_cleared) in enumerate(zip(names, counts, clears)):
             eff = reported.get(name)
             if eff is None:
                 never += 1
@@ -305,10 +326,12 @@ async def steer(a):
                 order.append(name)
                 if n < full:
                     lies += 1
+                    lie_rounds.append({"round": k, "packets": n, "full": full, "effect": eff, "clear_sent": was_cleared})
             else:
                 cleared_n += 1
                 if not was_cleared:
                     lies += 1  # cleared although no clear was sent in its round
+                    lie_rounds.append({"round": k, "packets": n, "full": full, "effect": eff, "clear_sent": was_cleared})
         marks_in_timeline = [e["detail"] for e in tl if e.get("kind") == "robot_mark" and e["effect"].startswith("played")]
         result.update({
             "marks": len(names),
@@ -320,6 +343,10 @@ async def steer(a):
             "reported_twice": twice,
             "played_in_order": marks_in_timeline == order,
             "clears_sent": sum(clears),
+            "lie_rounds": lie_rounds[:10],
+            "short_by_arrival_window_only": sum(
+                1 for name, n, m in zip(names, counts, naive)
+                if reported.get(name, "").startswith("played") and m < full <= n),
         })
         await app.send({"type": "leave"})
     finally:
