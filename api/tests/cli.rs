@@ -229,3 +229,46 @@ fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs the server with `env` on a database that must not be created: it refuses to start.
+fn refused(env: &[(&str, &str)]) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("dapi-cli-refused-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("never.db");
+    let db = format!("sqlite://{}", file.display());
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--database-url", &db])
+        .envs(env.iter().copied())
+        .env("DAPI_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {env:?}");
+    assert!(
+        !file.exists(),
+        "the configuration is checked before the database is opened"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_value_in_the_environment_is_refused_naming_the_variable() {
+    let err = refused(&[("DAPI_RING_TIMEOUT", "60s")]);
+    assert!(err.contains("whole number of seconds"), "{err}");
+    assert!(err.contains("DAPI_RING_TIMEOUT"), "{err}");
+    let err = refused(&[("DAPI_AUTH", "basic")]);
+    assert!(err.contains("DAPI_AUTH"), "{err}");
+}
+
+#[test]
+fn settings_that_cannot_work_together_are_refused_at_start_naming_the_variable() {
+    let err = refused(&[("DAPI_RTC_MAX_PEERS", "1")]);
+    assert!(
+        err.contains("DAPI_RTC_MAX_PEERS must be at least 2"),
+        "{err}"
+    );
+    let err = refused(&[("DAPI_AUTH", "jwt")]);
+    assert!(err.contains("DAPI_JWT_SECRET"), "{err}");
+}

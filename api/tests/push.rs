@@ -187,8 +187,8 @@ impl MockApns {
         c.push.apns_key_id = Some(KEY_ID.into());
         c.push.apns_team_id = Some(TEAM_ID.into());
         c.push.apns_bundle_id = Some(BUNDLE.into());
-        c.push.apns_endpoint = self.url.clone();
-        c.push.push_ca_file = Some(self.ca_file.clone());
+        c.push.apns_endpoint = self.url.parse().unwrap();
+        c.push.ca_file = Some(self.ca_file.clone());
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -377,8 +377,8 @@ impl MockHook {
     }
 
     fn configure(&self, c: &mut api::config::Config) {
-        c.push.push_webhook_url = Some(self.url.clone());
-        c.push.push_webhook_secret = Some(api::config::Secret::new(SECRET));
+        c.push.webhook_url = Some(self.url.clone());
+        c.push.webhook_secret = Some(api::config::Secret::new(SECRET));
     }
 
     fn seen(&self) -> Vec<Value> {
@@ -706,8 +706,8 @@ async fn a_call_that_ends_unanswered_sends_a_cancel_push() {
         let app = spawn_app_with(backend, clock.clone(), |c| {
             jwt_mode(c);
             apns.configure(c);
-            c.ring_timeout = 60;
-            c.heartbeat_timeout = 3600;
+            c.calls.ring_timeout = Duration::from_secs(60);
+            c.calls.heartbeat_timeout = Duration::from_secs(3600);
         })
         .await;
         register(&app, "B", "ios", OK, true).await;
@@ -895,8 +895,8 @@ async fn a_hanging_provider_does_not_slow_call_user() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
             jwt_mode(c);
             apns.configure(c);
-            c.push.push_ms = 50;
-            c.push.push_timeout = 60;
+            c.push.every = Duration::from_millis(50);
+            c.push.timeout = Duration::from_secs(60);
         })
         .await;
         register(&app, "B", "ios", HANG, true).await;

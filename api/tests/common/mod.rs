@@ -98,8 +98,16 @@ pub async fn spawn_app_on(
 ) -> TestApp {
     let mut config = Config::for_tests(url);
     tweak(&mut config);
-    let jwt_secret = (config.auth == "jwt")
-        .then(|| config.jwt_secret.as_ref().map(|s| s.expose().to_owned()))
+    let jwt_secret = config
+        .auth
+        .is_jwt()
+        .then(|| {
+            config
+                .auth
+                .jwt_secret
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+        })
         .flatten();
     let app = Application::build_with_clock(config, clock).await.unwrap();
     let addr = app.local_addr().unwrap();
@@ -128,8 +136,8 @@ pub const JWT_SECRET: &str = "test-app-backend-shared-secret-0123456789";
 
 /// `DAPI_AUTH=jwt` with [`JWT_SECRET`]: the [`TestApp`] then signs its requests.
 pub fn jwt_mode(c: &mut Config) {
-    c.auth = "jwt".into();
-    c.jwt_secret = Some(api::config::Secret::new(JWT_SECRET));
+    c.auth.kind = api::config::AuthKind::Jwt;
+    c.auth.jwt_secret = Some(api::config::Secret::new(JWT_SECRET));
 }
 
 /// An HS256 app JWT for `sub`, valid for an hour (system time, as the API checks it).
