@@ -125,6 +125,7 @@ pub struct TokenConfig {
 
     /// Token version to mint: 006 (default) or 007.
     #[arg(
+        id = "token_version",
         long = "token-version",
         env = "DAPI_TOKEN_VERSION",
         default_value = "006"
@@ -133,6 +134,7 @@ pub struct TokenConfig {
 
     /// Join privilege lifetime of minted tokens, in seconds.
     #[arg(
+        id = "token_ttl",
         long = "token-ttl",
         env = "DAPI_TOKEN_TTL",
         default_value = "600",
@@ -143,6 +145,7 @@ pub struct TokenConfig {
     /// Lifetime, in seconds, of the join token handed to a robot agent with a session: a
     /// robot cannot renew on `/rtc`, so its token must last as long as the robot may run.
     #[arg(
+        id = "robot_token_ttl",
         long = "robot-token-ttl",
         env = "DAPI_ROBOT_TOKEN_TTL",
         default_value = "86400",
@@ -188,7 +191,13 @@ pub struct CallsConfig {
 
     /// How often the sweeper looks for due rows, in milliseconds (0: no sweeper in this
     /// process; tests drive `sweeper::sweep_once` themselves).
-    #[arg(long = "sweep-ms", env = "DAPI_SWEEP_MS", default_value = "500", value_parser = millis)]
+    #[arg(
+        id = "sweep_ms",
+        long = "sweep-ms",
+        env = "DAPI_SWEEP_MS",
+        default_value = "500",
+        value_parser = millis
+    )]
     pub sweep_every: Duration,
 
     /// Maximum request body in bytes (larger bodies get 413).
@@ -208,7 +217,13 @@ pub struct CallsConfig {
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     /// `open` (the original contract: no authentication, a warning at start) or `jwt`.
-    #[arg(long = "auth", env = "DAPI_AUTH", default_value = "open", value_enum)]
+    #[arg(
+        id = "auth",
+        long = "auth",
+        env = "DAPI_AUTH",
+        default_value = "open",
+        value_enum
+    )]
     pub kind: AuthKind,
 
     /// HS256 secret of app JWTs (`DAPI_AUTH=jwt`).
@@ -350,6 +365,7 @@ pub struct DispatchConfig {
 
     /// Seconds a robot session's lease lasts without renewal.
     #[arg(
+        id = "lease_seconds",
         long = "lease-seconds",
         env = "DAPI_LEASE_SECONDS",
         default_value = "10",
@@ -363,6 +379,7 @@ pub struct DispatchConfig {
 
     /// Backstop poll of the dispatcher, in milliseconds (wake-ups are immediate).
     #[arg(
+        id = "dispatch_poll_ms",
         long = "dispatch-poll-ms",
         env = "DAPI_DISPATCH_POLL_MS",
         default_value = "1000",
@@ -372,6 +389,7 @@ pub struct DispatchConfig {
 
     /// Attempts a robot session gets before it is marked dead.
     #[arg(
+        id = "robot_max_attempts",
         long = "robot-max-attempts",
         env = "DAPI_ROBOT_MAX_ATTEMPTS",
         default_value_t = 3
@@ -386,6 +404,7 @@ pub struct DispatchConfig {
     /// Longest a robot session may last, in seconds from when it was asked for; the
     /// sweeper then tells it to leave (0: no limit).
     #[arg(
+        id = "robot_max_seconds",
         long = "robot-max-seconds",
         env = "DAPI_ROBOT_MAX_SECONDS",
         default_value = "3600",
@@ -425,6 +444,7 @@ pub struct RtcConfig {
 
     /// Peers allowed in one `/rtc` channel.
     #[arg(
+        id = "rtc_max_peers",
         long = "rtc-max-peers",
         env = "DAPI_RTC_MAX_PEERS",
         default_value_t = 16
@@ -432,11 +452,17 @@ pub struct RtcConfig {
     pub max_peers: usize,
 
     /// Largest `/rtc` frame in bytes; a larger one is refused and its socket dropped.
-    #[arg(long = "rtc-max-frame", env = "DAPI_RTC_MAX_FRAME", default_value_t = 64 * 1024)]
+    #[arg(
+        id = "rtc_max_frame",
+        long = "rtc-max-frame",
+        env = "DAPI_RTC_MAX_FRAME",
+        default_value_t = 64 * 1024
+    )]
     pub max_frame: usize,
 
     /// Messages per second one `/rtc` socket may send (bursts of 4x are allowed).
     #[arg(
+        id = "rtc_msgs_per_sec",
         long = "rtc-msgs-per-sec",
         env = "DAPI_RTC_MSGS_PER_SEC",
         default_value_t = 50
@@ -446,6 +472,7 @@ pub struct RtcConfig {
     /// Seconds an `/rtc` socket may stay silent (pings are sent after a third of it)
     /// before it is dropped.
     #[arg(
+        id = "rtc_idle_timeout",
         long = "rtc-idle-timeout",
         env = "DAPI_RTC_IDLE_TIMEOUT",
         default_value = "30",
@@ -457,6 +484,7 @@ pub struct RtcConfig {
     /// milliseconds. An instance silent for 3 of these is dead: its channel members are
     /// reported gone (`peer_left`, reason `timeout`) by the others.
     #[arg(
+        id = "rtc_bus_heartbeat_ms",
         long = "rtc-bus-heartbeat-ms",
         env = "DAPI_RTC_BUS_HEARTBEAT_MS",
         default_value = "5000",
@@ -467,6 +495,7 @@ pub struct RtcConfig {
     /// Seconds a new `/rtc` socket has to send its `join` before it is closed
     /// (`join_timeout`).
     #[arg(
+        id = "rtc_join_timeout",
         long = "rtc-join-timeout",
         env = "DAPI_RTC_JOIN_TIMEOUT",
         default_value = "10",
@@ -477,6 +506,7 @@ pub struct RtcConfig {
     /// Open `/rtc` sockets allowed from one client address; the next upgrade is refused
     /// with 429.
     #[arg(
+        id = "rtc_sockets_per_ip",
         long = "rtc-sockets-per-ip",
         env = "DAPI_RTC_SOCKETS_PER_IP",
         default_value_t = 100
@@ -485,6 +515,7 @@ pub struct RtcConfig {
 
     /// Open `/rtc` sockets allowed on this instance; the next upgrade is refused with 503.
     #[arg(
+        id = "rtc_sockets_total",
         long = "rtc-sockets-total",
         env = "DAPI_RTC_SOCKETS_TOTAL",
         default_value_t = 10_000
@@ -494,6 +525,7 @@ pub struct RtcConfig {
     /// `/rtc` joins one uid may make per minute (over every channel), on this instance;
     /// the next is refused (`too_many_joins`).
     #[arg(
+        id = "rtc_joins_per_uid_per_min",
         long = "rtc-joins-per-uid-per-min",
         env = "DAPI_RTC_JOINS_PER_UID_PER_MIN",
         default_value_t = 30
@@ -503,6 +535,7 @@ pub struct RtcConfig {
     /// `/rtc` joins one token may make per minute, on this instance; the next is refused
     /// (`too_many_joins`).
     #[arg(
+        id = "rtc_joins_per_token_per_min",
         long = "rtc-joins-per-token-per-min",
         env = "DAPI_RTC_JOINS_PER_TOKEN_PER_MIN",
         default_value_t = 10
@@ -512,6 +545,7 @@ pub struct RtcConfig {
     /// `signal` messages one `/rtc` socket may send per second (bursts of 4x are
     /// allowed); over it the sender is cut off (`signal_flood`).
     #[arg(
+        id = "rtc_signals_per_sec",
         long = "rtc-signals-per-sec",
         env = "DAPI_RTC_SIGNALS_PER_SEC",
         default_value_t = 40
@@ -521,6 +555,7 @@ pub struct RtcConfig {
     /// `signal` bytes one `/rtc` socket may send per second (bursts of 4x are allowed);
     /// over it the sender is cut off (`signal_flood`).
     #[arg(
+        id = "rtc_signal_bytes_per_sec",
         long = "rtc-signal-bytes-per-sec",
         env = "DAPI_RTC_SIGNAL_BYTES_PER_SEC",
         default_value_t = 256 * 1024
@@ -596,6 +631,7 @@ impl RtcConfig {
 pub struct RecordingsConfig {
     /// Days a voicemail recording is kept after its last upload.
     #[arg(
+        id = "recording_retention",
         long = "recording-retention",
         env = "DAPI_RECORDING_RETENTION",
         default_value = "30",
@@ -605,6 +641,7 @@ pub struct RecordingsConfig {
 
     /// Largest recording upload in bytes (larger bodies get 413).
     #[arg(
+        id = "max_recording_bytes",
         long = "max-recording-bytes",
         env = "DAPI_MAX_RECORDING_BYTES",
         default_value_t = 32 * 1024 * 1024
@@ -807,7 +844,9 @@ mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
 
+    /// As `main.rs` has it (`version` adds `--version`).
     #[derive(Debug, Parser)]
+    #[command(name = "api", version)]
     struct Cli {
         #[command(flatten)]
         config: Config,
@@ -965,7 +1004,10 @@ mod tests {
                     .get_default_values()
                     .first()
                     .map(|d| d.to_string_lossy().into_owned());
-                (a.get_long().unwrap().to_owned(), env, default)
+                let long = a.get_long().unwrap().to_owned();
+                // The ids are the flat struct's field names (no clash with `--version`).
+                assert_eq!(a.get_id().as_str(), long.replace('-', "_"), "{long}: id");
+                (long, env, default)
             })
             .collect();
         let mut want: Vec<(String, String, Option<String>)> = FLAGS
