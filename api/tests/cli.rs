@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use test_support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_api");
 const VECTORS: &str = include_str!("data/agora-tokens.json");
@@ -177,8 +178,7 @@ fn token_inspect_decodes_and_checks_signatures() {
 
 #[test]
 fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("dapi-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("dapi-cli");
     let db = format!("sqlite://{}/cli.db", dir.display());
     let (ok, out, err) = run(&["migrate", "--database-url", &db]);
     assert!(ok, "{err}");
@@ -227,15 +227,11 @@ fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
         stderr.contains("development pair"),
         "warns about generated credentials: {stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs the server with `env` on a database that must not be created: it refuses to start.
 fn refused(env: &[(&str, &str)]) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("dapi-cli-refused-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("dapi-cli-refused");
     let file = dir.join("never.db");
     let db = format!("sqlite://{}", file.display());
     let out = Command::new(BIN)
@@ -249,7 +245,6 @@ fn refused(env: &[(&str, &str)]) -> String {
         !file.exists(),
         "the configuration is checked before the database is opened"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -26,7 +26,7 @@ use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{TestApp, backends, fresh_db, jwt_mode, spawn_app_on, spawn_app_with};
+use common::{TempDir, TestApp, backends, fresh_db, jwt_mode, spawn_app_on, spawn_app_with};
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
@@ -80,21 +80,6 @@ struct MockApns {
     ca_file: PathBuf,
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    let p = std::env::temp_dir().join(format!("dapi-push-{n:x}"));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
-}
-
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let lines: Vec<&str> = b64
@@ -116,17 +101,17 @@ impl MockApns {
     /// Starts the stand-in: a fresh P-256 provider key (written as a `.p8`), a
     /// self-signed certificate for 127.0.0.1 (written as the CA file), HTTP/2 only.
     async fn start() -> Self {
-        let dir = temp_dir();
+        let dir = TempDir::new("dapi-push");
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
             .unwrap();
-        let key_file = dir.0.join("AuthKey_ABC123DEFG.p8");
+        let key_file = dir.path().join("AuthKey_ABC123DEFG.p8");
         std::fs::write(&key_file, pem("PRIVATE KEY", pkcs8.as_ref())).unwrap();
 
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
             .unwrap();
-        let ca_file = dir.0.join("apns-ca.pem");
+        let ca_file = dir.path().join("apns-ca.pem");
         std::fs::write(&ca_file, cert.cert.pem()).unwrap();
         let mut tls = rustls::ServerConfig::builder_with_provider(ring_provider())
             .with_safe_default_protocol_versions()

@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use api::clock::Clock;
@@ -19,6 +18,7 @@ use api::config::{Config, Secret};
 use api::domain::{ChannelName, Uid};
 use api::token::{PRIVILEGE_JOIN, mint_006};
 use api::{AppState, Application};
+use common::TempDir;
 use common::rtc_client::{
     APP, WAIT, Ws, expect_close, expect_error, expect_fatal, expect_kicked, expect_peer_left,
     join_at, join_text, next_msg, offer, send,
@@ -39,18 +39,12 @@ struct TestApp {
     clock: Clock,
     http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: TempDir,
 }
 
-static N: AtomicU32 = AtomicU32::new(0);
-
 async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = std::env::temp_dir().join(format!(
-        "rtc-ws-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db_url = format!("sqlite://{}/t.db?mode=rwc", dir.display());
+    let dir = TempDir::new("rtc-ws");
+    let db_url = dir.sqlite_url("t.db");
     let mut config = Config::for_tests(&db_url);
     tweak(&mut config);
     let clock = Clock::manual(chrono_now_ms());
@@ -70,6 +64,7 @@ async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         clock,
         http: reqwest::Client::new(),
         _stop: tx,
+        _dir: dir,
     }
 }
 

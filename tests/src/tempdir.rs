@@ -43,6 +43,20 @@ impl TempDir {
     }
 }
 
+/// A `TempDir` is used where a path is: `dir.join("f")`, `std::fs::read_dir(&dir)`.
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -65,5 +79,6 @@ mod tests {
         assert!(!p.exists());
         assert!(b.sqlite_url("t.db").starts_with("sqlite://"));
         assert!(b.sqlite_url("t.db").ends_with("/t.db?mode=rwc"));
+        assert_eq!(b.join("x"), b.path().join("x"));
     }
 }

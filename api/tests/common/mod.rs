@@ -12,6 +12,7 @@ use api::clock::Clock;
 use api::config::Config;
 use api::{AppState, Application};
 use serde_json::Value;
+pub use test_support::TempDir;
 
 /// A running API.
 pub struct TestApp {
@@ -25,25 +26,6 @@ pub struct TestApp {
     _dir: Option<TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-pub struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "dapi-http-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
 }
 
 /// The backends to run against: SQLite always, PostgreSQL when TEST_DATABASE_URL is set.
@@ -70,11 +52,8 @@ pub async fn fresh_db(backend: &'static str) -> (String, Option<TempDir>) {
             )
         }
         _ => {
-            let d = temp_dir();
-            (
-                format!("sqlite://{}/dapi.db?mode=rwc", d.0.display()),
-                Some(d),
-            )
+            let d = TempDir::new("dapi-http");
+            (d.sqlite_url("dapi.db"), Some(d))
         }
     }
 }
