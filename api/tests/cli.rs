@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
-use test_support::TempDir;
+use test_support::{ApiProcess, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_api");
 const VECTORS: &str = include_str!("data/agora-tokens.json");
@@ -176,33 +175,36 @@ fn token_inspect_decodes_and_checks_signatures() {
     assert!(err.contains("AccessToken"), "{err}");
 }
 
-#[test]
-fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
+#[tokio::test]
+async fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
     let dir = TempDir::new("dapi-cli");
     let db = format!("sqlite://{}/cli.db", dir.display());
     let (ok, out, err) = run(&["migrate", "--database-url", &db]);
     assert!(ok, "{err}");
     assert!(out.contains("migrations applied"), "{out}");
 
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--database-url", &db])
-        .env("DAPI_LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{line}"));
+    // The flags win over the builder's DAPI_LISTEN and DATABASE_URL.
+    let mut api = ApiProcess::builder()
+        .bin(BIN)
+        .without_credentials()
+        .args(&["--listen", "127.0.0.1:0", "--database-url", &db])
+        .start()
+        .await;
+    // `listening on http://ADDR:PORT` is the first line on stdout
+    assert!(
+        api.stdout_before_listening().is_empty(),
+        "{:?}",
+        api.stdout_before_listening()
+    );
+    let addr = api
+        .base
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{}", api.base))
+        .to_owned();
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     assert_ne!(port, 0);
     // the server answers on that port
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
     use std::io::{Read, Write};
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -210,19 +212,10 @@ fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     // graceful shutdown on SIGTERM
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    api.terminate();
+    let status = api.wait(std::time::Duration::from_secs(30)).await;
     assert!(status.success(), "{status}");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = api.logs().join("\n");
     assert!(
         stderr.contains("development pair"),
         "warns about generated credentials: {stderr}"

@@ -25,9 +25,13 @@ impl Logs {
         self.0.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Reads `stderr` into these logs until it closes; echoes each line prefixed with
-    /// `echo` when given.
-    fn collect(&self, stderr: tokio::process::ChildStderr, echo: Option<String>) {
+    /// Reads `stderr` into these logs until it closes (the task ends then); echoes each
+    /// line prefixed with `echo` when given.
+    fn collect(
+        &self,
+        stderr: tokio::process::ChildStderr,
+        echo: Option<String>,
+    ) -> tokio::task::JoinHandle<()> {
         let sink = self.0.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
@@ -39,7 +43,7 @@ impl Logs {
                     l.push(line);
                 }
             }
-        });
+        })
     }
 }
 
@@ -49,6 +53,8 @@ impl Logs {
 #[derive(Debug, Clone)]
 pub struct ApiBuilder {
     bin: Option<PathBuf>,
+    args: Vec<String>,
+    credentials: bool,
     env: Vec<(String, String)>,
     keys: Vec<String>,
     prefix: String,
@@ -59,6 +65,8 @@ impl Default for ApiBuilder {
     fn default() -> Self {
         Self {
             bin: None,
+            args: Vec::new(),
+            credentials: true,
             env: Vec::new(),
             keys: Vec::new(),
             prefix: "api-e2e".into(),
@@ -71,6 +79,18 @@ impl ApiBuilder {
     /// Another binary than [`api_bin`].
     pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
         self.bin = Some(bin.into());
+        self
+    }
+
+    /// Command-line flags (a flag wins over its environment variable).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// No `DAPI_APP_ID` / `DAPI_APP_CERTIFICATE`: the API generates a development pair.
+    pub fn without_credentials(mut self) -> Self {
+        self.credentials = false;
         self
     }
 
@@ -125,6 +145,10 @@ pub struct ApiProcess {
     pub base: String,
     child: Child,
     logs: Logs,
+    /// The task reading stderr into `logs`.
+    stderr: tokio::task::JoinHandle<()>,
+    /// What it printed on stdout before `listening on`.
+    stdout_before: Vec<String>,
     /// `None` only while [`restart`](Self::restart) hands it to the next process.
     dir: Option<TempDir>,
     builder: ApiBuilder,
@@ -144,11 +168,17 @@ impl ApiProcess {
     async fn spawn(builder: ApiBuilder, dir: TempDir, listen: &str) -> Self {
         let bin = builder.bin.clone().unwrap_or_else(api_bin);
         let mut cmd = Command::new(&bin);
-        cmd.env("DAPI_LISTEN", listen)
-            .env("DATABASE_URL", dir.sqlite_url("api.db"))
-            .env("DAPI_APP_ID", APP_ID)
-            .env("DAPI_APP_CERTIFICATE", APP_CERTIFICATE)
-            .env("DAPI_LOG_FORMAT", "json")
+        cmd.args(&builder.args)
+            .env("DAPI_LISTEN", listen)
+            .env("DATABASE_URL", dir.sqlite_url("api.db"));
+        if builder.credentials {
+            cmd.env("DAPI_APP_ID", APP_ID)
+                .env("DAPI_APP_CERTIFICATE", APP_CERTIFICATE);
+        } else {
+            cmd.env_remove("DAPI_APP_ID")
+                .env_remove("DAPI_APP_CERTIFICATE");
+        }
+        cmd.env("DAPI_LOG_FORMAT", "json")
             .env("RUST_LOG", "debug")
             .env_remove("DAPI_ICE_SERVERS")
             .env_remove("DAPI_TURN_SECRET");
@@ -162,17 +192,19 @@ impl ApiProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let logs = Logs::default();
-        logs.collect(child.stderr.take().expect("piped stderr"), None);
+        let stderr = logs.collect(child.stderr.take().expect("piped stderr"), None);
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let limit = builder.listen_timeout;
+        let mut before = Vec::new();
         let base = tokio::time::timeout(limit, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     return addr.trim().to_owned();
                 }
+                before.push(line);
             }
-            panic!("api exited before listening");
+            panic!("api exited before listening; stdout: {before:?}");
         })
         .await
         .unwrap_or_else(|_| panic!("api did not print `listening on` within {limit:?}"));
@@ -182,9 +214,35 @@ impl ApiProcess {
             base,
             child,
             logs,
+            stderr,
+            stdout_before: before,
             dir: Some(dir),
             builder,
         }
+    }
+
+    /// The lines it printed on stdout before `listening on` (none: that line came first).
+    pub fn stdout_before_listening(&self) -> &[String] {
+        &self.stdout_before
+    }
+
+    /// Sends SIGTERM (the API finishes in-flight requests and exits).
+    pub fn terminate(&self) {
+        sigterm(self.pid());
+    }
+
+    /// Waits up to `limit` for the process to exit and for its stderr to be read to the
+    /// end; its exit status.
+    ///
+    /// # Panics
+    /// When it does not exit in time.
+    pub async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the api did not exit in time")
+            .expect("waiting for the api");
+        let _ = tokio::time::timeout(limit, &mut self.stderr).await;
+        status
     }
 
     /// Its stderr lines so far.
@@ -221,6 +279,19 @@ impl ApiProcess {
         let keys: Vec<&str> = self.builder.keys.iter().map(String::as_str).collect();
         assert_no_secrets("the api", &self.logs(), &keys);
     }
+}
+
+/// `kill -TERM pid`.
+///
+/// # Panics
+/// When `kill` fails.
+fn sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -TERM failed");
 }
 
 /// How to start an [`AgentProcess`] against an API: `--api-url`, `--capacity`,
@@ -295,7 +366,8 @@ impl AgentBuilder {
         let echo = std::env::var("ROBOT_E2E_ECHO")
             .ok()
             .map(|_| self.id.clone());
-        logs.collect(child.stderr.take().expect("piped stderr"), echo);
+        // The reader ends with the process; nothing waits for it.
+        drop(logs.collect(child.stderr.take().expect("piped stderr"), echo));
         AgentProcess {
             id: self.id,
             key: self.key,
@@ -337,12 +409,7 @@ impl AgentProcess {
 
     /// Sends SIGTERM (the agent drains).
     pub fn terminate(&self) {
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -TERM failed");
+        sigterm(self.pid());
     }
 
     /// Waits up to `limit` for the process to exit; its exit code.
