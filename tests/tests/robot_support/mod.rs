@@ -21,7 +21,7 @@ pub use rtc_support::{
     run_json,
 };
 #[allow(unused_imports)]
-pub use test_support::{agent_bin, assert_no_secrets};
+pub use test_support::agent_bin;
 
 pub const AGENT_KEY: &str = "e2e-agent-key";
 pub const ADMIN_KEY: &str = "e2e-admin-key";
