@@ -30,7 +30,8 @@ else
   BIN="$CARGO_TARGET_DIR/release/api"
 fi
 WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# BENCH_LOG_DIR: keep the attacker's per-second counters and the API's log there.
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${BENCH_LOG_DIR:-}" ] && mkdir -p "$BENCH_LOG_DIR" && cp "$WORK"/*.txt "$WORK"/api.err "$BENCH_LOG_DIR"/ 2>/dev/null; rm -rf "$WORK"' EXIT
 
 # The HTTP rate limits are per uid and per address; the legitimate client places N calls
 # as N different callers from 127.0.0.1, so the per-address call limit is lifted for the

@@ -205,7 +205,7 @@ async def attack(base, seconds):
             if not ready and stats["idle_open"] >= 4900:
                 ready = True
                 print("READY", flush=True)
-            print("ATTACK", json.dumps(stats), flush=True)
+            print("ATTACK", json.dumps({**stats, "t": round(time.time(), 3)}), flush=True)
 
     rep = asyncio.create_task(report())
     while running():
@@ -230,6 +230,7 @@ async def legit(base, n, label):
     url = base.replace("http://", "ws://") + "/rtc"
     http = Http(host, port)
     call_ms, join_ms = [], []
+    slow = []  # (ms, what, wall clock at the start): to line the outliers up with the attack
     held = []  # (ws, reader task)
     dropped = []
 
@@ -249,14 +250,16 @@ async def legit(base, n, label):
     stamp = int(time.time() * 1000) % 10_000_000
     for i in range(n):
         caller = f"legit-{label}-{stamp}-{i}"
-        t0 = time.perf_counter()
+        t0, w0 = time.perf_counter(), time.time()
         ch, tok = await new_call(http, caller, f"friend-{i}")
         call_ms.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
+        slow.append((call_ms[-1], "call_user", w0))
+        t0, w0 = time.perf_counter(), time.time()
         ws = await connect(url, open_timeout=10)
         await ws.send(join_msg(ch, caller, tok))
         m = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
         join_ms.append((time.perf_counter() - t0) * 1000)
+        slow.append((join_ms[-1], "rtc_join", w0))
         if m["type"] != "joined":
             raise RuntimeError(f"legit join refused: {m}")
         held.append((ws, asyncio.create_task(watch(ws, caller))))
@@ -283,6 +286,7 @@ async def legit(base, n, label):
         "rtc_join_p50_ms": round(pct(join_ms, 50), 2), "rtc_join_p99_ms": round(pct(join_ms, 99), 2),
         "held_at_end": len(held), "held_open": still, "dropped": len(dropped),
         "drops": [str(d) for d in dropped[:5]],
+        "slowest": [f"{what} {ms:.1f} ms at {w:.3f}" for ms, what, w in sorted(slow, reverse=True)[:6]],
     }), flush=True)
 
 

@@ -211,6 +211,12 @@ pub struct CallsConfig {
     /// Maximum `extra_msg` length in bytes.
     #[arg(long, env = "DAPI_MAX_EXTRA_MSG", default_value_t = 1024)]
     pub max_extra_msg: usize,
+
+    /// Scheduled calls (`calltask/update`) one uid may have pending at once; one more is
+    /// refused with 409 (0: no limit). Tasks fire without being charged again, so this
+    /// bounds how many calls one uid can make fire at the same minute.
+    #[arg(long, env = "DAPI_CALLTASKS_PER_UID", default_value_t = 100)]
+    pub calltasks_per_uid: i64,
 }
 
 /// How requests are authenticated (`DAPI_AUTH` and the JWT keys).
@@ -744,6 +750,7 @@ impl Config {
                 max_body: 64 * 1024,
                 max_dst_uids: 50,
                 max_extra_msg: 1024,
+                calltasks_per_uid: 0,
             },
             auth: AuthConfig::open(),
             limits: LimitsConfig::none(),
@@ -870,6 +877,7 @@ mod tests {
         ("max-body", "DAPI_MAX_BODY", Some("65536")),
         ("max-dst-uids", "DAPI_MAX_DST_UIDS", Some("50")),
         ("max-extra-msg", "DAPI_MAX_EXTRA_MSG", Some("1024")),
+        ("calltasks-per-uid", "DAPI_CALLTASKS_PER_UID", Some("100")),
         ("auth", "DAPI_AUTH", Some("open")),
         ("jwt-secret", "DAPI_JWT_SECRET", None),
         ("jwt-jwks", "DAPI_JWT_JWKS", None),

@@ -34,6 +34,7 @@ pub mod rate_limit;
 pub mod robot_options;
 pub mod routes;
 pub mod rtc;
+pub mod rtc_wire;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;
@@ -186,7 +187,7 @@ impl Application {
             config.tokens.ttl_secs(),
         );
         // On PostgreSQL several instances may serve one channel: they meet on the bus.
-        let bus = matches!(store, Store::Postgres(_)).then(rtc::remote::InstanceId::random);
+        let bus = matches!(store, Store::Postgres(_)).then(rtc_wire::InstanceId::random);
         let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone(), bus)?;
         let push = push::Pusher::from_config(&config.push)?;
         let bridges = robot_options::Bridges::from_config(config.dispatch.bridges.as_ref())?;

@@ -636,6 +636,44 @@ async fn only_active_members_of_a_live_call_get_tokens() {
 // ------------------------------------------------------------------ 5. robots
 
 #[tokio::test]
+async fn pending_scheduled_calls_are_capped_per_uid_and_others_still_schedule() {
+    // Tasks fire without being charged again: created over hours for the same minute, they
+    // would all fire together. The cap bounds that; the rate limits are off here.
+    for backend in backends() {
+        let app = spawn_app_with(backend, Clock::system(), |c| c.calls.calltasks_per_uid = 3).await;
+        let task = |uid: &str, n: u32| {
+            json!({"src_uid": uid, "dst_uid": ["victim"],
+                   "call_time": "2030-01-01 00:00:00", "taskid": format!("t{n}")})
+        };
+        for n in 0..3 {
+            app.ok("/dapi/calltask/update", task("hog", n)).await;
+        }
+        let m = app
+            .err("/dapi/calltask/update", task("hog", 3), 409, "conflict")
+            .await;
+        assert!(m.contains("DAPI_CALLTASKS_PER_UID"), "[{backend}] {m}");
+        let list = app.ok("/dapi/calltask/list", json!({"uid": "hog"})).await;
+        assert_eq!(list["row_pages"]["total"], 3, "[{backend}] nothing written");
+        // Changing a pending task is not creating one.
+        let id = list["rows"][0]["id"].clone();
+        let mut change = task("hog", 9);
+        change["id"] = id.clone();
+        app.ok("/dapi/calltask/update", change).await;
+        // Another uid schedules as usual, and places calls.
+        app.ok("/dapi/calltask/update", task("calm", 0)).await;
+        app.ok(
+            "/dapi/call/user",
+            json!({"src_uid": "calm", "dst_uid": ["x"]}),
+        )
+        .await;
+        // Deleting one makes room.
+        app.ok("/dapi/calltask/delete", json!({"uid": "hog", "id": id}))
+            .await;
+        app.ok("/dapi/calltask/update", task("hog", 4)).await;
+    }
+}
+
+#[tokio::test]
 async fn robots_per_uid_are_capped_and_others_still_get_theirs() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| c.dispatch.robots_per_uid = 2).await;

@@ -760,6 +760,37 @@ async fn clear_stops_within_a_frame_and_a_mark_behind_it_is_never_played() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn marks_still_queued_when_the_session_ends_are_reported_cleared_before_its_end() {
+    let a = audio(20);
+    a.add("jingle", TestFrames::numbered(1, 500));
+    let (mut s, _ch, l) = connected(a, offer()).await;
+    l.wait_frames(5).await;
+    // A mark goes behind what is queued: "heard" after the offer's 20 frames.
+    s.steer(1, mark("heard")).await;
+    s.steer(2, play("jingle", PlayMode::Append)).await;
+    s.steer(3, mark("never-1")).await;
+    s.steer(4, mark("never-2")).await;
+    l.wait_frames(30).await;
+    s.control.send(Control::Leave).unwrap();
+    // `rest` reads up to `Ended`: every mark is in before it.
+    let end = s.rest().await;
+    assert_eq!(end.last().unwrap().1, "told to leave");
+    let names: Vec<(&str, MarkState)> =
+        s.marks.iter().map(|(n, st, _)| (n.as_str(), *st)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("heard", MarkState::Played),
+            ("never-1", MarkState::Cleared),
+            ("never-2", MarkState::Cleared),
+        ]
+    );
+    let f = tagged(&l);
+    assert!(f.len() < 520, "the jingle was cut short by the leave");
+    assert_eq!(f[20], (1, 0), "the jingle follows the offer");
+}
+
 fn voicemail_offer() -> SessionOffer {
     let mut o = offer();
     o.record = Some(RecordOptions {

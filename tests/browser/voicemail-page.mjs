@@ -17,19 +17,32 @@ run(async () => {
     await page.fill("#callee", "nobody-home");
     await page.click("#voicemail");
     await waitConnected(page, "robot", 40000);
-    // the greeting and the beep: the robot's audio stops when it starts recording
-    await page.waitForFunction(async () => {
+    // The greeting and the beep: the robot's audio stops when it starts recording. Polled
+    // here, not with waitForFunction: an async predicate returns a Promise, which
+    // waitForFunction takes as truthy at once (it hung up during the greeting).
+    const packets = () => page.evaluate(async () => {
       const p = window.rtcDemo.channel()?.peers.get("robot");
-      if (!p) return false;
-      const report = await p.pc.getStats();
-      let inbound = null;
-      report.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s; });
-      if (!inbound || !inbound.packetsReceived) return false;
-      const now = inbound.packetsReceived;
-      window.__last = window.__last || { n: -1, since: Date.now() };
-      if (window.__last.n !== now) window.__last = { n: now, since: Date.now() };
-      return Date.now() - window.__last.since > 1500; // getStats() counts move about once a second
-    }, null, { timeout: 60000, polling: 100 });
+      if (!p) return 0;
+      let n = 0;
+      (await p.pc.getStats()).forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "audio") n = s.packetsReceived || 0;
+      });
+      return n;
+    });
+    let last = -1;
+    let since = Date.now();
+    const until = Date.now() + 60000;
+    for (;;) {
+      const n = await packets();
+      if (n !== last) {
+        last = n;
+        since = Date.now();
+      } else if (n > 0 && Date.now() - since > 1500) {
+        break; // no new packet for 1.5 s (getStats() counts move about once a second)
+      }
+      if (Date.now() > until) throw new Error(`the robot's greeting never ended (${n} packets)`);
+      await page.waitForTimeout(100);
+    }
     await page.waitForTimeout(seconds * 1000);
     await page.click("#hangup");
     // the upload lands once the robot has left

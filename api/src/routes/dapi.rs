@@ -888,7 +888,10 @@ async fn calltask_update(
     };
     let now = state.clock().now_ms();
     let row = match req.id.0 {
-        None => state.store().insert_task(&fields, now).await?,
+        None => {
+            let cap = state.config().calls.calltasks_per_uid;
+            state.store().insert_task(&fields, now, cap).await?
+        }
         // Only the owner's task: another uid's is "unknown", as a missing one.
         Some(id) => state.store().update_task(id, &fields, now).await?,
     };

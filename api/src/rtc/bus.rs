@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Rtc;
 use super::hub::{ConnId, Input};
-use super::remote::{BusMessage, InstanceId, PresenceRow};
 use crate::domain::{ChannelName, Uid};
+use crate::rtc_wire::{BusMessage, InstanceId, PresenceRow};
 use crate::store::PgStore;
 use crate::store::rtc_bus::{BusDelivery, Sent};
 

@@ -12,7 +12,8 @@
 //!
 //! - [`hub`]: the sans-IO core (rooms, presence, relay, kicks, limits).
 //! - [`ice`]: STUN/TURN servers and TURN REST credentials for `joined`.
-//! - [`remote`]: what instances tell each other over the bus.
+//! - [`crate::rtc_wire`]: what instances tell each other over the bus (beside `domain`, so
+//!   the store can write it without importing `rtc`).
 //! - [`bus`]: the bus worker and listener (PostgreSQL only; SQLite has one instance).
 //! - `socket`: the axum handler; it only moves frames between a socket and the hub.
 //!
@@ -34,7 +35,6 @@
 pub mod bus;
 pub mod hub;
 pub mod ice;
-pub mod remote;
 pub(crate) mod socket;
 
 use std::collections::HashMap;
@@ -53,12 +53,12 @@ use tokio::task::JoinHandle;
 
 use self::bus::{BusInbox, BusJob, BusOutbox, BusTimers};
 use self::hub::{ConnId, Hub, HubConfig, Input, Output, PresenceEvent};
-use self::remote::{BusMessage, InstanceId, PresenceRow};
 use crate::AppState;
 use crate::call_state::Input as CallInput;
 use crate::clock::Clock;
 use crate::config::{Config, millis_i64};
 use crate::domain::{ChannelName, Uid};
+use crate::rtc_wire::{BusMessage, InstanceId, PresenceRow};
 use crate::store::{InputMeta, Store, StoreError};
 use crate::token::TokenIssuer;
 
@@ -286,7 +286,7 @@ impl Rtc {
             presence_every_ms: PRESENCE_EVERY_MS.min(heartbeat_ms / 3).max(1000),
             join_timeout_ms: millis_i64(rtc.join_timeout).min(i64::MAX / 2),
             joins_per_uid_per_min: rtc.joins_per_uid_per_min,
-            joins_unlimited_uid: Uid::parse(&config.dispatch.robot_uid).ok(),
+            robot_uid: Uid::parse(&config.dispatch.robot_uid).ok(),
             joins_per_token_per_min: rtc.joins_per_token_per_min,
             signals_per_sec: rtc.signals_per_sec,
             signal_bytes_per_sec: rtc.signal_bytes_per_sec,
@@ -643,12 +643,7 @@ impl RtcTasks {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rx) = checks {
-            handles.push(tokio::spawn(check_members(
-                state.clone(),
-                rtc.clone(),
-                state.config().dispatch.robot_uid.clone(),
-                rx,
-            )));
+            handles.push(tokio::spawn(check_members(state.clone(), rtc.clone(), rx)));
         }
         handles.push(tokio::spawn(feed_presence(
             state.clone(),
@@ -740,33 +735,24 @@ impl Drop for RtcTasks {
 /// Answers the hub's membership checks (`DAPI_AUTH=jwt`): a join is admitted when the
 /// store's `is_member` says the uid is a member of the channel's call (the store decides
 /// what membership means: an active member of a call that has not ended). The robot's uid
-/// is not a call member and is admitted (its token comes from a robot session).
-async fn check_members(
-    state: AppState,
-    rtc: Rtc,
-    robot_uid: String,
-    mut rx: mpsc::Receiver<MemberCheck>,
-) {
+/// is never asked about: the hub admits it without a check ([`HubConfig::robot_uid`]).
+async fn check_members(state: AppState, rtc: Rtc, mut rx: mpsc::Receiver<MemberCheck>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE));
     while let Some(check) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (state, rtc, robot_uid) = (state.clone(), rtc.clone(), robot_uid.clone());
+        let (state, rtc) = (state.clone(), rtc.clone());
         tokio::spawn(async move {
-            let verdict = if check.uid.as_str() == robot_uid {
-                Some(true)
-            } else {
-                match state
-                    .is_active_member(check.channel.as_str(), &check.uid)
-                    .await
-                {
-                    Ok(Some(member)) => Some(member),
-                    Ok(None) => Some(false), // no call in this channel
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rtc membership check failed");
-                        None
-                    }
+            let verdict = match state
+                .is_active_member(check.channel.as_str(), &check.uid)
+                .await
+            {
+                Ok(Some(member)) => Some(member),
+                Ok(None) => Some(false), // no call in this channel
+                Err(e) => {
+                    tracing::warn!(error = %e, "rtc membership check failed");
+                    None
                 }
             };
             rtc.input(Input::MemberChecked {

@@ -280,11 +280,34 @@ fn task(src: &str, at: i64) -> TaskFields {
 }
 
 #[tokio::test]
+async fn pending_tasks_are_capped_per_owner() {
+    for (s, _d) in stores().await {
+        for at in [100, 200] {
+            s.insert_task(&task("1", at), 1, 2).await.unwrap();
+        }
+        assert!(matches!(
+            s.insert_task(&task("1", 300), 1, 2).await,
+            Err(StoreError::LimitReached(m)) if m.contains("DAPI_CALLTASKS_PER_UID")
+        ));
+        let (_, total) = s.list_tasks(&uid("1"), 1, 10).await.unwrap();
+        assert_eq!(total, 2, "nothing written: {}", s.backend());
+        // Another owner is not affected; 0 is no limit.
+        s.insert_task(&task("2", 100), 1, 2).await.unwrap();
+        s.insert_task(&task("1", 300), 1, 0).await.unwrap();
+        // Only pending tasks count: one fired makes room.
+        let (rows, _) = s.list_tasks(&uid("1"), 1, 10).await.unwrap();
+        s.delete_task(rows[0].id, &uid("1")).await.unwrap();
+        s.delete_task(rows[1].id, &uid("1")).await.unwrap();
+        s.insert_task(&task("1", 400), 1, 2).await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn tasks_insert_update_list_delete() {
     for (s, _d) in stores().await {
-        let a = s.insert_task(&task("1", 300), 1).await.unwrap();
-        let b = s.insert_task(&task("1", 100), 1).await.unwrap();
-        s.insert_task(&task("other", 50), 1).await.unwrap();
+        let a = s.insert_task(&task("1", 300), 1, 0).await.unwrap();
+        let b = s.insert_task(&task("1", 100), 1, 0).await.unwrap();
+        s.insert_task(&task("other", 50), 1, 0).await.unwrap();
         assert_eq!(a.state, TaskState::Pending);
         assert_eq!(a.dst_uid, vec!["2", "3"]);
         let mut f = task("1", 200);

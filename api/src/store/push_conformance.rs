@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use super::*;
 use crate::call_state::Input;
+use crate::device::{Platform, PushToken};
 use crate::domain::{ChannelName, EventCode, Uid};
-use crate::push::device::{Platform, PushToken};
 use test_support::TempDir;
 
 fn uid(s: &str) -> Uid {

@@ -18,7 +18,7 @@ use sqlx::postgres::PgListener;
 
 use super::{PgStore, StoreResult};
 use crate::domain::{ChannelName, Uid};
-use crate::rtc::remote::{BROADCAST, BusMessage, Claim, InstanceId, PresenceRow};
+use crate::rtc_wire::{BROADCAST, BusMessage, Claim, InstanceId, PresenceRow};
 
 /// Largest notification sent inline. PostgreSQL refuses payloads of 8000 bytes or more;
 /// larger ones go through `rtc_bus_messages`.

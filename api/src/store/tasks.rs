@@ -166,6 +166,14 @@ mod sql {
     );
     pub const DELETE_TASK: Stmt =
         Stmt::both("DELETE FROM calltasks WHERE id = $1 AND src_uid = $2");
+    pub const PENDING_TASKS_OF: Stmt =
+        Stmt::both("SELECT COUNT(*) FROM calltasks WHERE src_uid = $1 AND state = 'pending'");
+    // SQLite: BEGIN IMMEDIATE already holds the write lock. PostgreSQL: one owner's inserts
+    // take turns, so two at once cannot both pass the count.
+    pub const LOCK_OWNER: Stmt = Stmt::each(
+        "SELECT $1",
+        "SELECT pg_advisory_xact_lock(29283, hashtext($1))",
+    );
     pub const COUNT_TASKS: Stmt = Stmt::both("SELECT COUNT(*) FROM calltasks WHERE src_uid = $1");
     pub const LIST_TASKS: Stmt = Stmt::both(
         "SELECT id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel \
@@ -201,10 +209,29 @@ async fn insert(tx: &mut Tx, f: &TaskFields, now_ms: i64) -> StoreResult<TaskRow
 }
 
 impl Store {
-    /// Inserts a scheduled call.
-    pub async fn insert_task(&self, f: &TaskFields, now_ms: i64) -> StoreResult<TaskRecord> {
+    /// Inserts a scheduled call. [`StoreError::LimitReached`] (nothing written) when its
+    /// owner already has `max_pending` tasks pending (0: no limit).
+    pub async fn insert_task(
+        &self,
+        f: &TaskFields,
+        now_ms: i64,
+        max_pending: i64,
+    ) -> StoreResult<TaskRecord> {
         self.retrying("insert_task", move || async move {
             let mut tx = self.begin_write().await?;
+            if max_pending > 0 {
+                sql::LOCK_OWNER.bind(&f.src_uid).execute(&mut tx).await?;
+                let pending: i64 = sql::PENDING_TASKS_OF
+                    .bind(&f.src_uid)
+                    .scalar_one(&mut tx)
+                    .await?;
+                if pending >= max_pending {
+                    return Err(StoreError::LimitReached(format!(
+                        "uid {} already has {pending} scheduled calls pending, the most allowed (DAPI_CALLTASKS_PER_UID); delete one or wait for it to fire",
+                        f.src_uid
+                    )));
+                }
+            }
             let row = insert(&mut tx, f, now_ms).await?;
             tx.commit().await?;
             TaskRecord::try_from(row)

@@ -607,11 +607,8 @@ impl Driver {
                     }
                 }
                 Output::StartPlayback { first_frame } => self.start_playback(first_frame),
-                Output::StopPlayback => {
-                    if let Some(p) = &self.playback {
-                        p.task.abort();
-                    }
-                }
+                // The position stays readable (`self.playback` is kept) for the status.
+                Output::StopPlayback => self.end_queue().await,
                 Output::Record(action) => self.record(action),
                 Output::End(ending) => return Some(ending),
             }
@@ -789,6 +786,38 @@ impl Driver {
         );
     }
 
+    /// Ends the playback queue, so that every mark not reported yet is reported `cleared`
+    /// before the session reports its end (a mark is reported exactly once, even when the
+    /// session ends or is handed to another agent, which resumes only the offer's items).
+    async fn end_queue(&mut self) {
+        match std::mem::replace(&mut self.queue, QueueHome::NotYet) {
+            QueueHome::NotYet => {}
+            QueueHome::Here(mut q) => {
+                q.end();
+                while let Some(e) = q.poll_event() {
+                    self.on_queue_event(e);
+                }
+            }
+            QueueHome::Playing(commands) => {
+                // Closing the commands ends the playback task, which ends its queue first.
+                // (The task is awaited here only: the queue is `Playing` once.)
+                drop(commands);
+                if let Some(p) = self.playback.as_mut()
+                    && tokio::time::timeout(std::time::Duration::from_secs(1), &mut p.task)
+                        .await
+                        .is_err()
+                {
+                    p.task.abort();
+                }
+                while let Ok(done) = self.done_rx.try_recv() {
+                    if let PlaybackDone::Queue(e @ QueueEvent::Mark { .. }) = done {
+                        self.on_queue_event(e);
+                    }
+                }
+            }
+        }
+    }
+
     async fn shut_down(&mut self) {
         // The recordings go up before the robot leaves the channel and reports its end
         // (an app that sees the robot leave finds the complete recording).
@@ -800,17 +829,15 @@ impl Driver {
                 tracing::warn!("a recording upload took over 30 s; not waiting for it");
             }
         }
-        if let Some(p) = &self.playback {
-            p.task.abort();
+        if let Some(r) = self.resolving.take() {
+            r.abort();
         }
+        self.end_queue().await;
         if let Some(j) = self.joining.take() {
             j.abort();
         }
         if let Some(l) = self.loading.take() {
             l.abort();
-        }
-        if let Some(r) = self.resolving.take() {
-            r.abort();
         }
         let peers: Vec<String> = self.listeners.keys().cloned().collect();
         for p in peers {
@@ -877,7 +904,12 @@ async fn play(
             biased;
             c = commands.recv() => match c {
                 Some(c) => Some(c),
-                None => return,
+                None => {
+                    // The session is over: the marks never played are reported cleared.
+                    queue.end();
+                    report(&mut queue, &done);
+                    return;
+                }
             },
             () = tokio::time::sleep_until(wake), if !idle => None,
         };

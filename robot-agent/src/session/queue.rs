@@ -423,6 +423,22 @@ impl PlaybackQueue {
         self.entries.push_back(e);
     }
 
+    /// The session is over (it ended, or it is handed to another agent, which resumes only
+    /// the offer's items): every mark not reported yet is reported `cleared`, in order:
+    /// first those whose frame was handed out but not confirmed written to every listener
+    /// (never called played unless it was), then those still queued. After this every
+    /// mark ever queued has been reported exactly once.
+    pub fn end(&mut self) {
+        while let Some((_, name)) = self.due.pop_front() {
+            self.events.push_back(QueueEvent::Mark {
+                name,
+                state: MarkState::Cleared,
+                position_ms: None,
+            });
+        }
+        self.drop_entries();
+    }
+
     /// Drops every entry; each mark among them is cleared. After this the queue is idle
     /// but not `Drained` (a clear is not the end of the audio).
     fn drop_entries(&mut self) {
@@ -682,6 +698,43 @@ mod tests {
         assert_eq!(events(&mut q), vec![played("m", 20)]);
         assert_eq!(q.skip(4), 4);
         assert_eq!(tick(&mut q), Some((1, 5)));
+    }
+
+    #[test]
+    fn at_the_end_every_mark_not_reported_is_cleared_in_order() {
+        let mut q = queue(&[2]);
+        mark(&mut q, "due");
+        play(&mut q, item(1, 3), PlayMode::Append);
+        mark(&mut q, "queued-1");
+        mark(&mut q, "queued-2");
+        let Next::Frame { seq: s0, .. } = q.next_frame() else {
+            panic!()
+        };
+        q.written(s0);
+        // The offer's last frame is handed out, then the cursor passes "due": its frame is
+        // not confirmed written when the session ends.
+        assert!(matches!(q.next_frame(), Next::Frame { .. }));
+        assert!(matches!(q.next_frame(), Next::Frame { .. }));
+        assert!(events(&mut q).is_empty());
+        q.end();
+        assert_eq!(
+            events(&mut q),
+            vec![cleared("due"), cleared("queued-1"), cleared("queued-2")]
+        );
+        q.end();
+        assert!(events(&mut q).is_empty(), "each mark is reported once");
+        // A mark already played is not reported again.
+        let mut q = queue(&[1]);
+        mark(&mut q, "heard");
+        tick(&mut q);
+        tick(&mut q);
+        assert_eq!(events(&mut q)[0], played("heard", 20));
+        q.end();
+        assert!(
+            events(&mut q)
+                .iter()
+                .all(|e| !matches!(e, QueueEvent::Mark { .. }))
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl JoinLimits {
         uid: &Uid,
         token: &str,
     ) -> Option<&'static str> {
-        let per_uid = if cfg.joins_unlimited_uid.as_ref() == Some(uid) {
+        let per_uid = if cfg.robot_uid.as_ref() == Some(uid) {
             0
         } else {
             u64::from(cfg.joins_per_uid_per_min)
@@ -254,7 +254,7 @@ mod tests {
         let mut h = hub_with(HubConfig {
             joins_per_uid_per_min: 2,
             joins_per_token_per_min: 1,
-            joins_unlimited_uid: Some(uid("robot")),
+            robot_uid: Some(uid("robot")),
             ..HubConfig::default()
         });
         for i in 0..10 {

@@ -69,8 +69,8 @@ use protocol::signaling::{ClientMessage, LeaveReason, ServerMessage, codes};
 use self::limits::{JoinLimits, SocketBudget};
 use self::membership::Membership;
 use super::ice::IceConfig;
-use super::remote::{BusMessage, Claim, InstanceId, PresenceRow};
 use crate::domain::{ChannelName, Uid};
+use crate::rtc_wire::{BusMessage, Claim, InstanceId, PresenceRow};
 use crate::token::TokenIssuer;
 
 /// WebSocket close codes the hub asks for.
@@ -112,10 +112,13 @@ pub struct HubConfig {
     pub join_timeout_ms: i64,
     /// Joins per uid per minute (bucket of that size, refilled over a minute); 0: no limit.
     pub joins_per_uid_per_min: u32,
-    /// A uid exempt from `joins_per_uid_per_min`: the robot's (`DAPI_ROBOT_UID`). Every robot
-    /// session of every agent joins as it, so a busy deployment makes more than 30 robot
-    /// joins a minute; each session has a token of its own, still limited per token.
-    pub joins_unlimited_uid: Option<Uid>,
+    /// The robot's uid (`DAPI_ROBOT_UID`), the one uid the hub treats apart:
+    /// - it is exempt from `joins_per_uid_per_min`: every robot session of every agent joins
+    ///   as it, so a busy deployment makes more than 30 robot joins a minute; each session
+    ///   has a token of its own, still limited per token;
+    /// - its joins skip the membership check: it is not a call member, and its token comes
+    ///   from a robot session the API dispatched.
+    pub robot_uid: Option<Uid>,
     /// Joins per token per minute (bucket of that size, refilled over a minute); 0: no limit.
     pub joins_per_token_per_min: u32,
     /// Sustained `signal` messages per second per socket (bursts of 4x); 0: no limit.
@@ -141,7 +144,7 @@ impl Default for HubConfig {
             presence_every_ms: 15_000,
             join_timeout_ms: 10_000,
             joins_per_uid_per_min: 30,
-            joins_unlimited_uid: None,
+            robot_uid: None,
             joins_per_token_per_min: 10,
             signals_per_sec: 40,
             signal_bytes_per_sec: 256 * 1024,
@@ -822,7 +825,7 @@ impl Hub {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.token_expires_ms = expiry_ms(verified.join_expires_at);
             c.expiry_warned = false;
-            if self.cfg.check_membership {
+            if self.cfg.check_membership && self.cfg.robot_uid.as_ref() != Some(&uid) {
                 // The store decides whether the uid is still an active member of a call
                 // that has not ended; the join goes on at `Input::MemberChecked`.
                 c.phase = Phase::Checking(channel.clone(), uid.clone());
@@ -1249,6 +1252,43 @@ mod tests {
         let c = h.open(T0 + 1_180_000);
         let out = text(&mut h, T0 + 1_180_000, c, &renew(&fresh));
         assert_eq!(error_code(&out, c).as_deref(), Some(codes::NOT_JOINED));
+    }
+
+    #[test]
+    fn with_membership_checks_the_robot_joins_without_asking_the_store() {
+        // The robot is not a call member: its token comes from a robot session.
+        let mut h = hub_with(HubConfig {
+            check_membership: true,
+            robot_uid: Some(uid("robot")),
+            ..HubConfig::default()
+        });
+        let r = h.open(T0);
+        let out = text(
+            &mut h,
+            T0,
+            r,
+            &join_text("c1", "robot", &token("c1", "robot")),
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::CheckMember { .. })),
+            "{out:?}"
+        );
+        assert!(matches!(
+            sent_to(&out, r).first(),
+            Some(ServerMessage::Joined { .. })
+        ));
+        // Anyone else is still checked.
+        let a = h.open(T0);
+        let out = text(
+            &mut h,
+            T0,
+            a,
+            &join_text("c1", "alice", &token("c1", "alice")),
+        );
+        assert!(
+            out.iter().any(|o| matches!(o, Output::CheckMember { .. })),
+            "{out:?}"
+        );
     }
 
     #[test]

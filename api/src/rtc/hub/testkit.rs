@@ -14,7 +14,7 @@ pub(super) use super::{
 };
 pub(super) use crate::domain::{ChannelName, Uid};
 pub(super) use crate::rtc::ice::IceConfig;
-pub(super) use crate::rtc::remote::{BusMessage, Claim, InstanceId, PresenceRow};
+pub(super) use crate::rtc_wire::{BusMessage, Claim, InstanceId, PresenceRow};
 pub(super) use crate::token::TokenIssuer;
 use crate::token::TokenVersion;
 

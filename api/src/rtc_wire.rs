@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The types are plain data: the hub (sans-IO) consumes and produces them, the store
-//! writes them into notifications, the listener decodes them. Nothing here does IO.
+//! writes them into notifications, the listener decodes them. Nothing here does IO. They
+//! sit beside `domain`, below both `rtc` and `store`, so the store imports nothing above it.
 
 use protocol::signaling::{LeaveReason, ServerMessage, SignalPayload};
 use serde::{Deserialize, Serialize};
