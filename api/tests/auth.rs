@@ -52,8 +52,7 @@ async fn post(app: &TestApp, path: &str, jwt: Option<&str>, body: Value) -> (u16
 async fn jwt_mode_checks_subject_and_membership() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
-            c.auth.kind = api::config::AuthKind::Jwt;
-            c.auth.jwt_secret = Some(api::config::Secret::new(SECRET));
+            c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(SECRET));
         })
         .await;
         let alice = hs256("alice", now() + 600);

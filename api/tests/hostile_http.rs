@@ -851,8 +851,8 @@ async fn a_plain_http_webhook_and_a_short_jwt_secret_are_refused_at_start() {
     }
 
     let mut c = api::config::Config::for_tests(&url);
-    c.auth.kind = api::config::AuthKind::Jwt;
-    c.auth.jwt_secret = Some(api::config::Secret::new("only-31-bytes-of-shared-secret!"));
+    c.auth =
+        api::config::AuthConfig::jwt(api::config::Secret::new("only-31-bytes-of-shared-secret!"));
     let e = api::Application::build(c).await.err().unwrap();
     assert!(e.to_string().contains("DAPI_JWT_SECRET"), "{e}");
     assert!(e.to_string().contains("32"), "{e}");

@@ -583,8 +583,7 @@ async fn renew_with_an_expired_token_is_an_error_and_the_socket_stays() {
 async fn jwt_mode_a_valid_token_of_a_non_member_cannot_join() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
-            c.auth.kind = api::config::AuthKind::Jwt;
-            c.auth.jwt_secret = Some(api::config::Secret::new(
+            c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(
                 "app-backend-shared-secret-of-32-bytes-or-more",
             ));
         })

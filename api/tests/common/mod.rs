@@ -115,8 +115,7 @@ pub const JWT_SECRET: &str = "test-app-backend-shared-secret-0123456789";
 
 /// `DAPI_AUTH=jwt` with [`JWT_SECRET`]: the [`TestApp`] then signs its requests.
 pub fn jwt_mode(c: &mut Config) {
-    c.auth.kind = api::config::AuthKind::Jwt;
-    c.auth.jwt_secret = Some(api::config::Secret::new(JWT_SECRET));
+    c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(JWT_SECRET));
 }
 
 /// An HS256 app JWT for `sub`, valid for an hour (system time, as the API checks it).
