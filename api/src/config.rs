@@ -571,18 +571,23 @@ pub struct RtcConfig {
 
 impl RtcConfig {
     /// The ICE servers handed out on join; `token_ttl` is the lifetime of derived TURN
-    /// credentials unless `DAPI_TURN_TTL` is set. Fails when a TURN entry has neither its
-    /// own credentials nor `DAPI_TURN_SECRET`.
+    /// credentials unless `DAPI_TURN_TTL` is set. Fails when that lifetime is under a
+    /// second, or a TURN entry has neither its own credentials nor `DAPI_TURN_SECRET`.
     pub fn ice(&self, token_ttl: Duration) -> Result<IceConfig, ConfigError> {
         let ttl = self.turn_ttl.unwrap_or(token_ttl).as_secs();
-        IceConfig::new(self.ice_servers.clone(), self.turn_secret.clone(), ttl).map_err(|e| {
-            let var = if e.contains("DAPI_TURN_TTL") {
-                "DAPI_TURN_TTL"
-            } else {
-                "DAPI_TURN_SECRET"
-            };
-            ConfigError::new(var, e)
-        })
+        if ttl == 0 {
+            return Err(match self.turn_ttl {
+                Some(_) => {
+                    ConfigError::new("DAPI_TURN_TTL", "DAPI_TURN_TTL must be at least 1 second")
+                }
+                None => ConfigError::new(
+                    "DAPI_TOKEN_TTL",
+                    "DAPI_TOKEN_TTL must be at least 1 second (TURN credentials last as long as the token unless DAPI_TURN_TTL is set)",
+                ),
+            });
+        }
+        IceConfig::new(self.ice_servers.clone(), self.turn_secret.clone(), ttl)
+            .map_err(|e| ConfigError::new("DAPI_TURN_SECRET", e))
     }
 
     fn validate(&self, token_ttl: Duration) -> Result<(), ConfigError> {
@@ -1167,6 +1172,10 @@ mod tests {
         assert_eq!(
             invalid(|c| c.rtc.turn_ttl = Some(Duration::ZERO)).var,
             "DAPI_TURN_TTL"
+        );
+        assert_eq!(
+            invalid(|c| c.tokens.ttl = Duration::ZERO).var,
+            "DAPI_TOKEN_TTL"
         );
     }
 
