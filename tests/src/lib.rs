@@ -17,11 +17,13 @@
 #![warn(missing_docs)]
 
 pub mod bins;
+pub mod database;
 pub mod process;
 pub mod secrets;
 pub mod tempdir;
 
 pub use bins::{agent_bin, api_bin, cargo_bin, root};
+pub use database::e2e_postgres;
 pub use process::{AgentBuilder, AgentProcess, ApiBuilder, ApiProcess, Logs};
 pub use secrets::{SECRETS, assert_no_secrets};
 pub use tempdir::TempDir;
