@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used)] // benchmark harness
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use api::clock::Clock;
 use api::config::Config;
@@ -29,9 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let n: i64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let clock = Clock::manual(T0);
     let mut config = Config::for_tests(&url);
-    config.sweep_ms = 0;
-    config.ring_timeout = 3600;
-    config.heartbeat_timeout = 7200;
+    config.calls.sweep_every = Duration::ZERO;
+    config.calls.ring_timeout = Duration::from_secs(3600);
+    config.calls.heartbeat_timeout = Duration::from_secs(7200);
     let app = api::Application::build_with_clock(config, clock.clone()).await?;
     let state = app.state().clone();
     let store = state.store();

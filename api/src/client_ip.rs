@@ -155,7 +155,11 @@ impl FromRequestParts<AppState> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         Ok(Self(peer.map(|p| {
-            state.config().trusted_proxies.client_ip(p, &parts.headers)
+            state
+                .config()
+                .limits
+                .trusted_proxies
+                .client_ip(p, &parts.headers)
         })))
     }
 }

@@ -16,7 +16,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for DapiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.config().max_body;
+        let limit = state.config().calls.max_body;
         let body = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;

@@ -125,9 +125,7 @@ impl AppState {
         channel: &str,
         uid: &domain::Uid,
     ) -> Result<Option<bool>, store::StoreError> {
-        let grace_ms = i64::try_from(self.config().heartbeat_timeout)
-            .unwrap_or(45)
-            .saturating_mul(1000);
+        let grace_ms = config::millis_i64(self.config().calls.heartbeat_timeout);
         let since = self.clock().now_ms().saturating_sub(grace_ms);
         self.store().is_member(channel, uid, since).await
     }
@@ -153,24 +151,22 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects the store, resolves credentials and binds the listener.
+    /// Checks the configuration ([`Config::validate`]), connects the store, resolves
+    /// credentials and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         Self::build_with_clock(config, Clock::system()).await
     }
 
     /// As [`Application::build`], with an injected clock (tests).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        config.validate()?;
         // Install the metrics recorder before anything counts.
         let _ = metrics::handle();
-        let store = Store::connect(&config.database_url)
+        let database_url = &config.server.database_url;
+        let store = Store::connect(database_url)
             .await
-            .with_context(|| {
-                format!(
-                    "opening the {} database",
-                    backend_name(&config.database_url)
-                )
-            })?;
-        let (app_id, certificate) = match (&config.app_id, &config.app_certificate) {
+            .with_context(|| format!("opening the {} database", backend_name(database_url)))?;
+        let (app_id, certificate) = match (&config.tokens.app_id, &config.tokens.app_certificate) {
             (Some(id), Some(cert)) => (id.clone(), cert.expose().to_owned()),
             (None, None) => {
                 let generated = (random_hex32(), random_hex32());
@@ -181,23 +177,32 @@ impl Application {
                 );
                 (id, cert)
             }
+            // `validate`: both or neither
             _ => anyhow::bail!("set both DAPI_APP_ID and DAPI_APP_CERTIFICATE, or neither"),
         };
-        let tokens = TokenIssuer::new(app_id, certificate, config.token_version, config.token_ttl);
+        let tokens = TokenIssuer::new(
+            app_id,
+            certificate,
+            config.tokens.version,
+            config.tokens.ttl_secs(),
+        );
         // On PostgreSQL several instances may serve one channel: they meet on the bus.
         let bus = matches!(store, Store::Postgres(_)).then(rtc_wire::InstanceId::random);
         let rtc = rtc::Rtc::new(&config, tokens.clone(), clock.clone(), bus)?;
         let push = push::Pusher::from_config(&config.push)?;
-        let bridges = robot_options::Bridges::from_config(config.bridges.as_ref())?;
-        let listener = TcpListener::bind(config.listen)
+        let bridges = robot_options::Bridges::from_config(config.dispatch.bridges.as_ref())?;
+        let listener = TcpListener::bind(config.server.listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let auth = auth::AuthMode::from_config(&config)?;
-        let limits = rate_limit::Limits::from_config(&config);
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let auth = auth::AuthMode::from_config(&config.auth)?;
+        let limits = rate_limit::Limits::from_config(&config.limits);
         let dispatcher = dispatch::Dispatcher::new(
-            std::time::Duration::from_secs(config.lease_seconds),
-            std::time::Duration::from_secs(config.offer_timeout),
-            std::time::Duration::from_millis(config.dispatch_poll_ms.max(10)),
+            config.dispatch.lease,
+            config.dispatch.offer_timeout,
+            config
+                .dispatch
+                .poll
+                .max(std::time::Duration::from_millis(10)),
         );
         let state = AppState {
             inner: Arc::new(Inner {
@@ -259,7 +264,7 @@ impl Application {
         println!("listening on http://{addr}");
         tracing::info!(%addr, backend = self.state.store().backend(), "listening");
         let header_read_timeout =
-            std::time::Duration::from_secs(self.state.config().header_read_timeout.max(1));
+            (self.state.config().server.header_read_timeout).max(std::time::Duration::from_secs(1));
         serve(self.listener, router, header_read_timeout, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = dispatcher.await;

@@ -1,8 +1,8 @@
 //! `api`: serve (default), `api migrate`, `api token mint|inspect`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use api::config::Config;
+use api::config::{self, Config};
 use api::{Application, store::Store, telemetry, token};
 
 #[derive(Debug, Parser)]
@@ -33,23 +33,37 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.command {
         Some(Command::Token(cmd)) => token::cli::run(cmd),
         Some(Command::Migrate { database_url }) => {
-            telemetry::init(&cli.config.log_format);
-            let url = database_url.unwrap_or(cli.config.database_url);
+            telemetry::init(cli.config.server.log_format);
+            let url = database_url.unwrap_or(cli.config.server.database_url);
             let store = Store::connect(&url).await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
             Ok(())
         }
         None => {
-            telemetry::init(&cli.config.log_format);
+            telemetry::init(cli.config.server.log_format);
             let app = Application::build(cli.config).await?;
             app.run_until(shutdown_signal()).await
         }
     }
+}
+
+/// The command line, or exit with clap's message; for an invalid value, a note names
+/// the flag's environment variable too (clap names only the flag).
+fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        let var = config::env_of_parse_error(&e, &Cli::command());
+        if let Some(var) = var {
+            let _ = e.print();
+            eprintln!("note: this flag's environment variable is {var}");
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -115,7 +115,7 @@ pub enum Kind {
 
 impl Limits {
     /// From configuration.
-    pub fn from_config(c: &crate::config::Config) -> Self {
+    pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
         Self {
             calls_uid: Limiter::new(c.rate_calls_per_uid),
             calls_ip: Limiter::new(c.rate_calls_per_ip),
@@ -187,10 +187,10 @@ mod tests {
 
     #[test]
     fn the_uid_is_charged_before_the_address() {
-        let c = crate::config::Config {
+        let c = crate::config::LimitsConfig {
             rate_writes_per_uid: 2,
             rate_writes_per_ip: 3,
-            ..crate::config::Config::for_tests("sqlite::memory:")
+            ..crate::config::LimitsConfig::none()
         };
         let l = Limits::from_config(&c);
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();

@@ -248,12 +248,12 @@ pub async fn robot_session(
         }
     }
     Ok(NewRobotSession {
-        uid: state.config().robot_uid.clone(),
+        uid: state.config().dispatch.robot_uid.clone(),
         audio: stored.items.iter().map(|i| i.audio.clone()).collect(),
         loop_audio,
-        max_attempts: state.config().robot_max_attempts,
+        max_attempts: state.config().dispatch.max_attempts,
         requested_by: requested_by.as_str().to_owned(),
-        max_per_requester: state.config().robots_per_uid,
+        max_per_requester: state.config().dispatch.robots_per_uid,
         // The seed's bodies store nothing new: their offer is built as before.
         options: if no_options {
             None

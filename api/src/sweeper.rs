@@ -5,11 +5,10 @@
 //! [`Clock`](crate::clock::Clock), so tests drive it with a manual clock and
 //! [`sweep_once`].
 
-use std::time::Duration;
-
 use crate::AppState;
 use crate::call_state::Input;
 use crate::calls::{self, Effects};
+use crate::config::{millis_i64, secs_i64};
 use crate::domain::{ChannelName, Uid};
 use crate::store::tasks::{self, TaskState};
 use crate::store::{CallKind, FireOutcome, InputMeta, NewCall, NewRobotSession, StoreError};
@@ -84,7 +83,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     }
 
     let now_secs = now / 1000;
-    let grace = i64::try_from(state.config().calltask_grace).unwrap_or(300);
+    let grace = secs_i64(state.config().calls.calltask_grace);
     for task in store.due_tasks(now_secs, BATCH).await? {
         if tasks::next_state(task.call_time, now_secs, grace) == TaskState::Missed {
             if store.fire_task(task.id, None, now).await? == FireOutcome::Missed {
@@ -105,8 +104,8 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             .iter()
             .filter_map(|u| Uid::parse(u).ok())
             .collect();
-        let heartbeat_ms = i64::try_from(state.config().heartbeat_timeout).unwrap_or(45) * 1000;
-        let ring_ms = i64::try_from(state.config().ring_timeout).unwrap_or(60) * 1000;
+        let heartbeat_ms = millis_i64(state.config().calls.heartbeat_timeout);
+        let ring_ms = millis_i64(state.config().calls.ring_timeout);
         let call = NewCall {
             channel: ChannelName::generate(),
             caller,
@@ -114,13 +113,13 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             kind: CallKind::Task,
             extra_msg: Some(task.taskid.clone()),
             now_ms: now,
-            ring_deadline_ms: Some(now + ring_ms),
-            caller_heartbeat_deadline_ms: now + heartbeat_ms,
+            ring_deadline_ms: Some(now.saturating_add(ring_ms)),
+            caller_heartbeat_deadline_ms: now.saturating_add(heartbeat_ms),
             robot: (!task.tone_list.is_empty()).then(|| NewRobotSession {
-                uid: state.config().robot_uid.clone(),
+                uid: state.config().dispatch.robot_uid.clone(),
                 audio: task.tone_list.clone(),
                 loop_audio: false,
-                max_attempts: state.config().robot_max_attempts,
+                max_attempts: state.config().dispatch.max_attempts,
                 // Counted against the owner's robots, never refused: the task was accepted
                 // (and paid for as a call) when it was created.
                 requested_by: task.src_uid.clone(),
@@ -140,11 +139,12 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
 
     // Robots past their maximum duration leave through the quit path (the agent is told
     // at once through the dispatcher), recorded on the call's timeline.
-    let max_ms = i64::try_from(state.config().robot_max_seconds)
-        .unwrap_or(i64::MAX / 2)
-        .saturating_mul(1000);
+    let max_ms = millis_i64(state.config().dispatch.robot_max);
     if max_ms > 0 {
-        for channel in store.overtime_robots(now - max_ms, BATCH).await? {
+        for channel in store
+            .overtime_robots(now.saturating_sub(max_ms), BATCH)
+            .await?
+        {
             store.robot_overtime(&channel, now).await?;
             tracing::info!(channel = %channel, "robot reached its maximum duration: told to leave");
             effects.add(Effects {
@@ -156,9 +156,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     }
 
     // Retention: recordings whose last upload is older than DAPI_RECORDING_RETENTION days.
-    let retention_ms = i64::try_from(state.config().recording_retention)
-        .unwrap_or(30)
-        .saturating_mul(86_400_000);
+    let retention_ms = millis_i64(state.config().recordings.retention);
     report.recordings_pruned = store
         .prune_recordings(now.saturating_sub(retention_ms))
         .await?;
@@ -176,7 +174,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
 /// Sweeps every `DAPI_SWEEP_MS` (a due row is noticed within that) until `shutdown`
 /// resolves; does nothing when it is 0.
 pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
-    let every = Duration::from_millis(state.config().sweep_ms);
+    let every = state.config().calls.sweep_every;
     if every.is_zero() {
         return;
     }

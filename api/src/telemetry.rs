@@ -4,8 +4,10 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `format` is `json`, `pretty` or `auto`.
-pub fn init(format: &str) {
+use crate::config::LogFormat;
+
+/// Installs the global subscriber in `format`.
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         // symphonia logs an ERROR line of its own for every file it cannot probe; an
         // upload that does not decode is the client's mistake, answered with a 400.
@@ -13,9 +15,9 @@ pub fn init(format: &str) {
             EnvFilter::new("info,sqlx=warn,tower_http=info,symphonia_core::formats::probe=off")
         });
     let json = match format {
-        "json" => true,
-        "pretty" => false,
-        _ => !std::io::stderr().is_terminal(),
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

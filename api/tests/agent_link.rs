@@ -22,7 +22,7 @@ async fn agent_link_needs_its_key() {
     assert_eq!(connect(&app, None).await.err(), Some(401));
     assert_eq!(connect(&app, Some("wrong")).await.err(), Some(401));
     let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {
-        c.agent_key = None
+        c.dispatch.agent_key = None
     })
     .await;
     assert_eq!(
@@ -172,8 +172,8 @@ async fn two_agents_of_capacity_one_take_one_each_and_the_third_waits() {
 async fn lapsed_lease_is_offered_to_another_agent_with_its_position() {
     for backend in backends() {
         let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
-            c.lease_seconds = 1;
-            c.dispatch_poll_ms = 100;
+            c.dispatch.lease = Duration::from_secs(1);
+            c.dispatch.poll = Duration::from_millis(100);
         })
         .await;
         let mut a = agent(&app, "dies", 1).await;
@@ -212,8 +212,8 @@ async fn a_closed_link_offers_its_session_to_another_agent_at_once() {
     for backend in backends() {
         // Lease and poll far away: only the closed link can explain what follows.
         let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
-            c.lease_seconds = 60;
-            c.dispatch_poll_ms = 60_000;
+            c.dispatch.lease = Duration::from_secs(60);
+            c.dispatch.poll = Duration::from_millis(60_000);
         })
         .await;
         let mut a = agent(&app, "killed", 1).await;
@@ -274,8 +274,8 @@ async fn a_closed_link_offers_its_session_to_another_agent_at_once() {
 async fn an_agent_that_reconnects_before_anyone_takes_its_session_keeps_it() {
     for backend in backends() {
         let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
-            c.lease_seconds = 60;
-            c.dispatch_poll_ms = 60_000;
+            c.dispatch.lease = Duration::from_secs(60);
+            c.dispatch.poll = Duration::from_millis(60_000);
         })
         .await;
         let mut a = agent(&app, "blip", 1).await;
@@ -330,7 +330,7 @@ async fn an_agent_that_reconnects_before_anyone_takes_its_session_keeps_it() {
 #[tokio::test]
 async fn rejected_offers_are_offered_again_and_stale_accepts_are_told_to_leave() {
     let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {
-        c.dispatch_poll_ms = 100
+        c.dispatch.poll = Duration::from_millis(100)
     })
     .await;
     let mut a = agent(&app, "picky", 1).await;
@@ -520,7 +520,7 @@ async fn assets_are_validated_by_decoding_and_served_to_agents() {
 #[tokio::test]
 async fn an_oversized_asset_is_a_json_413_and_an_unauthenticated_one_a_401() {
     let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {
-        c.max_asset_bytes = 1000;
+        c.dispatch.max_asset_bytes = 1000;
     })
     .await;
     let put = |key: &str| {
@@ -545,7 +545,7 @@ async fn a_backlog_larger_than_one_batch_is_offered_without_waiting_for_the_poll
         // The backstop poll is far away: only the loop going on after a full batch (64)
         // can offer the rest of the backlog within the wait below.
         let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
-            c.dispatch_poll_ms = 60_000
+            c.dispatch.poll = Duration::from_millis(60_000)
         })
         .await;
         const N: usize = 150;

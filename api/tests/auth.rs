@@ -52,8 +52,7 @@ async fn post(app: &TestApp, path: &str, jwt: Option<&str>, body: Value) -> (u16
 async fn jwt_mode_checks_subject_and_membership() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
-            c.auth = "jwt".into();
-            c.jwt_secret = Some(api::config::Secret::new(SECRET));
+            c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(SECRET));
         })
         .await;
         let alice = hs256("alice", now() + 600);
@@ -230,8 +229,8 @@ async fn jwt_mode_with_an_es256_jwks() {
         "/tests/data/es256-test-jwks.json"
     );
     let app = spawn_app_with("sqlite", Clock::system(), |c| {
-        c.auth = "jwt".into();
-        c.jwt_jwks = Some(jwks.into());
+        c.auth.kind = api::config::AuthKind::Jwt;
+        c.auth.jwt_jwks = Some(jwks.into());
     })
     .await;
     let (s, v) = post(
@@ -260,7 +259,7 @@ async fn jwt_mode_with_an_es256_jwks() {
 async fn jwt_mode_refuses_to_start_without_keys() {
     let (url, _dir) = common::fresh_db("sqlite").await;
     let mut c = api::config::Config::for_tests(&url);
-    c.auth = "jwt".into();
+    c.auth.kind = api::config::AuthKind::Jwt;
     let e = api::Application::build(c).await.err().unwrap();
     assert!(e.to_string().contains("DAPI_JWT_SECRET"), "{e}");
 }
@@ -268,8 +267,8 @@ async fn jwt_mode_refuses_to_start_without_keys() {
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after() {
     let app = spawn_app_with("sqlite", Clock::system(), |c| {
-        c.rate_calls_per_uid = 3;
-        c.rate_tokens_per_ip = 5;
+        c.limits.rate_calls_per_uid = 3;
+        c.limits.rate_tokens_per_ip = 5;
     })
     .await;
     for _ in 0..3 {

@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a panic is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
+use test_support::{ApiProcess, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_api");
 const VECTORS: &str = include_str!("data/agora-tokens.json");
@@ -175,34 +175,36 @@ fn token_inspect_decodes_and_checks_signatures() {
     assert!(err.contains("AccessToken"), "{err}");
 }
 
-#[test]
-fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("dapi-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+#[tokio::test]
+async fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
+    let dir = TempDir::new("dapi-cli");
     let db = format!("sqlite://{}/cli.db", dir.display());
     let (ok, out, err) = run(&["migrate", "--database-url", &db]);
     assert!(ok, "{err}");
     assert!(out.contains("migrations applied"), "{out}");
 
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--database-url", &db])
-        .env("DAPI_LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{line}"));
+    // The flags win over the builder's DAPI_LISTEN and DATABASE_URL.
+    let mut api = ApiProcess::builder()
+        .bin(BIN)
+        .without_credentials()
+        .args(&["--listen", "127.0.0.1:0", "--database-url", &db])
+        .start()
+        .await;
+    // `listening on http://ADDR:PORT` is the first line on stdout
+    assert!(
+        api.stdout_before_listening().is_empty(),
+        "{:?}",
+        api.stdout_before_listening()
+    );
+    let addr = api
+        .base
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{}", api.base))
+        .to_owned();
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     assert_ne!(port, 0);
     // the server answers on that port
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
     use std::io::{Read, Write};
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -210,22 +212,51 @@ fn migrate_then_serve_prints_the_real_port_and_stops_on_sigterm() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     // graceful shutdown on SIGTERM
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    api.terminate();
+    let status = api.wait(std::time::Duration::from_secs(30)).await;
     assert!(status.success(), "{status}");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = api.logs().join("\n");
     assert!(
         stderr.contains("development pair"),
         "warns about generated credentials: {stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the server with `env` on a database that must not be created: it refuses to start.
+fn refused(env: &[(&str, &str)]) -> String {
+    let dir = TempDir::new("dapi-cli-refused");
+    let file = dir.join("never.db");
+    let db = format!("sqlite://{}", file.display());
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--database-url", &db])
+        .envs(env.iter().copied())
+        .env("DAPI_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {env:?}");
+    assert!(
+        !file.exists(),
+        "the configuration is checked before the database is opened"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_value_in_the_environment_is_refused_naming_the_variable() {
+    let err = refused(&[("DAPI_RING_TIMEOUT", "60s")]);
+    assert!(err.contains("whole number of seconds"), "{err}");
+    assert!(err.contains("DAPI_RING_TIMEOUT"), "{err}");
+    let err = refused(&[("DAPI_AUTH", "basic")]);
+    assert!(err.contains("DAPI_AUTH"), "{err}");
+}
+
+#[test]
+fn settings_that_cannot_work_together_are_refused_at_start_naming_the_variable() {
+    let err = refused(&[("DAPI_RTC_MAX_PEERS", "1")]);
+    assert!(
+        err.contains("DAPI_RTC_MAX_PEERS must be at least 2"),
+        "{err}"
+    );
+    let err = refused(&[("DAPI_AUTH", "jwt")]);
+    assert!(err.contains("DAPI_JWT_SECRET"), "{err}");
 }

@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use api::clock::Clock;
 use api::token::TokenIssuer;
@@ -247,7 +248,10 @@ async fn uids_as_numbers_and_single_dst_uid() {
 async fn call_msg_moves_0_to_1_and_honours_the_recent_window() {
     for backend in backends() {
         let clock = Clock::manual(1_700_000_000_000);
-        let app = spawn_app_with(backend, clock.clone(), |c| c.recent_window = 60).await;
+        let app = spawn_app_with(backend, clock.clone(), |c| {
+            c.calls.recent_window = Duration::from_secs(60)
+        })
+        .await;
         let d = app
             .ok("/dapi/call/user", json!({"src_uid": "1", "dst_uid": ["2"]}))
             .await;

@@ -212,7 +212,7 @@ async fn a_five_second_database_outage_gives_503_and_heals_by_itself() {
     };
     let pg = PrivatePg::start(bin).unwrap_or_else(|e| panic!("starting a private PostgreSQL: {e}"));
     let url = pg.url();
-    let tweak = |c: &mut api::config::Config| c.dispatch_poll_ms = 60_000;
+    let tweak = |c: &mut api::config::Config| c.dispatch.poll = Duration::from_millis(60_000);
     let a = spawn_app_on("postgres", &url, None, Clock::system(), tweak).await;
     let b = spawn_app_on("postgres", &url, None, Clock::system(), tweak).await;
     let mut on_b = agent(&b, "agent-on-b", 4).await;

@@ -94,7 +94,10 @@ fn channel_of(data: &Value) -> String {
 
 #[tokio::test]
 async fn half_a_header_is_cut_off_while_normal_clients_are_answered() {
-    let app = spawn_app_with("sqlite", Clock::system(), |c| c.header_read_timeout = 1).await;
+    let app = spawn_app_with("sqlite", Clock::system(), |c| {
+        c.server.header_read_timeout = Duration::from_secs(1)
+    })
+    .await;
     // The attack: several connections that each send half a request header and stop.
     let mut slow = Vec::new();
     for _ in 0..5 {
@@ -134,11 +137,11 @@ async fn half_a_header_is_cut_off_while_normal_clients_are_answered() {
 async fn one_uid_past_its_limit_does_not_block_others_behind_the_same_proxy() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
-            c.rate_writes_per_uid = 3;
-            c.rate_writes_per_ip = 1000;
-            c.rate_calls_per_uid = 2;
-            c.rate_calls_per_ip = 1000;
-            c.trusted_proxies = "127.0.0.1/32".parse().unwrap();
+            c.limits.rate_writes_per_uid = 3;
+            c.limits.rate_writes_per_ip = 1000;
+            c.limits.rate_calls_per_uid = 2;
+            c.limits.rate_calls_per_ip = 1000;
+            c.limits.trusted_proxies = "127.0.0.1/32".parse().unwrap();
         })
         .await;
         // Both users come through the proxy (the test client is 127.0.0.1, trusted) from
@@ -210,9 +213,9 @@ async fn one_uid_past_its_limit_does_not_block_others_behind_the_same_proxy() {
 async fn a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
     // Only 127.0.0.2 is a trusted proxy; the attacker connects from 127.0.0.1.
     let app = spawn_app_with("sqlite", Clock::system(), |c| {
-        c.rate_calls_per_uid = 0;
-        c.rate_calls_per_ip = 3;
-        c.trusted_proxies = "127.0.0.2/32".parse().unwrap();
+        c.limits.rate_calls_per_uid = 0;
+        c.limits.rate_calls_per_ip = 3;
+        c.limits.trusted_proxies = "127.0.0.2/32".parse().unwrap();
     })
     .await;
     let attacker = reqwest::Client::builder()
@@ -268,8 +271,8 @@ async fn every_write_route_is_limited_and_scheduled_calls_pay_as_calls() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
             jwt_mode(c);
-            c.rate_writes_per_uid = 4;
-            c.rate_calls_per_uid = 3;
+            c.limits.rate_writes_per_uid = 4;
+            c.limits.rate_calls_per_uid = 3;
         })
         .await;
         let ch = channel_of(
@@ -637,7 +640,7 @@ async fn pending_scheduled_calls_are_capped_per_uid_and_others_still_schedule() 
     // Tasks fire without being charged again: created over hours for the same minute, they
     // would all fire together. The cap bounds that; the rate limits are off here.
     for backend in backends() {
-        let app = spawn_app_with(backend, Clock::system(), |c| c.calltasks_per_uid = 3).await;
+        let app = spawn_app_with(backend, Clock::system(), |c| c.calls.calltasks_per_uid = 3).await;
         let task = |uid: &str, n: u32| {
             json!({"src_uid": uid, "dst_uid": ["victim"],
                    "call_time": "2030-01-01 00:00:00", "taskid": format!("t{n}")})
@@ -673,7 +676,7 @@ async fn pending_scheduled_calls_are_capped_per_uid_and_others_still_schedule() 
 #[tokio::test]
 async fn robots_per_uid_are_capped_and_others_still_get_theirs() {
     for backend in backends() {
-        let app = spawn_app_with(backend, Clock::system(), |c| c.robots_per_uid = 2).await;
+        let app = spawn_app_with(backend, Clock::system(), |c| c.dispatch.robots_per_uid = 2).await;
         let first = channel_of(
             &app.ok("/dapi/call/robot", json!({"src_uid": "hog", "loop": true}))
                 .await,
@@ -756,10 +759,10 @@ async fn a_robot_past_its_maximum_duration_is_told_to_leave() {
         let t0 = chrono::Utc::now().timestamp_millis();
         let clock = Clock::manual(t0);
         let app = spawn_app_with(backend, clock.clone(), |c| {
-            c.robot_max_seconds = 60;
+            c.dispatch.robot_max = Duration::from_secs(60);
             // the manual clock jumps: keep leases and heartbeats out of the way
-            c.lease_seconds = 3600;
-            c.heartbeat_timeout = 3600;
+            c.dispatch.lease = Duration::from_secs(3600);
+            c.calls.heartbeat_timeout = Duration::from_secs(3600);
         })
         .await;
         let mut ws = agent(&app, "ag1", 4).await;
@@ -836,20 +839,20 @@ async fn open_mode_refuses_device_routes_naming_jwt_mode() {
 async fn a_plain_http_webhook_and_a_short_jwt_secret_are_refused_at_start() {
     let (url, _dir) = common::fresh_db("sqlite").await;
     let mut c = api::config::Config::for_tests(&url);
-    c.push.push_webhook_url = Some("http://hooks.example.com/push".into());
-    c.push.push_webhook_secret = Some(api::config::Secret::new("hook-secret"));
+    c.push.webhook_url = Some("http://hooks.example.com/push".into());
+    c.push.webhook_secret = Some(api::config::Secret::new("hook-secret"));
     let e = api::Application::build(c.clone()).await.err().unwrap();
     assert!(e.to_string().contains("DAPI_PUSH_WEBHOOK_URL"), "{e}");
     assert!(e.to_string().contains("https://"), "{e}");
     // loopback http (a sidecar, tests) and https are accepted
     for ok in ["http://127.0.0.1:9/hook", "https://hooks.example.com/push"] {
-        c.push.push_webhook_url = Some(ok.into());
+        c.push.webhook_url = Some(ok.into());
         assert!(api::Application::build(c.clone()).await.is_ok(), "{ok}");
     }
 
     let mut c = api::config::Config::for_tests(&url);
-    c.auth = "jwt".into();
-    c.jwt_secret = Some(api::config::Secret::new("only-31-bytes-of-shared-secret!"));
+    c.auth =
+        api::config::AuthConfig::jwt(api::config::Secret::new("only-31-bytes-of-shared-secret!"));
     let e = api::Application::build(c).await.err().unwrap();
     assert!(e.to_string().contains("DAPI_JWT_SECRET"), "{e}");
     assert!(e.to_string().contains("32"), "{e}");
@@ -889,9 +892,9 @@ async fn a_jwt_not_valid_yet_is_refused() {
 #[tokio::test]
 async fn turn_credentials_last_as_long_as_the_join_token() {
     let app = spawn_app_with("sqlite", Clock::system(), |c| {
-        c.token_ttl = 600;
-        c.ice_servers = r#"[{"urls": ["turn:turn.example.org:3478"]}]"#.parse().unwrap();
-        c.turn_secret = Some(api::config::Secret::new("turn-shared-secret"));
+        c.tokens.ttl = Duration::from_secs(600);
+        c.rtc.ice_servers = r#"[{"urls": ["turn:turn.example.org:3478"]}]"#.parse().unwrap();
+        c.rtc.turn_secret = Some(api::config::Secret::new("turn-shared-secret"));
     })
     .await;
     let ch = channel_of(&app.ok("/dapi/call/user", json!({"src_uid": "alice"})).await);

@@ -129,8 +129,8 @@ async fn quiet(ws: &mut Ws, wait: Duration) {
 async fn sockets_that_never_join_are_closed_and_a_member_stays() {
     let clock = Clock::manual(T0);
     let app = spawn_app_with("sqlite", clock.clone(), |c| {
-        c.rtc_join_timeout = 10;
-        c.rtc_idle_timeout = 3600;
+        c.rtc.join_timeout = Duration::from_secs(10);
+        c.rtc.idle_timeout = Duration::from_secs(3600);
     })
     .await;
     let (channel, alice_token) = call(&app, "alice", "bob").await;
@@ -171,8 +171,8 @@ async fn sockets_that_never_join_are_closed_and_a_member_stays() {
 #[tokio::test]
 async fn sockets_are_capped_per_address_and_in_total() {
     let app = spawn_app_with("sqlite", Clock::system(), |c| {
-        c.rtc_sockets_per_ip = 5;
-        c.rtc_sockets_total = 12;
+        c.rtc.sockets_per_ip = 5;
+        c.rtc.sockets_total = 12;
     })
     .await;
     // The legitimate client, on 127.0.0.1.
@@ -235,10 +235,10 @@ async fn a_join_flood_is_refused_and_costs_a_bounded_number_of_writes() {
     for backend in backends() {
         let clock = Clock::manual(T0);
         let app = spawn_app_with(backend, clock.clone(), |c| {
-            c.heartbeat_timeout = 6; // presence every 2 s
-            c.rtc_idle_timeout = 3600;
-            c.rtc_joins_per_token_per_min = 5;
-            c.rtc_joins_per_uid_per_min = 8;
+            c.calls.heartbeat_timeout = Duration::from_secs(6); // presence every 2 s
+            c.rtc.idle_timeout = Duration::from_secs(3600);
+            c.rtc.joins_per_token_per_min = 5;
+            c.rtc.joins_per_uid_per_min = 8;
         })
         .await;
         // The legitimate call: alice and bob, both present.
@@ -379,7 +379,7 @@ async fn drain_flood(ws: &mut Ws) -> usize {
 #[tokio::test]
 async fn a_signal_flood_cuts_off_the_sender_not_the_victim() {
     let app = spawn_app_with("sqlite", Clock::manual(T0), |c| {
-        c.rtc_idle_timeout = 3600;
+        c.rtc.idle_timeout = Duration::from_secs(3600);
     })
     .await;
     let (_, mut alice, mut bob, mut mallory) = three_in_a_channel(&app).await;
@@ -423,10 +423,10 @@ async fn a_signal_flood_cuts_off_the_sender_not_the_victim() {
 async fn a_victim_that_cannot_keep_up_is_not_dropped_its_flooder_is() {
     // No signal budget: only the relay's protection of the receiver's queue is left.
     let app = spawn_app_with("sqlite", Clock::manual(T0), |c| {
-        c.rtc_idle_timeout = 3600;
-        c.rtc_signals_per_sec = 0;
-        c.rtc_signal_bytes_per_sec = 0;
-        c.rtc_msgs_per_sec = 1000;
+        c.rtc.idle_timeout = Duration::from_secs(3600);
+        c.rtc.signals_per_sec = 0;
+        c.rtc.signal_bytes_per_sec = 0;
+        c.rtc.msgs_per_sec = 1000;
     })
     .await;
     let (_, mut alice, mut bob, mut mallory) = three_in_a_channel(&app).await;
@@ -464,9 +464,9 @@ async fn a_victim_that_cannot_keep_up_is_not_dropped_its_flooder_is() {
 async fn an_expiring_token_is_announced_renewed_or_kicked() {
     let clock = Clock::manual(T0);
     let app = spawn_app_with("sqlite", clock.clone(), |c| {
-        c.token_ttl = 120;
-        c.rtc_idle_timeout = 3600;
-        c.heartbeat_timeout = 3600;
+        c.tokens.ttl = Duration::from_secs(120);
+        c.rtc.idle_timeout = Duration::from_secs(3600);
+        c.calls.heartbeat_timeout = Duration::from_secs(3600);
     })
     .await;
     let (channel, alice_token) = call(&app, "alice", "bob").await;
@@ -545,8 +545,8 @@ async fn an_expiring_token_is_announced_renewed_or_kicked() {
 async fn renew_with_an_expired_token_is_an_error_and_the_socket_stays() {
     let clock = Clock::manual(T0);
     let app = spawn_app_with("sqlite", clock.clone(), |c| {
-        c.token_ttl = 120;
-        c.rtc_idle_timeout = 3600;
+        c.tokens.ttl = Duration::from_secs(120);
+        c.rtc.idle_timeout = Duration::from_secs(3600);
     })
     .await;
     let (channel, alice_token) = call(&app, "alice", "bob").await;
@@ -583,8 +583,7 @@ async fn renew_with_an_expired_token_is_an_error_and_the_socket_stays() {
 async fn jwt_mode_a_valid_token_of_a_non_member_cannot_join() {
     for backend in backends() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
-            c.auth = "jwt".into();
-            c.jwt_secret = Some(api::config::Secret::new(
+            c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(
                 "app-backend-shared-secret-of-32-bytes-or-more",
             ));
         })

@@ -11,6 +11,7 @@ use api::clock::Clock;
 use api::sweeper::sweep_once;
 use common::{backends, fresh_db, spawn_app_on, spawn_app_with};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 const T0: i64 = 1_893_456_000_000; // 2030-01-01 00:00:00 UTC
 
@@ -32,8 +33,8 @@ async fn unanswered_call_rings_out_as_1001() {
     for backend in backends() {
         let clock = Clock::manual(T0);
         let app = spawn_app_with(backend, clock.clone(), |c| {
-            c.ring_timeout = 60;
-            c.recent_window = 120;
+            c.calls.ring_timeout = Duration::from_secs(60);
+            c.calls.recent_window = Duration::from_secs(120);
         })
         .await;
         let ch = app
@@ -77,7 +78,10 @@ async fn unanswered_call_rings_out_as_1001() {
 async fn answered_call_does_not_ring_out_and_silent_participants_are_dropped() {
     for backend in backends() {
         let clock = Clock::manual(T0);
-        let app = spawn_app_with(backend, clock.clone(), |c| c.heartbeat_timeout = 45).await;
+        let app = spawn_app_with(backend, clock.clone(), |c| {
+            c.calls.heartbeat_timeout = Duration::from_secs(45)
+        })
+        .await;
         let ch = app
             .ok("/dapi/call/user", json!({"src_uid": "A", "dst_uid": ["B"]}))
             .await["channel"]
@@ -180,7 +184,10 @@ async fn scheduled_call_fires_once_on_time_and_cannot_be_changed_after() {
 async fn late_tasks_fire_within_grace_else_are_missed_and_tone_list_brings_the_robot() {
     for backend in backends() {
         let clock = Clock::manual(T0);
-        let app = spawn_app_with(backend, clock.clone(), |c| c.calltask_grace = 300).await;
+        let app = spawn_app_with(backend, clock.clone(), |c| {
+            c.calls.calltask_grace = Duration::from_secs(300)
+        })
+        .await;
         // scheduled while the server was "down": one 100 s late, one 400 s late
         let late = app.ok("/dapi/calltask/update", json!({"src_uid": "A", "dst_uid": ["B"], "call_time": "2029-12-31 23:58:20", "taskid": "late", "tone_list": ["default"]})).await;
         let missed = app

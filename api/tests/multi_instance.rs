@@ -26,7 +26,7 @@ const POLL_MS: u64 = 60_000;
 /// Two instances on one fresh PostgreSQL database, or `None` (with a message) without
 /// `TEST_DATABASE_URL`.
 async fn two_instances(test: &str) -> Option<(TestApp, TestApp)> {
-    let tweak = |c: &mut api::config::Config| c.dispatch_poll_ms = POLL_MS;
+    let tweak = |c: &mut api::config::Config| c.dispatch.poll = Duration::from_millis(POLL_MS);
     let (a, b) = two_on_postgres(test, tweak).await?;
     wait_for_listeners(&a, 2).await;
     Some((a, b))

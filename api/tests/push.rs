@@ -26,7 +26,7 @@ use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{TestApp, backends, fresh_db, jwt_mode, spawn_app_on, spawn_app_with};
+use common::{TempDir, TestApp, backends, fresh_db, jwt_mode, spawn_app_on, spawn_app_with};
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
@@ -80,21 +80,6 @@ struct MockApns {
     ca_file: PathBuf,
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    let p = std::env::temp_dir().join(format!("dapi-push-{n:x}"));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
-}
-
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let lines: Vec<&str> = b64
@@ -116,17 +101,17 @@ impl MockApns {
     /// Starts the stand-in: a fresh P-256 provider key (written as a `.p8`), a
     /// self-signed certificate for 127.0.0.1 (written as the CA file), HTTP/2 only.
     async fn start() -> Self {
-        let dir = temp_dir();
+        let dir = TempDir::new("dapi-push");
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
             .unwrap();
-        let key_file = dir.0.join("AuthKey_ABC123DEFG.p8");
+        let key_file = dir.path().join("AuthKey_ABC123DEFG.p8");
         std::fs::write(&key_file, pem("PRIVATE KEY", pkcs8.as_ref())).unwrap();
 
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
             .unwrap();
-        let ca_file = dir.0.join("apns-ca.pem");
+        let ca_file = dir.path().join("apns-ca.pem");
         std::fs::write(&ca_file, cert.cert.pem()).unwrap();
         let mut tls = rustls::ServerConfig::builder_with_provider(ring_provider())
             .with_safe_default_protocol_versions()
@@ -187,8 +172,8 @@ impl MockApns {
         c.push.apns_key_id = Some(KEY_ID.into());
         c.push.apns_team_id = Some(TEAM_ID.into());
         c.push.apns_bundle_id = Some(BUNDLE.into());
-        c.push.apns_endpoint = self.url.clone();
-        c.push.push_ca_file = Some(self.ca_file.clone());
+        c.push.apns_endpoint = self.url.parse().unwrap();
+        c.push.ca_file = Some(self.ca_file.clone());
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -377,8 +362,8 @@ impl MockHook {
     }
 
     fn configure(&self, c: &mut api::config::Config) {
-        c.push.push_webhook_url = Some(self.url.clone());
-        c.push.push_webhook_secret = Some(api::config::Secret::new(SECRET));
+        c.push.webhook_url = Some(self.url.clone());
+        c.push.webhook_secret = Some(api::config::Secret::new(SECRET));
     }
 
     fn seen(&self) -> Vec<Value> {
@@ -706,8 +691,8 @@ async fn a_call_that_ends_unanswered_sends_a_cancel_push() {
         let app = spawn_app_with(backend, clock.clone(), |c| {
             jwt_mode(c);
             apns.configure(c);
-            c.ring_timeout = 60;
-            c.heartbeat_timeout = 3600;
+            c.calls.ring_timeout = Duration::from_secs(60);
+            c.calls.heartbeat_timeout = Duration::from_secs(3600);
         })
         .await;
         register(&app, "B", "ios", OK, true).await;
@@ -895,8 +880,8 @@ async fn a_hanging_provider_does_not_slow_call_user() {
         let app = spawn_app_with(backend, Clock::system(), |c| {
             jwt_mode(c);
             apns.configure(c);
-            c.push.push_ms = 50;
-            c.push.push_timeout = 60;
+            c.push.every = Duration::from_millis(50);
+            c.push.timeout = Duration::from_secs(60);
         })
         .await;
         register(&app, "B", "ios", HANG, true).await;

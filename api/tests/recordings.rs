@@ -17,6 +17,7 @@ use common::robot::{
 };
 use common::{TestApp, backends, spawn_app_with};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// `PUT /agent/recordings/{session}/{uid}?{query}` with `key`; status and body.
 async fn put(
@@ -320,7 +321,7 @@ async fn upload_list_and_download_with_ranges() {
 
 #[tokio::test]
 async fn uploads_over_the_size_limit_are_413() {
-    let app = spawn_app_with("sqlite", Clock::system(), |c| c.max_recording_bytes = 1000).await;
+    let app = spawn_app_with("sqlite", Clock::system(), |c| c.recordings.max_bytes = 1000).await;
     let (_, sid) = voicemail(&app, None).await;
     let (s, v) = put(&app, sid, "1001", "", KEY, ogg_opus(500)).await;
     assert_eq!(
@@ -334,7 +335,10 @@ async fn uploads_over_the_size_limit_are_413() {
 async fn the_sweeper_deletes_recordings_past_their_retention() {
     for backend in backends() {
         let clock = Clock::manual(1_780_000_000_000);
-        let app = spawn_app_with(backend, clock.clone(), |c| c.recording_retention = 30).await;
+        let app = spawn_app_with(backend, clock.clone(), |c| {
+            c.recordings.retention = Duration::from_secs(30 * 86_400)
+        })
+        .await;
         let (ch, sid) = voicemail(&app, None).await;
         let (s, _) = put(&app, sid, "1001", "", KEY, ogg_opus(50)).await;
         assert_eq!(s, 200);

@@ -19,7 +19,7 @@ const BRIDGES: &str = r#"{"bot": {"url": "wss://bot.example.net/media", "secret"
 
 async fn app(backend: &'static str) -> TestApp {
     spawn_app_with(backend, api::clock::Clock::system(), |c| {
-        c.bridges = Some(api::config::Secret::new(BRIDGES));
+        c.dispatch.bridges = Some(api::config::Secret::new(BRIDGES));
     })
     .await
 }
@@ -286,7 +286,7 @@ async fn dapi_bridges_is_checked_at_start_without_showing_the_secret() {
         ("top-secret", "not valid JSON"),
     ] {
         let mut c = api::config::Config::for_tests(&url);
-        c.bridges = Some(api::config::Secret::new(raw));
+        c.dispatch.bridges = Some(api::config::Secret::new(raw));
         let e = match api::Application::build(c).await {
             Ok(_) => panic!("{raw} was accepted"),
             Err(e) => format!("{e:#}"),
@@ -296,6 +296,6 @@ async fn dapi_bridges_is_checked_at_start_without_showing_the_secret() {
     }
     // and the configuration's Debug never shows it either
     let mut c = api::config::Config::for_tests(&url);
-    c.bridges = Some(api::config::Secret::new(BRIDGES));
+    c.dispatch.bridges = Some(api::config::Secret::new(BRIDGES));
     assert!(!format!("{c:?}").contains("bridge-secret-1"));
 }

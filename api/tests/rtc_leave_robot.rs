@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::time::Duration;
 use std::time::Instant;
 
 use common::agent_ws::{agent, expect, send, session_state};
@@ -19,7 +20,7 @@ use serde_json::json;
 async fn an_rtc_leave_that_ends_the_call_makes_the_robot_leave_at_once() {
     for backend in backends() {
         let app = spawn_app_with(backend, api::clock::Clock::system(), |c| {
-            c.dispatch_poll_ms = 60_000
+            c.dispatch.poll = Duration::from_millis(60_000)
         })
         .await;
         let mut ag = agent(&app, "ag", 1).await;

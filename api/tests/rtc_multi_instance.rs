@@ -31,7 +31,7 @@ const LONG: Duration = Duration::from_secs(10);
 
 async fn instances(test: &str, tweak: impl Fn(&mut Config)) -> Option<(TestApp, TestApp)> {
     two_on_postgres(test, |c: &mut Config| {
-        c.rtc_bus_heartbeat_ms = HEARTBEAT_MS;
+        c.rtc.bus_heartbeat = Duration::from_millis(HEARTBEAT_MS);
         tweak(c);
     })
     .await
@@ -331,7 +331,7 @@ async fn server_kicks_reach_the_instance_holding_the_uid() {
 #[tokio::test]
 async fn the_peer_limit_counts_both_instances() {
     let Some((one, two)) = instances("the_peer_limit_counts_both_instances", |c| {
-        c.rtc_max_peers = 2
+        c.rtc.max_peers = 2
     })
     .await
     else {

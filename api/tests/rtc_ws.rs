@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use api::clock::Clock;
@@ -19,6 +18,7 @@ use api::config::{Config, Secret};
 use api::domain::{ChannelName, Uid};
 use api::token::{PRIVILEGE_JOIN, mint_006};
 use api::{AppState, Application};
+use common::TempDir;
 use common::rtc_client::{
     APP, WAIT, Ws, expect_close, expect_error, expect_fatal, expect_kicked, expect_peer_left,
     join_at, join_text, next_msg, offer, send,
@@ -39,18 +39,12 @@ struct TestApp {
     clock: Clock,
     http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: TempDir,
 }
 
-static N: AtomicU32 = AtomicU32::new(0);
-
 async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = std::env::temp_dir().join(format!(
-        "rtc-ws-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db_url = format!("sqlite://{}/t.db?mode=rwc", dir.display());
+    let dir = TempDir::new("rtc-ws");
+    let db_url = dir.sqlite_url("t.db");
     let mut config = Config::for_tests(&db_url);
     tweak(&mut config);
     let clock = Clock::manual(chrono_now_ms());
@@ -70,6 +64,7 @@ async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         clock,
         http: reqwest::Client::new(),
         _stop: tx,
+        _dir: dir,
     }
 }
 
@@ -417,7 +412,7 @@ async fn bad_joins_get_an_error_naming_the_reason_then_close() {
 
 #[tokio::test]
 async fn protocol_violations_are_fatal_for_the_offender_only() {
-    let app = spawn_app(|c| c.rtc_max_frame = 4096).await;
+    let app = spawn_app(|c| c.rtc.max_frame = 4096).await;
     let channel = "ch_abuse";
     let (mut alice, _) = app.join(channel, "alice").await;
 
@@ -471,7 +466,7 @@ async fn protocol_violations_are_fatal_for_the_offender_only() {
 #[tokio::test]
 async fn rate_limit_drops_the_flooder() {
     // 5 per second, burst 20; the manual clock does not move, so nothing refills.
-    let app = spawn_app(|c| c.rtc_msgs_per_sec = 5).await;
+    let app = spawn_app(|c| c.rtc.msgs_per_sec = 5).await;
     let channel = "ch_rate";
     let (mut alice, _) = app.join(channel, "alice").await;
     let (mut bob, _) = app.join(channel, "bob").await;
@@ -571,7 +566,7 @@ async fn server_code_kicks_a_uid() {
 
 #[tokio::test]
 async fn channel_holds_at_most_max_peers() {
-    let app = spawn_app(|c| c.rtc_max_peers = 2).await;
+    let app = spawn_app(|c| c.rtc.max_peers = 2).await;
     let channel = "ch_full";
     let (_a, _) = app.join(channel, "a").await;
     let (_b, _) = app.join(channel, "b").await;
@@ -584,7 +579,7 @@ async fn channel_holds_at_most_max_peers() {
 #[tokio::test]
 async fn idle_sockets_are_pinged_then_dropped() {
     // Idle timeout 3 s: a ping after 1 s of silence, dropped after 3 s.
-    let app = spawn_app(|c| c.rtc_idle_timeout = 3).await;
+    let app = spawn_app(|c| c.rtc.idle_timeout = Duration::from_secs(3)).await;
     let channel = "ch_idle";
     let (mut alice, _) = app.join(channel, "alice").await;
     let (mut bob, _) = app.join(channel, "bob").await;
@@ -615,11 +610,11 @@ async fn idle_sockets_are_pinged_then_dropped() {
 #[tokio::test]
 async fn joined_hands_out_ice_servers_with_turn_rest_credentials() {
     let app = spawn_app(|c| {
-        c.ice_servers = r#"[{"urls":"stun:stun.example.org:3478"},{"urls":["turn:turn.example.org:3478?transport=udp"]}]"#
+        c.rtc.ice_servers = r#"[{"urls":"stun:stun.example.org:3478"},{"urls":["turn:turn.example.org:3478?transport=udp"]}]"#
             .parse()
             .unwrap();
-        c.turn_secret = Some(Secret::new("north-secret"));
-        c.turn_ttl = Some(3600);
+        c.rtc.turn_secret = Some(Secret::new("north-secret"));
+        c.rtc.turn_ttl = Some(Duration::from_secs(3600));
     })
     .await;
     let mut ws = app.connect().await;

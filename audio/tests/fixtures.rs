@@ -132,7 +132,6 @@ fn output_decoded_by_libopus_correlates_with_sox_reference() {
         }
     }
     println!("{}", report.join("\n"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -177,7 +176,6 @@ fn ogg_output_passes_opusinfo_and_opusdec_gives_the_exact_length() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

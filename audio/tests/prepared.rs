@@ -87,7 +87,7 @@ fn normalisation_reaches_the_target_when_the_peak_allows() {
 fn cache_encodes_once_in_memory_and_on_disk() {
     let dir = scratch("cache");
     let settings = Settings::default();
-    let cache = PreparedCache::with_dir(&dir).expect("cache");
+    let cache = PreparedCache::with_dir(dir.path()).expect("cache");
     let a = cache.get_or_prepare(speech(), &settings).expect("first");
     let b = cache.get_or_prepare(speech(), &settings).expect("second");
     assert!(Arc::ptr_eq(&a, &b));
@@ -104,7 +104,7 @@ fn cache_encodes_once_in_memory_and_on_disk() {
     assert!(path.is_file());
 
     // a new process (new cache on the same directory) reads it from disk
-    let cache2 = PreparedCache::with_dir(&dir).expect("cache");
+    let cache2 = PreparedCache::with_dir(dir.path()).expect("cache");
     let d = cache2.get_or_prepare(speech(), &settings).expect("disk");
     assert_eq!(cache2.stats().encodes, 0);
     assert_eq!(cache2.stats().disk_hits, 1);
@@ -126,14 +126,13 @@ fn cache_encodes_once_in_memory_and_on_disk() {
 
     // a damaged file on disk is a miss, re-encoded and rewritten
     std::fs::write(&path, b"OggS garbage").expect("damage");
-    let cache3 = PreparedCache::with_dir(&dir).expect("cache");
+    let cache3 = PreparedCache::with_dir(dir.path()).expect("cache");
     let f = cache3
         .get_or_prepare(speech(), &settings)
         .expect("re-encode");
     assert_eq!(cache3.stats().encodes, 1);
     assert_eq!(*f, *a);
     assert!(PreparedAudio::read_ogg(std::fs::File::open(&path).expect("open")).is_ok());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -159,7 +158,7 @@ fn concurrent_requests_for_one_asset_encode_once() {
 #[test]
 fn memory_limit_evicts_the_oldest_but_disk_keeps_it() {
     let dir = scratch("evict");
-    let cache = PreparedCache::with_dir(&dir)
+    let cache = PreparedCache::with_dir(dir.path())
         .expect("cache")
         .max_memory_bytes(1);
     let a = cache
@@ -180,7 +179,6 @@ fn memory_limit_evicts_the_oldest_but_disk_keeps_it() {
     assert_eq!(*again, *a);
     assert_eq!(cache.stats().encodes, 2);
     assert_eq!(cache.stats().disk_hits, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -226,5 +224,4 @@ fn command_line_probe_prepare_decode() {
         .arg(&wav));
     let (pcm, rate, ch) = decode_all(&wav);
     assert_eq!((rate, ch, pcm.len()), (48_000, 2, 288_000));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -170,7 +170,7 @@ fn a_corrupt_tail_gives_frames_then_a_failure_never_a_panic() {
     let full = std::fs::read(fixtures_dir().join("speech_16000_mono_4s.mp3")).expect("fixture");
     let cut = full[..full.len() * 6 / 10].to_vec();
     let dir = scratch("stream-corrupt");
-    let cache = PreparedCache::with_dir(&dir).expect("cache");
+    let cache = PreparedCache::with_dir(dir.path()).expect("cache");
     let (s, served) = cache
         .get_or_stream(cut.clone(), &Settings::default())
         .expect("started");
@@ -212,13 +212,12 @@ fn a_corrupt_tail_gives_frames_then_a_failure_never_a_panic() {
         again.wait_for(usize::MAX, PATIENCE),
         FrameRead::Failed(_)
     ));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_cache_shares_an_encode_in_progress_and_keeps_the_complete_entry() {
     let dir = scratch("stream-cache");
-    let cache = PreparedCache::with_dir(&dir).expect("cache");
+    let cache = PreparedCache::with_dir(dir.path()).expect("cache");
     let wav = speech_wav(120, None);
     let settings = Settings::default();
     let (first, served) = cache.get_or_stream(wav.clone(), &settings).expect("start");
@@ -249,13 +248,12 @@ fn the_cache_shares_an_encode_in_progress_and_keeps_the_complete_entry() {
     assert_eq!(served, Served::Memory);
     assert_eq!(mem.total_frames(), Some(6_001));
     // a fresh cache on the same directory serves it from disk, frame for frame
-    let cold = PreparedCache::with_dir(&dir).expect("cache");
+    let cold = PreparedCache::with_dir(dir.path()).expect("cache");
     let (disk, served) = cold.get_or_stream(wav, &settings).expect("disk");
     assert_eq!(served, Served::Disk);
     let from_disk = drain(&disk);
     assert_eq!(from_disk, frames);
     assert_eq!(cold.stats().encodes, 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -11,7 +11,11 @@
 //!   `peer_left`, `signal`, `leave`, `error`, `kicked`), with parsers that never panic.
 //! - [`agent`]: the `/agent` link between the API and robot agents.
 //! - [`backoff`]: the one retry backoff both sides use.
+//! - [`secret`]: [`Secret`], the keys both binaries are configured with.
 
 pub mod agent;
 pub mod backoff;
+pub mod secret;
 pub mod signaling;
+
+pub use secret::Secret;

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use audio::{FrameRead, Input, PreparedCache, Served, Settings, StreamingAudio};
+use protocol::Secret;
 
 use crate::metrics::Metrics;
 
@@ -53,7 +54,7 @@ pub enum AssetError {
 pub struct AssetLibrary {
     http: reqwest::Client,
     api_url: String,
-    agent_key: String,
+    agent_key: Secret,
     dir: PathBuf,
     cache: Arc<PreparedCache>,
     settings: Settings,
@@ -90,7 +91,7 @@ impl AssetLibrary {
     /// A library fetching from `api_url` and caching under `dir`.
     pub fn new(
         api_url: &str,
-        agent_key: &str,
+        agent_key: &Secret,
         dir: PathBuf,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
@@ -99,7 +100,7 @@ impl AssetLibrary {
         Ok(Self {
             http: http_client()?,
             api_url: api_url.trim_end_matches('/').to_owned(),
-            agent_key: agent_key.to_owned(),
+            agent_key: agent_key.clone(),
             dir,
             cache: Arc::new(cache),
             settings: Settings::default(),
@@ -136,7 +137,7 @@ impl AssetLibrary {
         let mut req = self
             .http
             .get(format!("{}/agent/audio/{name}", self.api_url))
-            .bearer_auth(&self.agent_key);
+            .bearer_auth(self.agent_key.expose());
         if let Some(e) = &cached_etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, e.trim());
         }

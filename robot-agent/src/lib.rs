@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use protocol::Secret;
 
 /// Command line and environment of `robot-agent`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -61,7 +62,7 @@ pub struct Config {
     pub api_url: Option<String>,
     /// The agent key the API was started with (DAPI_AGENT_KEY).
     #[arg(long, env = "DAPI_AGENT_KEY", hide_env_values = true)]
-    pub agent_key: String,
+    pub agent_key: Secret,
     /// Sessions this agent holds at once.
     #[arg(long, env = "ROBOT_CAPACITY", default_value_t = 8)]
     pub capacity: u32,
@@ -164,15 +165,14 @@ impl Agent {
     ) -> anyhow::Result<Self> {
         let api_url = config.api_url()?;
         anyhow::ensure!(config.capacity > 0, "--capacity must be at least 1");
-        anyhow::ensure!(
-            !config.agent_key.trim().is_empty(),
-            "--agent-key (DAPI_AGENT_KEY) is empty"
-        );
+        // Parsing refuses a blank key; the surrounding blanks of an env file line are not
+        // part of it.
+        let agent_key = Secret::new(config.agent_key.expose().trim());
         let metrics = Arc::new(metrics::Metrics::new(config.capacity));
         let assets = Arc::new(
             assets::AssetLibrary::new(
                 &api_url,
-                config.agent_key.trim(),
+                &agent_key,
                 config.cache_dir(),
                 Arc::clone(&metrics),
             )
@@ -196,16 +196,13 @@ impl Agent {
             transport,
             metrics: Arc::clone(&metrics),
             media_clock: session::media_clock().context("starting the media clock thread")?,
-            recordings: Arc::new(recordings::ApiRecordings::new(
-                &api_url,
-                config.agent_key.trim(),
-            )?),
+            recordings: Arc::new(recordings::ApiRecordings::new(&api_url, &agent_key)?),
             recording_dir: config.cache_dir().join("recordings"),
         });
         let link = link::AgentLink::new(
             link::LinkConfig {
                 api_url,
-                agent_key: config.agent_key.trim().to_owned(),
+                agent_key,
                 agent_id: config.agent_id(),
                 capacity: config.capacity,
                 renew_every: Duration::from_secs(config.renew_seconds.max(1)),

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use protocol::Secret;
 use protocol::agent::{AgentMessage, PlaybackState, PlaybackStatus, ServerMessage, SessionOffer};
 use protocol::backoff::Backoff;
 use tokio::sync::mpsc;
@@ -37,7 +38,7 @@ pub struct LinkConfig {
     /// API base URL (`http://host:port`).
     pub api_url: String,
     /// The agent key (`DAPI_AGENT_KEY`). Never logged.
-    pub agent_key: String,
+    pub agent_key: Secret,
     /// This agent's id.
     pub agent_id: String,
     /// Sessions held at once.
@@ -135,7 +136,7 @@ impl AgentLink {
         let mut req = url
             .into_client_request()
             .map_err(|e| AgentError::LinkUnreachable(e.to_string()))?;
-        let auth = format!("Bearer {}", self.cfg.agent_key)
+        let auth = format!("Bearer {}", self.cfg.agent_key.expose())
             .parse()
             .map_err(|_| AgentError::InvalidAgentKey)?;
         req.headers_mut().insert("authorization", auth);

@@ -2,6 +2,7 @@
 //! with the agent key, the body an Ogg Opus file (docs/recordings.md).
 
 use async_trait::async_trait;
+use protocol::Secret;
 
 use crate::error::AgentError;
 use crate::session::RecordingSink;
@@ -10,7 +11,7 @@ use crate::session::RecordingSink;
 pub struct ApiRecordings {
     http: reqwest::Client,
     api_url: String,
-    agent_key: String,
+    agent_key: Secret,
 }
 
 impl std::fmt::Debug for ApiRecordings {
@@ -23,11 +24,11 @@ impl std::fmt::Debug for ApiRecordings {
 
 impl ApiRecordings {
     /// Uploads to `api_url` with `agent_key`.
-    pub fn new(api_url: &str, agent_key: &str) -> anyhow::Result<Self> {
+    pub fn new(api_url: &str, agent_key: &Secret) -> anyhow::Result<Self> {
         Ok(Self {
             http: crate::assets::http_client()?,
             api_url: api_url.trim_end_matches('/').to_owned(),
-            agent_key: agent_key.to_owned(),
+            agent_key: agent_key.clone(),
         })
     }
 }
@@ -63,7 +64,7 @@ impl RecordingSink for ApiRecordings {
         let r = self
             .http
             .put(url)
-            .bearer_auth(&self.agent_key)
+            .bearer_auth(self.agent_key.expose())
             .header("content-type", "audio/ogg")
             .body(body)
             .send()

@@ -26,7 +26,7 @@ async fn an_aiortc_app_hears_the_fixture_the_robot_plays() {
     api.wait_agents(1).await;
 
     let out_dir = robot_support::TempDir::new("robot-rec");
-    let wav = out_dir.0.join("received.wav");
+    let wav = out_dir.path().join("received.wav");
     let r = run_json(
         listener(
             &python,

@@ -31,7 +31,7 @@ async fn two_sessions_of_a_cold_asset_share_one_encode() {
     // A 10-minute MP3 made from the speech fixture: its encode takes seconds, so the second
     // session asks for it while the first session's encode is still running.
     let dir = TempDir::new("robot-stream");
-    let mp3 = dir.0.join("long.mp3");
+    let mp3 = dir.path().join("long.mp3");
     let ok = std::process::Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-stream_loop", "-1", "-i"])
         .arg(robot_support::fixture())

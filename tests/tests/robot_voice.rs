@@ -61,7 +61,7 @@ async fn an_aiortc_caller_leaves_a_voicemail_that_decodes_to_what_it_said() {
     let python = require_python();
     let api = RobotApi::start().await;
     let dir = robot_support::TempDir::new("robot-voice");
-    let greeting = dir.0.join("greeting.wav");
+    let greeting = dir.path().join("greeting.wav");
     tone_wav(&greeting, 1000);
     api.upload("greeting", &greeting).await;
     let agent = RobotAgent::start(&api, "agent-v", 2, &[]).await;
@@ -117,7 +117,7 @@ async fn an_aiortc_listener_hears_controls_at_once_and_marks_never_lie() {
     let python = require_python();
     let api = RobotApi::start().await;
     let dir = robot_support::TempDir::new("robot-steer");
-    let short = dir.0.join("short.wav");
+    let short = dir.path().join("short.wav");
     tone_wav(&short, 200);
     api.upload("short", &short).await;
     api.upload("speech", &fixture()).await;

@@ -114,7 +114,7 @@ fn run_at_a_terminal(log_format: Option<&str>) -> Option<Vec<String>> {
     let script = root().join("scripts/run.sh");
     // script(1) runs run.sh on a new pseudo-terminal and copies what it prints to stdout.
     let mut cmd = run_sh(
-        tmp.0.as_path(),
+        tmp.path(),
         "script",
         &["-qfec", &script.display().to_string(), "/dev/null"],
     );
@@ -184,7 +184,7 @@ fn dapi_log_format_json_makes_both_processes_log_json_even_at_a_terminal() {
 fn into_a_pipe_both_processes_log_json() {
     let tmp = TempDir::new("run-sh-pipe");
     let script = root().join("scripts/run.sh");
-    let mut child = run_sh(tmp.0.as_path(), &script.display().to_string(), &[])
+    let mut child = run_sh(tmp.path(), &script.display().to_string(), &[])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

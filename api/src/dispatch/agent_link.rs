@@ -59,7 +59,7 @@ pub async fn agent_ws(
 ) -> Response {
     if let Err(e) = check_bearer(
         &headers,
-        state.config().agent_key.as_ref(),
+        state.config().dispatch.agent_key.as_ref(),
         "agent link",
         "DAPI_AGENT_KEY",
     ) {

@@ -337,7 +337,7 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
                     &s.channel,
                     &s.uid,
                     state.clock().now_secs(),
-                    state.config().robot_token_ttl,
+                    state.config().tokens.robot_ttl_secs(),
                 ) {
                 Ok(t) => t,
                 Err(e) => {

@@ -200,16 +200,10 @@ impl std::fmt::Debug for Pusher {
 }
 
 impl Pusher {
-    /// Builds the providers from `cfg`: reads the APNs key, checks the settings come
-    /// together, and warns once for each provider that is not configured.
+    /// Builds the providers from `cfg` (checked by [`PushConfig::validate`]): reads the
+    /// APNs key, and warns once for each provider that is not configured.
     pub fn from_config(cfg: &PushConfig) -> anyhow::Result<Self> {
-        let timeout = Duration::from_secs(cfg.push_timeout.max(1));
-        let apns_parts = [
-            ("DAPI_APNS_KEY_FILE", cfg.apns_key_file.is_some()),
-            ("DAPI_APNS_KEY_ID", cfg.apns_key_id.is_some()),
-            ("DAPI_APNS_TEAM_ID", cfg.apns_team_id.is_some()),
-            ("DAPI_APNS_BUNDLE_ID", cfg.apns_bundle_id.is_some()),
-        ];
+        let timeout = cfg.request_timeout();
         let apns = match (
             &cfg.apns_key_file,
             &cfg.apns_key_id,
@@ -221,9 +215,9 @@ impl Pusher {
                     .with_context(|| format!("reading DAPI_APNS_KEY_FILE {}", file.display()))?;
                 let key = apns::ProviderKey::from_pem(&pem, key_id, team_id)
                     .map_err(|e| anyhow::anyhow!("DAPI_APNS_KEY_FILE {}: {e}", file.display()))?;
-                let base = apns::endpoint_url(&cfg.apns_endpoint).map_err(anyhow::Error::msg)?;
+                let base = cfg.apns_endpoint.url().to_owned();
                 let http = http::HttpClient::new(
-                    http::tls_config(cfg.push_ca_file.as_deref())?,
+                    http::tls_config(cfg.ca_file.as_deref())?,
                     http::Protocols::Http2Only,
                     timeout,
                 );
@@ -231,24 +225,13 @@ impl Pusher {
                 tracing::info!(endpoint = %base, topic = client.topic(), key_id = %key_id, "APNs VoIP pushes configured");
                 Some(client)
             }
-            (None, None, None, None) => None,
-            _ => {
-                let missing: Vec<&str> = apns_parts
-                    .iter()
-                    .filter(|(_, set)| !set)
-                    .map(|(n, _)| *n)
-                    .collect();
-                anyhow::bail!(
-                    "APNs is half configured: set {} too, or none of the DAPI_APNS_* settings",
-                    missing.join(", ")
-                );
-            }
+            // `validate`: the four settings or none
+            _ => None,
         };
-        let webhook = match (&cfg.push_webhook_url, &cfg.push_webhook_secret) {
+        let webhook = match (&cfg.webhook_url, &cfg.webhook_secret) {
             (Some(url), Some(secret)) => {
-                webhook::check_url(url)?;
                 let http = http::HttpClient::new(
-                    http::tls_config(cfg.push_ca_file.as_deref())?,
+                    http::tls_config(cfg.ca_file.as_deref())?,
                     http::Protocols::Any,
                     timeout,
                 );
@@ -258,10 +241,8 @@ impl Pusher {
                     secret.clone(),
                 ))
             }
-            (None, _) => None,
-            (Some(_), None) => anyhow::bail!(
-                "DAPI_PUSH_WEBHOOK_URL needs DAPI_PUSH_WEBHOOK_SECRET (deliveries are signed)"
-            ),
+            // `validate`: a URL comes with its secret
+            _ => None,
         };
         match (&apns, &webhook) {
             (None, None) => tracing::warn!(
@@ -275,15 +256,15 @@ impl Pusher {
             ),
             (Some(_), Some(_)) => {}
         }
-        let timeout_ms = i64::try_from(cfg.push_timeout.max(1)).unwrap_or(10) * 1000;
+        let timeout_ms = crate::config::millis_i64(timeout);
         Ok(Self {
             apns,
             webhook,
             wake: tokio::sync::Notify::new(),
-            max_attempts: cfg.push_max_attempts.max(1),
-            max_devices: cfg.push_max_devices.max(1),
+            max_attempts: cfg.max_attempts.max(1),
+            max_devices: cfg.max_devices.max(1),
             // A batch is delivered concurrently: it ends within one request timeout.
-            lease_ms: 2 * timeout_ms + 10_000,
+            lease_ms: timeout_ms.saturating_mul(2).saturating_add(10_000),
         })
     }
 
@@ -438,12 +419,11 @@ async fn record(
 /// The worker: delivers whenever woken and every `DAPI_PUSH_MS`, prunes finished jobs
 /// hourly, until `shutdown` resolves; does nothing when `DAPI_PUSH_MS` is 0.
 pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
-    let every = Duration::from_millis(state.config().push.push_ms);
+    let every = state.config().push.every;
     if every.is_zero() {
         return;
     }
-    let retention_ms =
-        i64::try_from(state.config().push.push_retention.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let retention_ms = crate::config::millis_i64(state.config().push.retention);
     let mut last_prune: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {

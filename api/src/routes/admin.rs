@@ -51,7 +51,7 @@ pub fn router(max_asset_bytes: usize) -> Router<AppState> {
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     check_bearer(
         headers,
-        state.config().admin_key.as_ref(),
+        state.config().server.admin_key.as_ref(),
         "admin API",
         "DAPI_ADMIN_KEY",
     )
@@ -168,7 +168,7 @@ async fn put_audio(
     // a 413 in the API's error shape (the `Bytes` extractor's own rejection is plain text).
     admin(&state, &headers)?;
     let name = asset_name(&name)?;
-    let limit = state.config().max_asset_bytes;
+    let limit = state.config().dispatch.max_asset_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
@@ -248,7 +248,7 @@ async fn agent_audio(
 ) -> Result<Response, ApiError> {
     check_bearer(
         &headers,
-        state.config().agent_key.as_ref(),
+        state.config().dispatch.agent_key.as_ref(),
         "agent link",
         "DAPI_AGENT_KEY",
     )?;

@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::auth::Authn;
 use crate::call_state::{Input, Role};
 use crate::client_ip::ClientIp;
+use crate::config::millis_i64;
 use crate::domain::{AssetName, ChannelName, EventCode, Uid, UidList};
 use crate::error::ApiError;
 use crate::extract::DapiJson;
@@ -91,7 +92,7 @@ pub(crate) fn rate_limit(
 }
 
 fn check_extra_msg(state: &AppState, extra: &Option<String>) -> Result<(), ApiError> {
-    let max = state.config().max_extra_msg;
+    let max = state.config().calls.max_extra_msg;
     match extra {
         Some(m) if m.len() > max => Err(ApiError::bad(
             "invalid_field",
@@ -115,7 +116,7 @@ fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
 }
 
 fn check_dst(state: &AppState, dst: &UidList) -> Result<(), ApiError> {
-    let max = state.config().max_dst_uids;
+    let max = state.config().calls.max_dst_uids;
     if dst.0.len() > max {
         return Err(ApiError::bad(
             "invalid_field",
@@ -166,9 +167,8 @@ fn new_call(
     extra_msg: Option<String>,
 ) -> NewCall {
     let now = state.clock().now_ms();
-    let cfg = state.config();
-    let ring_deadline_ms =
-        (!callees.is_empty()).then(|| now + i64::try_from(cfg.ring_timeout).unwrap_or(60) * 1000);
+    let ring_ms = millis_i64(state.config().calls.ring_timeout);
+    let ring_deadline_ms = (!callees.is_empty()).then(|| now.saturating_add(ring_ms));
     NewCall {
         channel: ChannelName::generate(),
         caller,
@@ -177,13 +177,13 @@ fn new_call(
         extra_msg,
         now_ms: now,
         ring_deadline_ms,
-        caller_heartbeat_deadline_ms: now + heartbeat_ms(state),
+        caller_heartbeat_deadline_ms: now.saturating_add(heartbeat_ms(state)),
         robot: None,
     }
 }
 
 fn heartbeat_ms(state: &AppState) -> i64 {
-    i64::try_from(state.config().heartbeat_timeout).unwrap_or(45) * 1000
+    millis_i64(state.config().calls.heartbeat_timeout)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -283,6 +283,7 @@ struct UidReq {
 fn format_time(state: &AppState, unix_ms: i64) -> String {
     state
         .config()
+        .calls
         .timezone
         .timestamp_millis_opt(unix_ms)
         .single()
@@ -365,7 +366,7 @@ async fn call_msg(
     auth.check_uid(&req.uid)?;
     // It writes: the callee's rows move from 0 to 1.
     rate_limit(&state, Kind::Write, &req.uid, ip)?;
-    let window = i64::try_from(state.config().recent_window().as_millis()).unwrap_or(60_000);
+    let window = millis_i64(state.config().calls.recent_window);
     let since = state.clock().now_ms() - window;
     let rows = state.store().recent_messages(&req.uid, since).await?;
     Ok(MsgResp::new(
@@ -763,7 +764,7 @@ fn parse_call_time(state: &AppState, s: &str) -> Result<i64, ApiError> {
             format!("call_time {s:?} must be YYYY-MM-DD HH:MM:SS"),
         )
     })?;
-    match state.config().timezone.from_local_datetime(&naive) {
+    match state.config().calls.timezone.from_local_datetime(&naive) {
         LocalResult::Single(t) => Ok(t.timestamp()),
         // A repeated hour (DST ends): take the first.
         LocalResult::Ambiguous(a, _) => Ok(a.timestamp()),
@@ -771,7 +772,7 @@ fn parse_call_time(state: &AppState, s: &str) -> Result<i64, ApiError> {
             "invalid_field",
             format!(
                 "call_time {s:?} does not exist in {} (a DST gap)",
-                state.config().timezone
+                state.config().calls.timezone
             ),
         )),
     }
@@ -888,7 +889,7 @@ async fn calltask_update(
     let now = state.clock().now_ms();
     let row = match req.id.0 {
         None => {
-            let cap = state.config().calltasks_per_uid;
+            let cap = state.config().calls.calltasks_per_uid;
             state.store().insert_task(&fields, now, cap).await?
         }
         // Only the owner's task: another uid's is "unknown", as a missing one.

@@ -25,7 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(recordings::router())
         .merge(robot_control::router())
-        .merge(admin::router(state.config().max_asset_bytes))
+        .merge(admin::router(state.config().dispatch.max_asset_bytes))
         .merge(crate::rtc::router())
         .route(
             "/openapi.json",

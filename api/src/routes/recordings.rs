@@ -194,7 +194,7 @@ async fn upload(
 ) -> Result<Json<UploadResp>, ApiError> {
     check_bearer(
         &headers,
-        state.config().agent_key.as_ref(),
+        state.config().dispatch.agent_key.as_ref(),
         "agent link",
         "DAPI_AGENT_KEY",
     )?;
@@ -226,7 +226,7 @@ async fn upload(
             "uid {uid} is not a member of the call of session {session_id}"
         )));
     }
-    let limit = state.config().max_recording_bytes;
+    let limit = state.config().recordings.max_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
@@ -329,6 +329,7 @@ struct ListQuery {
 fn format_time(state: &AppState, unix_ms: i64) -> String {
     state
         .config()
+        .calls
         .timezone
         .timestamp_millis_opt(unix_ms)
         .single()

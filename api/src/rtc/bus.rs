@@ -119,9 +119,9 @@ pub struct BusTimers {
 }
 
 impl BusTimers {
-    /// Timers for a heartbeat every `heartbeat_ms` (at least 100 ms).
-    pub fn every(heartbeat_ms: u64) -> Self {
-        let heartbeat_ms = i64::try_from(heartbeat_ms).unwrap_or(i64::MAX / 8).max(100);
+    /// Timers for a heartbeat every `heartbeat` (at least 100 ms).
+    pub fn every(heartbeat: std::time::Duration) -> Self {
+        let heartbeat_ms = crate::config::millis_i64(heartbeat).clamp(100, i64::MAX / 8);
         Self {
             heartbeat_ms,
             lapse_ms: heartbeat_ms * LAPSE_HEARTBEATS,
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn an_instance_purges_only_after_a_whole_lapse_of_good_heartbeats() {
-        let t = BusTimers::every(5_000);
+        let t = BusTimers::every(std::time::Duration::from_millis(5_000));
         assert_eq!(
             (t.heartbeat_ms, t.lapse_ms, t.ghost_bound_ms()),
             (5_000, 15_000, 20_000)
@@ -417,7 +417,10 @@ mod tests {
             "the others may not have stamped yet"
         );
         assert!(h.may_purge(75_000, t.lapse_ms));
-        assert_eq!(BusTimers::every(0).heartbeat_ms, 100);
+        assert_eq!(
+            BusTimers::every(std::time::Duration::ZERO).heartbeat_ms,
+            100
+        );
     }
 
     #[test]

@@ -53,11 +53,10 @@ use tokio::task::JoinHandle;
 
 use self::bus::{BusInbox, BusJob, BusOutbox, BusTimers};
 use self::hub::{ConnId, Hub, HubConfig, Input, Output, PresenceEvent};
-use self::ice::IceConfig;
 use crate::AppState;
 use crate::call_state::Input as CallInput;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, millis_i64};
 use crate::domain::{ChannelName, Uid};
 use crate::rtc_wire::{BusMessage, InstanceId, PresenceRow};
 use crate::store::{InputMeta, Store, StoreError};
@@ -271,66 +270,28 @@ impl Rtc {
         clock: Clock,
         bus: Option<InstanceId>,
     ) -> anyhow::Result<Self> {
-        let ice = IceConfig::new(
-            config.ice_servers.clone(),
-            config.turn_secret.clone(),
-            config.turn_ttl(),
-        )
-        .map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(
-            config.rtc_max_peers >= 2,
-            "DAPI_RTC_MAX_PEERS must be at least 2"
-        );
-        anyhow::ensure!(
-            config.rtc_max_frame >= 1024,
-            "DAPI_RTC_MAX_FRAME must be at least 1024 bytes"
-        );
-        anyhow::ensure!(
-            config.rtc_msgs_per_sec >= 1,
-            "DAPI_RTC_MSGS_PER_SEC must be at least 1"
-        );
-        anyhow::ensure!(
-            config.rtc_idle_timeout >= 3,
-            "DAPI_RTC_IDLE_TIMEOUT must be at least 3 seconds"
-        );
-        anyhow::ensure!(
-            config.rtc_join_timeout >= 1,
-            "DAPI_RTC_JOIN_TIMEOUT must be at least 1 second"
-        );
-        anyhow::ensure!(
-            config.rtc_sockets_per_ip >= 1 && config.rtc_sockets_total >= 1,
-            "DAPI_RTC_SOCKETS_PER_IP and DAPI_RTC_SOCKETS_TOTAL must be at least 1"
-        );
-        anyhow::ensure!(
-            config.rtc_signal_bytes_per_sec == 0
-                || config.rtc_signal_bytes_per_sec as usize >= config.rtc_max_frame,
-            "DAPI_RTC_SIGNAL_BYTES_PER_SEC must be 0 (no limit) or at least DAPI_RTC_MAX_FRAME"
-        );
-        let idle_ms = i64::try_from(config.rtc_idle_timeout)
-            .unwrap_or(i64::MAX / 2)
-            .saturating_mul(1000);
-        let heartbeat_ms = i64::try_from(config.heartbeat_timeout)
-            .unwrap_or(45)
-            .saturating_mul(1000);
+        // Checked by `Config::validate` (the floors of the limits, TURN needs a secret).
+        let rtc = &config.rtc;
+        let ice = rtc.ice(config.tokens.ttl)?;
+        let idle_ms = millis_i64(rtc.idle_timeout).min(i64::MAX / 2);
+        let heartbeat_ms = millis_i64(config.calls.heartbeat_timeout);
         let cfg = HubConfig {
-            max_peers: config.rtc_max_peers,
-            max_frame: config.rtc_max_frame,
-            msgs_per_sec: config.rtc_msgs_per_sec,
-            burst: config.rtc_msgs_per_sec.saturating_mul(4),
+            max_peers: rtc.max_peers,
+            max_frame: rtc.max_frame,
+            msgs_per_sec: rtc.msgs_per_sec,
+            burst: rtc.msgs_per_sec.saturating_mul(4),
             idle_timeout_ms: idle_ms,
             ping_after_ms: (idle_ms / 3).max(1000),
             // Several reports per heartbeat timeout, so one lost report does not expire anyone.
             presence_every_ms: PRESENCE_EVERY_MS.min(heartbeat_ms / 3).max(1000),
-            join_timeout_ms: i64::try_from(config.rtc_join_timeout)
-                .unwrap_or(i64::MAX / 2)
-                .saturating_mul(1000),
-            joins_per_uid_per_min: config.rtc_joins_per_uid_per_min,
-            robot_uid: Uid::parse(&config.robot_uid).ok(),
-            joins_per_token_per_min: config.rtc_joins_per_token_per_min,
-            signals_per_sec: config.rtc_signals_per_sec,
-            signal_bytes_per_sec: config.rtc_signal_bytes_per_sec,
+            join_timeout_ms: millis_i64(rtc.join_timeout).min(i64::MAX / 2),
+            joins_per_uid_per_min: rtc.joins_per_uid_per_min,
+            robot_uid: Uid::parse(&config.dispatch.robot_uid).ok(),
+            joins_per_token_per_min: rtc.joins_per_token_per_min,
+            signals_per_sec: rtc.signals_per_sec,
+            signal_bytes_per_sec: rtc.signal_bytes_per_sec,
             token_warning_ms: TOKEN_WARNING_MS,
-            check_membership: config.auth == "jwt",
+            check_membership: config.auth.is_jwt(),
         };
         let (checks, checks_rx) = mpsc::channel(CHECK_QUEUE);
         let presence = Arc::new(PresenceMap::default());
@@ -339,7 +300,7 @@ impl Rtc {
                 let (outbox, inbox) = bus::queue();
                 let side = BusSide {
                     me: me.clone(),
-                    timers: BusTimers::every(config.rtc_bus_heartbeat_ms),
+                    timers: BusTimers::every(rtc.bus_heartbeat),
                     inbox: Mutex::new(Some(inbox)),
                 };
                 (
@@ -363,12 +324,12 @@ impl Rtc {
                 presence,
                 checks_rx: Mutex::new(Some(checks_rx)),
                 caps: SocketCaps {
-                    per_ip: config.rtc_sockets_per_ip,
-                    total: config.rtc_sockets_total,
+                    per_ip: rtc.sockets_per_ip,
+                    total: rtc.sockets_total,
                     open: Mutex::new((0, HashMap::new())),
                 },
                 bus: side,
-                max_frame: config.rtc_max_frame,
+                max_frame: rtc.max_frame,
                 sockets: AtomicUsize::new(0),
                 heartbeat_ms,
             }),
@@ -688,7 +649,7 @@ impl RtcTasks {
             state.clone(),
             state.clock().clone(),
             rtc.shared.heartbeat_ms,
-            state.config().robot_uid.clone(),
+            state.config().dispatch.robot_uid.clone(),
             rtc.shared.presence.clone(),
         )));
         let mut bus_worker = None;
@@ -706,7 +667,7 @@ impl RtcTasks {
                 rtc.clone(),
                 me.clone(),
                 inbox,
-                state.config().rtc_max_peers,
+                state.config().rtc.max_peers,
                 timers,
                 stop_rx,
             ));

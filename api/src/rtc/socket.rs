@@ -58,7 +58,11 @@ pub(crate) async fn rtc_ws(
 /// the HTTP routes' rate limits (`X-Forwarded-For` believed only from a peer in
 /// `DAPI_TRUSTED_PROXIES`, else the TCP peer address).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    state.config().trusted_proxies.client_ip(peer.ip(), headers)
+    state
+        .config()
+        .limits
+        .trusted_proxies
+        .client_ip(peer.ip(), headers)
 }
 
 /// 429 (this address holds too many sockets) or 503 (this instance does), before the

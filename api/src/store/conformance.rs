@@ -4,6 +4,7 @@
 use super::*;
 use crate::call_state::{CallState, Input};
 use crate::domain::{ChannelName, EventCode, MsgStatus, Uid};
+use test_support::TempDir;
 
 fn uid(s: &str) -> Uid {
     Uid::parse(s).unwrap()
@@ -11,38 +12,16 @@ fn uid(s: &str) -> Uid {
 
 /// Fresh stores to run a test against: SQLite in a temp dir, and a fresh PostgreSQL
 /// database when `TEST_DATABASE_URL` is set.
-async fn stores() -> Vec<(Store, Option<tempfile_dir::TempDir>)> {
+async fn stores() -> Vec<(Store, Option<TempDir>)> {
     let mut out = Vec::new();
-    let dir = tempfile_dir::TempDir::new();
-    let url = format!("sqlite://{}/store.db?mode=rwc", dir.path());
+    let dir = TempDir::new("dapi-store");
+    let url = dir.sqlite_url("store.db");
     out.push((Store::connect(&url).await.unwrap(), Some(dir)));
     if let Ok(base) = std::env::var("TEST_DATABASE_URL") {
         let url = crate::store::testdb::fresh_postgres(&base).await.unwrap();
         out.push((Store::connect(&url).await.unwrap(), None));
     }
     out
-}
-
-/// A tiny temp-dir helper (no extra dependency).
-mod tempfile_dir {
-    pub struct TempDir(std::path::PathBuf);
-    impl TempDir {
-        pub fn new() -> Self {
-            use rand::Rng;
-            let n: u64 = rand::rng().random();
-            let p = std::env::temp_dir().join(format!("dapi-store-{n:x}"));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-        pub fn path(&self) -> String {
-            self.0.display().to_string()
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 fn call(channel: &str, caller: &str, callees: &[&str], now: i64) -> NewCall {

@@ -7,26 +7,17 @@ use super::*;
 use crate::call_state::Input;
 use crate::device::{Platform, PushToken};
 use crate::domain::{ChannelName, EventCode, Uid};
+use test_support::TempDir;
 
 fn uid(s: &str) -> Uid {
     Uid::parse(s).unwrap()
 }
 
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn stores() -> Vec<(Store, Option<TempDir>)> {
-    use rand::Rng;
     let mut out = Vec::new();
-    let n: u64 = rand::rng().random();
-    let dir = std::env::temp_dir().join(format!("dapi-push-store-{n:x}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}/store.db?mode=rwc", dir.display());
-    out.push((Store::connect(&url).await.unwrap(), Some(TempDir(dir))));
+    let dir = TempDir::new("dapi-push-store");
+    let url = dir.sqlite_url("store.db");
+    out.push((Store::connect(&url).await.unwrap(), Some(dir)));
     if let Ok(base) = std::env::var("TEST_DATABASE_URL") {
         let url = crate::store::testdb::fresh_postgres(&base).await.unwrap();
         out.push((Store::connect(&url).await.unwrap(), None));

@@ -12,6 +12,7 @@ use api::clock::Clock;
 use api::config::Config;
 use api::{AppState, Application};
 use serde_json::Value;
+pub use test_support::TempDir;
 
 /// A running API.
 pub struct TestApp {
@@ -25,25 +26,6 @@ pub struct TestApp {
     _dir: Option<TempDir>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-pub struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "dapi-http-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
 }
 
 /// The backends to run against: SQLite always, PostgreSQL when TEST_DATABASE_URL is set.
@@ -70,11 +52,8 @@ pub async fn fresh_db(backend: &'static str) -> (String, Option<TempDir>) {
             )
         }
         _ => {
-            let d = temp_dir();
-            (
-                format!("sqlite://{}/dapi.db?mode=rwc", d.0.display()),
-                Some(d),
-            )
+            let d = TempDir::new("dapi-http");
+            (d.sqlite_url("dapi.db"), Some(d))
         }
     }
 }
@@ -98,8 +77,16 @@ pub async fn spawn_app_on(
 ) -> TestApp {
     let mut config = Config::for_tests(url);
     tweak(&mut config);
-    let jwt_secret = (config.auth == "jwt")
-        .then(|| config.jwt_secret.as_ref().map(|s| s.expose().to_owned()))
+    let jwt_secret = config
+        .auth
+        .is_jwt()
+        .then(|| {
+            config
+                .auth
+                .jwt_secret
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+        })
         .flatten();
     let app = Application::build_with_clock(config, clock).await.unwrap();
     let addr = app.local_addr().unwrap();
@@ -128,8 +115,7 @@ pub const JWT_SECRET: &str = "test-app-backend-shared-secret-0123456789";
 
 /// `DAPI_AUTH=jwt` with [`JWT_SECRET`]: the [`TestApp`] then signs its requests.
 pub fn jwt_mode(c: &mut Config) {
-    c.auth = "jwt".into();
-    c.jwt_secret = Some(api::config::Secret::new(JWT_SECRET));
+    c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(JWT_SECRET));
 }
 
 /// An HS256 app JWT for `sub`, valid for an hour (system time, as the API checks it).

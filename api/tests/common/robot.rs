@@ -91,8 +91,7 @@ pub fn jwt(sub: &str) -> String {
 
 /// Switches a test configuration to jwt mode with [`JWT_SECRET`].
 pub fn jwt_mode(c: &mut api::config::Config) {
-    c.auth = "jwt".into();
-    c.jwt_secret = Some(api::config::Secret::new(JWT_SECRET));
+    c.auth = api::config::AuthConfig::jwt(api::config::Secret::new(JWT_SECRET));
 }
 
 /// POSTs JSON with an optional bearer JWT; status and body.

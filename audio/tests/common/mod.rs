@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use audio::{Decoder, Input, Limits};
+pub use test_support::TempDir;
 
 /// `shared/fixtures/audio`, beside the workspace (override with `AUDIO_FIXTURES`).
 pub fn fixtures_dir() -> PathBuf {
@@ -135,12 +136,10 @@ pub fn decode_all(path: &Path) -> (Vec<f32>, u32, usize) {
     (v, rate, ch)
 }
 
-/// A scratch directory unique to the test.
-pub fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("audio-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+/// A scratch directory unique to the test, removed when dropped (also when the test
+/// fails).
+pub fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("audio-test-{name}"))
 }
 
 /// Sample encodings the WAV generator can write.

@@ -1,5 +1,6 @@
-//! Shared by the RTC end-to-end tests: build and start the real `api` binary on port 0,
-//! check the test dependencies, run node and the venv's python on the scripts.
+//! Shared by the RTC end-to-end tests: check the test dependencies, run node and the venv's
+//! python on the scripts. The `api` process itself comes from the test support library
+//! (`test_support::ApiProcess`).
 
 #![allow(dead_code)]
 
@@ -14,13 +15,8 @@ use tokio::process::{Child, Command};
 pub const INSTALL_HINT: &str =
     "run scripts/install-test-deps.sh (or just the RTC part: scripts/rtc-test-deps.sh)";
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+#[allow(unused_imports)]
+pub use test_support::{TempDir, api_bin, root};
 
 /// Fails (never skips) when node, playwright-core or Chromium are missing.
 pub fn require_browser_deps() {
@@ -58,120 +54,10 @@ pub fn require_python() -> PathBuf {
     py
 }
 
-/// The `api` binary: `$API_BIN`, or built now with `cargo build -p api` (so it is never stale).
-pub fn api_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("API_BIN") {
-        return PathBuf::from(p);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "api",
-            "--bin",
-            "api",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(root())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running cargo build -p api");
-    assert!(out.status.success(), "cargo build -p api failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "api")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .expect("cargo build printed no api executable")
-}
-
-/// A running `api` process (logging at debug level); killed on drop.
-pub struct Api {
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-    child: Child,
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _dir: TempDir,
-}
-
-impl Api {
-    /// Starts the binary on port 0 with a fresh SQLite database and waits for
-    /// `listening on http://`.
-    pub async fn start() -> Self {
-        let bin = api_bin();
-        let dir = TempDir::new("rtc-e2e");
-        let mut child = Command::new(&bin)
-            .env("DAPI_LISTEN", "127.0.0.1:0")
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}/api.db?mode=rwc", dir.0.display()),
-            )
-            .env("DAPI_APP_ID", "970CA35de60c44645bbae8a215061b33")
-            .env("DAPI_APP_CERTIFICATE", "5CFd2fd1755d40ecb72977518be15d3b")
-            .env("DAPI_LOG_FORMAT", "json")
-            .env("RUST_LOG", "debug")
-            .env_remove("DAPI_ICE_SERVERS")
-            .env_remove("DAPI_TURN_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(mut l) = sink.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return addr.trim().to_owned();
-                }
-            }
-            panic!("api exited before listening");
-        })
-        .await
-        .expect("api did not print `listening on` within 30 s");
-        // Keep draining stdout so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            base,
-            child,
-            logs,
-            _dir: dir,
-        }
-    }
-
-    /// Stops the process and checks that its log never carried SDP, ICE candidates or
-    /// tokens (it ran at debug level through whole calls).
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        let logs = self.logs.lock().map(|l| l.clone()).unwrap_or_default();
-        assert!(!logs.is_empty(), "the api logged nothing");
-        for line in &logs {
-            for secret in [
-                "v=0",
-                "a=candidate",
-                "candidate:",
-                "typ host",
-                "\"token\"",
-                "006970CA35de60c",
-            ] {
-                assert!(!line.contains(secret), "the api logged {secret:?}: {line}");
-            }
-        }
-    }
-}
+/// A running `api` process (logging at debug level, SQLite in a temp dir, port 0);
+/// `Api::start()` starts one, `stop()` checks its log never carried SDP, ICE candidates or
+/// tokens (it ran at debug level through whole calls).
+pub type Api = test_support::ApiProcess;
 
 /// A script whose stdout is read line by line; its result is the last JSON line.
 pub struct Script {
@@ -256,28 +142,6 @@ pub fn node(script: &str, args: &[&str]) -> Command {
     let mut c = Command::new("node");
     c.arg(dir.join(script)).args(args).current_dir(dir);
     c
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// A fresh directory under the system temp dir.
-    pub fn new(prefix: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("creating a temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A positive number at `path` in `v`, with a message naming it.
