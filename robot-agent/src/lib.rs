@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod bridge;
 pub mod error;
 pub mod health;
 pub mod link;
