@@ -46,8 +46,9 @@ const HOLD_MAX: usize = 500;
 /// and under this is refused with an error and the connection stays; above it the
 /// connection is dropped and redialled).
 const SOCKET_MAX_MESSAGE: usize = 4 << 20;
-/// Bitrate of the program's pcm16 encoded for the listeners.
-const SPEAK_BITRATE: u32 = 32_000;
+/// Bitrate of the program's pcm16 encoded for the listeners (as the gain stage's: the
+/// program's audio may be music or a prompt as well as speech).
+const SPEAK_BITRATE: u32 = 48_000;
 /// How long `stop` may take to be written at the end.
 const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
