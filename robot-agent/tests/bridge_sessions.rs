@@ -5,6 +5,8 @@
 //! program is `tests/tests/robot_bridge.rs`.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
+// The upgrade callback returns tungstenite's own (large) error response type.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 use std::time::Duration;

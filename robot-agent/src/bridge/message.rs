@@ -307,7 +307,7 @@ fn check_audio(audio: &[u8], format: &Format) -> Result<(), BridgeError> {
     match format.encoding {
         BridgeFormat::Pcm16 => {
             let frame = format.pcm_frame_bytes();
-            if audio.is_empty() || audio.len() % frame != 0 {
+            if audio.is_empty() || !audio.len().is_multiple_of(frame) {
                 return Err(BridgeError::NotWholeFrames {
                     bytes: audio.len(),
                     frame_bytes: frame,

@@ -391,7 +391,7 @@ impl Task {
 
     fn bad(&mut self, e: BridgeError) -> FromProgram {
         self.bad += 1;
-        if self.bad <= 10 || self.bad % 100 == 0 {
+        if self.bad <= 10 || self.bad.is_multiple_of(100) {
             tracing::warn!(error = %e, bad_messages = self.bad, "bridge: a program message was refused");
         }
         FromProgram::Bad(e)

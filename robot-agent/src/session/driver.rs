@@ -328,7 +328,7 @@ impl Driver {
                 r = wait(&mut self.resolving) => {
                     match r {
                         Some((Some(seq), cmd)) => self.apply_control(seq, cmd).await,
-                        Some((None, Ok(cmd))) => self.to_queue(cmd),
+                        Some((None, Ok(cmd))) => self.queue_program(cmd),
                         Some((None, Err(e))) => {
                             tracing::warn!(error = %e, "bridge: the program's play was refused");
                         }
@@ -435,7 +435,7 @@ impl Driver {
                 self.queue =
                     QueueHome::Here(PlaybackQueue::new(items, first, self.offer.loop_audio));
                 for cmd in std::mem::take(&mut self.early) {
-                    self.to_queue(cmd);
+                    self.queue_program(cmd);
                 }
                 Input::AudioReady { frames }
             }
@@ -462,11 +462,11 @@ impl Driver {
             QueueEvent::Drained { position_ms } => Some(Input::PlaybackEnded { position_ms }),
             QueueEvent::Refilled => Some(Input::PlaybackRefilled),
             QueueEvent::BridgeMark { name, position_ms } => {
-                self.to_program(ToProgram::Send(AgentEvent::Mark { name, position_ms }));
+                self.tell_program(ToProgram::Send(AgentEvent::Mark { name, position_ms }));
                 None
             }
             QueueEvent::BridgeCleared { marks, dropped_ms } => {
-                self.to_program(ToProgram::Send(AgentEvent::Cleared { marks, dropped_ms }));
+                self.tell_program(ToProgram::Send(AgentEvent::Cleared { marks, dropped_ms }));
                 None
             }
         }
@@ -499,15 +499,15 @@ impl Driver {
                     continue;
                 }
                 Pending::Program(ProgramCommand::Speak(frames)) => {
-                    self.to_queue(Command::Speak { frames });
+                    self.queue_program(Command::Speak { frames });
                     continue;
                 }
                 Pending::Program(ProgramCommand::Mark(name)) => {
-                    self.to_queue(Command::BridgeMark { name });
+                    self.queue_program(Command::BridgeMark { name });
                     continue;
                 }
                 Pending::Program(ProgramCommand::Clear) => {
-                    self.to_queue(Command::BridgeClear);
+                    self.queue_program(Command::BridgeClear);
                     continue;
                 }
             };
@@ -595,7 +595,7 @@ impl Driver {
 
     /// Applies a bridge program's command to the queue wherever it is, without waiting
     /// for an answer (the program hears of marks and clears through queue events).
-    fn to_queue(&mut self, cmd: Command) {
+    fn queue_program(&mut self, cmd: Command) {
         match &mut self.queue {
             QueueHome::NotYet => self.early.push(cmd),
             QueueHome::Here(q) => {
@@ -618,7 +618,7 @@ impl Driver {
     }
 
     /// Tells the bridge's socket task (a bridged session only).
-    fn to_program(&mut self, t: ToProgram) {
+    fn tell_program(&mut self, t: ToProgram) {
         let Some(b) = &mut self.bridge else { return };
         match (&b.to, &b.unusable) {
             (Some(to), _) => {
@@ -770,7 +770,7 @@ impl Driver {
                     }
                 }
                 Output::Record(action) => self.record(action),
-                Output::Bridge(t) => self.to_program(t),
+                Output::Bridge(t) => self.tell_program(t),
                 Output::Program(c) => {
                     self.controls.push_back(Pending::Program(c));
                     self.next_control().await;
