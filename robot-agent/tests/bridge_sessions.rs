@@ -450,7 +450,15 @@ async fn bad_messages_are_refused_one_by_one_and_the_call_goes_on() {
     assert_eq!(l.frames().len(), 1, "only the good audio played");
     assert_eq!(program.auths.lock().unwrap().len(), 1, "never redialled");
     s.control.send(Control::Leave).unwrap();
-    s.end().await;
+    assert_eq!(c.next("stop").await["reason"], "ended");
+    // the session's end says what was refused
+    let (state, detail) = s.end().await;
+    assert_eq!(state, SessionState::Left);
+    assert!(
+        detail.starts_with("told to leave; 7 bridge program message(s) refused, the last: "),
+        "{detail}"
+    );
+    assert!(detail.ends_with("over the limit of 262144"), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

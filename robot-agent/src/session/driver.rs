@@ -62,7 +62,7 @@ pub async fn run(
     let ending = tracing::Instrument::instrument(driver.run(control), span.clone()).await;
     ctx.metrics.phase(Some(driver.phase), None);
     ctx.metrics.session_ended(ending.outcome.label());
-    let detail = ending.outcome.to_string();
+    let detail = driver.with_bridge_notes(ending.outcome.to_string());
     span.in_scope(|| tracing::info!(state = ?ending.outcome.state(), detail = %detail, position_ms = ?ending.position_ms, "robot session ended"));
     driver.status(ending.outcome.state(), detail, ending.position_ms);
     let _ = updates.send(SessionUpdate::Ended { session_id: id });
@@ -177,6 +177,8 @@ struct Driver {
     early: Vec<Command>,
     /// The media bridge (bridged sessions).
     bridge: Option<BridgeTask>,
+    /// Program messages refused, and the last one's error (for the final status).
+    refused: (u64, Option<BridgeError>),
     resolving: Option<JoinHandle<Resolved>>,
     ice_servers: Vec<IceServer>,
     listeners: HashMap<String, Entry>,
@@ -268,6 +270,7 @@ impl Driver {
             controls: VecDeque::new(),
             early: Vec::new(),
             bridge,
+            refused: (0, None),
             resolving: None,
             ice_servers: Vec::new(),
             listeners: HashMap::new(),
@@ -284,6 +287,17 @@ impl Driver {
             audio_rx,
             recorders: HashMap::new(),
             uploads: Vec::new(),
+        }
+    }
+
+    /// The final status detail, with the bridge program's refused messages when there were
+    /// any (they are logged one by one; the session's end says how many).
+    fn with_bridge_notes(&self, detail: String) -> String {
+        match &self.refused {
+            (0, _) | (_, None) => detail,
+            (n, Some(last)) => {
+                format!("{detail}; {n} bridge program message(s) refused, the last: {last}")
+            }
         }
     }
 
@@ -383,7 +397,13 @@ impl Driver {
                     timestamp: a.timestamp,
                     payload: a.payload,
                 },
-                f = from_program(&mut self.bridge) => Input::Bridge(f),
+                f = from_program(&mut self.bridge) => {
+                    if let FromProgram::Bad(e) = &f {
+                        self.refused.0 += 1;
+                        self.refused.1 = Some(e.clone());
+                    }
+                    Input::Bridge(f)
+                }
                 () = sleep_until(deadline) => Input::Timeout,
             };
             self.feed(input);
