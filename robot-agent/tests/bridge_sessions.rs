@@ -474,3 +474,18 @@ async fn a_program_that_refuses_the_secret_ends_the_robot_with_bridge_lost() {
     assert_eq!(program.auths.lock().unwrap().len(), 1, "a refusal is final");
     assert!(program.conns.try_recv().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_offered_again_after_its_agent_died_resumes_its_program() {
+    let mut program = Program::start(None).await;
+    let mut o = offer(&program.url, BridgeFormat::Pcm16, 24_000);
+    o.attempt = 2;
+    let mut s = start(o);
+    let mut c = program.conn().await;
+    let start = c.next("start").await;
+    assert_eq!(start["resume"], true, "{start}");
+    assert_eq!(start["format"]["rate"], 24_000);
+    s.control.send(Control::Leave).unwrap();
+    assert_eq!(c.next("stop").await["reason"], "ended");
+    s.end().await;
+}

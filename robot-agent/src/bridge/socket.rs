@@ -65,6 +65,9 @@ pub struct SocketPlan {
     pub channel: String,
     /// The call's parties (`start.call`).
     pub call: CallParties,
+    /// The session continues an earlier attempt (the API offered it again after its agent
+    /// died or drained): every `start` says `"resume": true`, the first one too.
+    pub continued: bool,
 }
 
 struct Conn {
@@ -211,7 +214,7 @@ impl Task {
                     channel: self.plan.channel.clone(),
                     call: self.plan.call.clone(),
                     format: self.plan.format,
-                    resume,
+                    resume: resume || self.plan.continued,
                 };
                 let Some(conn) = self.conn.as_mut() else {
                     return;

@@ -48,8 +48,21 @@
 //! its peer is not in the channel (the socket is rejoining). The clock of that rule starts
 //! once the session is live (joined and audio ready), as the rule is about listeners.
 //!
-//! Future inputs (inbound audio, control and bridge messages: DESIGN.md decisions 12-13)
-//! are further variants of [`Input`] and [`Output`].
+//! **A media bridge** (`Plan::bridge`, DESIGN.md decision 9): the core holds the bridge's
+//! [`BridgeLink`] (when to dial, redial, give up) and decides what the program is told.
+//!
+//! ```text
+//!   new ─► Bridge(Dial)         Bridge(Connected) ─► Bridge(Start{resume}), participants
+//!   Audio ─► Bridge(Audio) while up, or before the first connection (kept for the program);
+//!            dropped (counted) in a redial's gap
+//!   persons change ─► Bridge(Send(participant joined/left)) while up
+//!   Bridge(Command) ─► Program(..) (the driver queues it in order)    Bridge(Hangup) ─► End(left)
+//!   Bridge(Closed) ─► Dial at once; DialFailed ─► Dial again after 100 ms doubling to 1 s;
+//!   10 s without the program, or a refusal ─► End(left "bridge_lost: ...")
+//!   every End of a bridged session is preceded by Bridge(Stop{reason})
+//! ```
+//!
+//! A bridged session does not end when its queue runs out.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;

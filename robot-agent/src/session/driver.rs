@@ -230,6 +230,7 @@ impl Driver {
                         // The offer does not carry the call's parties yet
                         // (docs/decisions.md, "The bridge's start.call").
                         call: CallParties::default(),
+                        continued: offer.attempt > 1,
                     };
                     let task = tokio::spawn(tracing::Instrument::instrument(
                         bridge::socket::run(plan, rx, from_tx.clone()),
