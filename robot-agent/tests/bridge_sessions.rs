@@ -172,6 +172,22 @@ fn offer(url: &str, format: BridgeFormat, rate: u32) -> SessionOffer {
     }
 }
 
+/// The test's assets, and `slow`, an asset whose fetch never ends.
+struct SlowAudio(Arc<TestAudio>);
+
+#[async_trait::async_trait]
+impl session::AudioLibrary for SlowAudio {
+    async fn item(
+        &self,
+        name: &str,
+    ) -> Result<Arc<dyn session::FrameSource>, robot_agent::AgentError> {
+        if name == "slow" {
+            return std::future::pending().await;
+        }
+        self.0.item(name).await
+    }
+}
+
 struct Session {
     transport: Arc<FakeTransport>,
     channels: mpsc::UnboundedReceiver<FakeChannel>,
@@ -183,8 +199,9 @@ fn start(offer: SessionOffer) -> Session {
     let (signaling, channels) = FakeSignaling::new();
     signaling.script(JoinScript::Accept(vec!["app".into()]));
     let transport = FakeTransport::new();
-    let audio = TestAudio::new();
-    audio.add("jingle", TestFrames::numbered(9, 3));
+    let test_audio = TestAudio::new();
+    test_audio.add("jingle", TestFrames::numbered(9, 3));
+    let audio = Arc::new(SlowAudio(test_audio));
     let ctx = Arc::new(SessionContext {
         config: SessionConfig {
             leave_grace: Duration::from_secs(10),
@@ -487,5 +504,51 @@ async fn a_session_offered_again_after_its_agent_died_resumes_its_program() {
     assert_eq!(start["format"]["rate"], 24_000);
     s.control.send(Control::Leave).unwrap();
     assert_eq!(c.next("stop").await["reason"], "ended");
+    s.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_does_not_wait_for_a_play_still_loading() {
+    let mut program = Program::start(None).await;
+    let mut s = start(offer(&program.url, BridgeFormat::Opus, 48_000));
+    let mut c = program.conn().await;
+    c.next("start").await;
+    let (_ch, l) = s.connect_app().await;
+    // 4 s of audio, a play whose asset never loads, audio and a mark behind it
+    for p in tone_packets(200) {
+        c.send(media(&p));
+    }
+    c.send(json!({"event": "mark", "name": "before"}));
+    c.send(json!({"event": "play", "audio": "slow"}));
+    for p in tone_packets(50) {
+        c.send(media(&p));
+    }
+    c.send(json!({"event": "mark", "name": "behind"}));
+    tokio::time::sleep(Duration::from_millis(300)).await; // some of the 4 s plays
+    c.send(json!({"event": "clear"}));
+    let cleared = c.next("cleared").await;
+    assert_eq!(cleared["marks"], json!(["before", "behind"]), "{cleared}");
+    let dropped = cleared["dropped_ms"].as_u64().unwrap();
+    let played = u64::try_from(l.frames().len()).unwrap();
+    assert_eq!(
+        played * 20 + dropped,
+        250 * 20,
+        "every frame played or dropped"
+    );
+    assert!(
+        played < 200,
+        "the clear came before the 4 s were over: {played}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        u64::try_from(l.frames().len()).unwrap(),
+        played,
+        "nothing after the clear"
+    );
+    // the program goes on: what it says next plays
+    c.send(media(&tone_packets(1)[0]));
+    c.send(json!({"event": "mark", "name": "after"}));
+    assert_eq!(c.next("mark").await["name"], "after");
+    s.control.send(Control::Leave).unwrap();
     s.end().await;
 }

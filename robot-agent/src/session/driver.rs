@@ -180,6 +180,8 @@ struct Driver {
     /// Program messages refused, and the last one's error (for the final status).
     refused: (u64, Option<BridgeError>),
     resolving: Option<JoinHandle<Resolved>>,
+    /// What is resolving is a bridge program's `play`.
+    resolving_program: bool,
     ice_servers: Vec<IceServer>,
     listeners: HashMap<String, Entry>,
     events_tx: mpsc::UnboundedSender<ListenerEvent>,
@@ -273,6 +275,7 @@ impl Driver {
             bridge,
             refused: (0, None),
             resolving: None,
+            resolving_program: false,
             ice_servers: Vec::new(),
             listeners: HashMap::new(),
             events_tx,
@@ -341,6 +344,7 @@ impl Driver {
                     c => Input::Control(c.unwrap_or(Control::Leave)),
                 },
                 r = wait(&mut self.resolving) => {
+                    self.resolving_program = false;
                     match r {
                         Some((Some(seq), cmd)) => self.apply_control(seq, cmd).await,
                         Some((None, Ok(cmd))) => self.queue_program(cmd),
@@ -503,6 +507,7 @@ impl Driver {
             let (seq, action) = match pending {
                 Pending::Control(seq, action) => (seq, action),
                 Pending::Program(ProgramCommand::Play(audio)) => {
+                    self.resolving_program = true;
                     let lib = Arc::clone(&self.ctx.audio);
                     self.resolving = Some(tokio::spawn(async move {
                         let r = lib.item(&audio).await;
@@ -528,6 +533,7 @@ impl Driver {
                     continue;
                 }
                 Pending::Program(ProgramCommand::Clear) => {
+                    // not queued: a program's clear is applied at once (program_clear)
                     self.queue_program(Command::BridgeClear);
                     continue;
                 }
@@ -612,6 +618,38 @@ impl Driver {
             return over();
         }
         answer.await.unwrap_or_else(|_| over())
+    }
+
+    /// A program's `clear` goes ahead of everything still waiting: a `play` of the program
+    /// whose asset is being fetched is dropped (it would only be cleared), the program's
+    /// audio and marks waiting behind it are queued (so the marks are listed in `cleared`
+    /// and the audio counted in `dropped_ms`), then the clear; the API's controls keep
+    /// their order. Waiting for a slow asset would let the audio playing now run on for as
+    /// long: the leak users of other bridges complain about.
+    async fn program_clear(&mut self) {
+        if self.resolving_program
+            && let Some(r) = self.resolving.take()
+        {
+            r.abort();
+            self.resolving_program = false;
+            tracing::debug!("bridge: a play still loading was dropped by a clear");
+        }
+        let mut keep = VecDeque::new();
+        for p in std::mem::take(&mut self.controls) {
+            match p {
+                Pending::Program(ProgramCommand::Speak(frames)) => {
+                    self.queue_program(Command::Speak { frames });
+                }
+                Pending::Program(ProgramCommand::Mark(name)) => {
+                    self.queue_program(Command::BridgeMark { name });
+                }
+                Pending::Program(ProgramCommand::Play(_) | ProgramCommand::Clear) => {}
+                other => keep.push_back(other),
+            }
+        }
+        self.controls = keep;
+        self.queue_program(Command::BridgeClear);
+        self.next_control().await;
     }
 
     /// Applies a bridge program's command to the queue wherever it is, without waiting
@@ -792,6 +830,7 @@ impl Driver {
                 }
                 Output::Record(action) => self.record(action),
                 Output::Bridge(t) => self.tell_program(t),
+                Output::Program(ProgramCommand::Clear) => self.program_clear().await,
                 Output::Program(c) => {
                     self.controls.push_back(Pending::Program(c));
                     self.next_control().await;
