@@ -397,11 +397,8 @@ impl Driver {
                     },
                     PlaybackDone::Failed { error, position_ms } => Input::PlaybackFailed { error, position_ms },
                 },
-                Some(a) = self.audio_rx.recv() => Input::Audio {
-                    peer: a.peer,
-                    timestamp: a.timestamp,
-                    payload: a.payload,
-                },
+                // before the participants' audio: a program's `clear` must not wait
+                // behind a burst of packets
                 f = from_program(&mut self.bridge) => {
                     if let FromProgram::Bad(e) = &f {
                         self.refused.0 += 1;
@@ -409,6 +406,11 @@ impl Driver {
                     }
                     Input::Bridge(f)
                 }
+                Some(a) = self.audio_rx.recv() => Input::Audio {
+                    peer: a.peer,
+                    timestamp: a.timestamp,
+                    payload: a.payload,
+                },
                 () = sleep_until(deadline) => Input::Timeout,
             };
             self.feed(input);
