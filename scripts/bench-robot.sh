@@ -84,7 +84,8 @@ start() {
 }
 
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-start
+# the bridge bench is one process of its own: no API or agent to start
+[ "$WHAT" = bridge ] || start
 if [ "$WHAT" = latency ] || [ "$WHAT" = all ]; then
   echo "## latency: POST /dapi/call/robot -> first RTP packet ($CALLS calls, after 1 warm-up)"
   "$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench 1 >/dev/null
