@@ -9,8 +9,10 @@
 //!              ──► Idle                             nothing to play, or paused: wait for a command
 //!              ──► Failed(error)
 //!   written(seq)  after frame `seq` was written to every connected listener's track
-//!   apply(cmd)    play (append | replace), pause, resume, seek, gain, clear, mark
+//!   apply(cmd)    play (append | replace), pause, resume, seek, gain, clear, mark;
+//!                 from a bridge program: Speak (its 20 ms frames), BridgeMark, BridgeClear
 //!   poll_event()  ──► Mark { played | cleared } · Drained (ran out by playing) · Refilled
+//!                 ──► BridgeMark (played) · BridgeCleared { marks never played, dropped_ms }
 //! ```
 //!
 //! **Marks tell the truth.** When the cursor reaches a mark, the frame before it is the last
@@ -22,6 +24,12 @@
 //! only be played: the frame was handed out, and the media clock writes it before it looks
 //! at the next command), or reported. Frames the pacer skips after a stall are never
 //! written, so [`skip`](PlaybackQueue::skip) stops at a mark rather than jump over it.
+//!
+//! **A bridge program's entries** are the same kinds with their own reports: its audio is
+//! a run of frames (consecutive `Speak`s extend the last run), its marks are reported as
+//! `BridgeMark` (to the program, not the API), and a clear that drops any of its marks or
+//! frames, or that it asked for, is answered with one `BridgeCleared` listing its marks in
+//! queue order and the milliseconds of its audio dropped.
 //!
 //! The queue lives on the media clock (the playback task owns it), so a command takes effect
 //! on the very next frame: a `clear` stops the audio within one frame, and the frame a mark
