@@ -281,6 +281,15 @@ async fn bridged_call(bridge: &str, encoding: &str, rate: u64, ending: Ending) {
             );
         }
     }
+    let logs = agent.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("bridge program connected")),
+        "the agent logs its bridge"
+    );
+    assert!(
+        logs.iter().all(|l| !l.contains(SECRET)),
+        "the agent logged the bridge's secret"
+    );
     agent.stop().await;
     api.stop().await;
 }
