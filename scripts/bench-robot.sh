@@ -15,7 +15,13 @@
 #      packet of the resumed audio at an aiortc app, p50/p99) and mark truthfulness ($MARKS
 #      marks with random clears; a mark reported played whose audio the app's received RTP
 #      did not hold whole is a lie) with tests/aiortc/robot_voice.py.
-#   scripts/bench-robot.sh [latency|fanout|failover|all|cold|voice]
+#   6. bridge (only when asked for): the media bridge in one process over a timestamping
+#      fake transport (robot-agent/examples/bridge_bench.rs): RTP in -> `media` at an echo
+#      program and program `media` -> frame written with an empty queue (p50/p99), send
+#      lateness and agent CPU per call for $BRIDGE_STEPS concurrent echo calls, and the
+#      `clear` leak over $CLEARS clears; beside it the floor: the same hop through a plain
+#      Python `websockets` relay (tests/aiortc/bridge_relay_floor.py).
+#   scripts/bench-robot.sh [latency|fanout|failover|all|cold|voice|bridge]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,6 +44,9 @@ else
   cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
   if [ "$WHAT" = voice ]; then
     cargo build --release -p robot-agent --features test-util --example record_bench >&2
+  fi
+  if [ "$WHAT" = bridge ]; then
+    cargo build --release -p robot-agent --features test-util --example bridge_bench >&2
   fi
   BIN="$CARGO_TARGET_DIR/release"
 fi
@@ -75,7 +84,8 @@ start() {
 }
 
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-start
+# the bridge bench is one process of its own: no API or agent to start
+[ "$WHAT" = bridge ] || start
 if [ "$WHAT" = latency ] || [ "$WHAT" = all ]; then
   echo "## latency: POST /dapi/call/robot -> first RTP packet ($CALLS calls, after 1 warm-up)"
   "$PY" tests/aiortc/robot_listener.py --base "$BASE" --bench 1 >/dev/null
@@ -196,5 +206,13 @@ PY
   # skipped frames is not heard whole although its mark's frame was written.
   echo "agent frames skipped or late during the run:"
   curl -s "$HEALTH/metrics" | grep -E '^robot_frames_(skipped|late|pending)_total' || true
+fi
+if [ "$WHAT" = bridge ]; then
+  BRIDGE_STEPS="${BRIDGE_STEPS:-50,100,200,300}"; CLEARS="${CLEARS:-1000}"
+  echo "## media bridge: $BRIDGE_STEPS echo calls (pcm16 16 kHz), ${BRIDGE_SECS:-20} s each; $CLEARS clears"
+  "$BIN/examples/bridge_bench" --sessions "$BRIDGE_STEPS" --secs "${BRIDGE_SECS:-20}" --clears "$CLEARS" \
+    --format "${BRIDGE_FORMAT:-pcm16}" --rate "${BRIDGE_RATE:-16000}"
+  echo "## the floor: one hop through a plain Python websockets relay (media-sized messages, 50/s)"
+  "$PY" tests/aiortc/bridge_relay_floor.py --messages 1500
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

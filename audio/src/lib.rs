@@ -56,6 +56,7 @@ mod input;
 mod loudness;
 mod mp4;
 pub mod ogg_opus;
+mod pcm;
 mod prepared;
 mod probe;
 mod resample;
@@ -72,6 +73,7 @@ pub use gain::GainStage;
 pub use input::{Input, ReadSeek};
 pub use loudness::{Loudness, LoudnessMeter};
 pub use ogg_opus::FRAME_SAMPLES;
+pub use pcm::{PCM_RATES, PcmDecoder, PcmEncoder, frame_samples, opus_packet_samples};
 pub use prepared::{
     FRAME_DURATION, Frames, LOUDNESS_WINDOW, Normalization, Playhead, PreparedAudio, Progress,
     SourceSummary, measure_loudness, measure_opening, prepare, prepare_with,

@@ -18,7 +18,8 @@
 //! a short driver), [`pacer`] (which frame is due;
 //! no clock inside), [`rtc`] (the only module importing `webrtc`/`rtc`: the
 //! [`rtc::RtcTransport`] trait and its webrtc-crate implementation), [`signaling`] (the
-//! `/rtc` socket), [`assets`] (audio by name), [`error`] (the crate's one error enum),
+//! `/rtc` socket), [`assets`] (audio by name), [`bridge`] (the media bridge to an operator's
+//! program: its wire messages, redial rules and socket task), [`error`] (the crate's one error enum),
 //! [`metrics`] and [`health`]; with the `test-util` feature, `test_util` (a fake
 //! transport and a fake `/rtc` for whole-session tests). The binary
 //! (`main.rs`) parses [`Config`], starts tracing, and runs [`Agent`] until SIGTERM/SIGINT,
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod bridge;
 pub mod error;
 pub mod health;
 pub mod link;

@@ -48,8 +48,21 @@
 //! its peer is not in the channel (the socket is rejoining). The clock of that rule starts
 //! once the session is live (joined and audio ready), as the rule is about listeners.
 //!
-//! Future inputs (inbound audio, control and bridge messages: DESIGN.md decisions 12-13)
-//! are further variants of [`Input`] and [`Output`].
+//! **A media bridge** (`Plan::bridge`, DESIGN.md decision 9): the core holds the bridge's
+//! [`BridgeLink`] (when to dial, redial, give up) and decides what the program is told.
+//!
+//! ```text
+//!   new ─► Bridge(Dial)         Bridge(Connected) ─► Bridge(Start{resume}), participants
+//!   Audio ─► Bridge(Audio) while up, or before the first connection (kept for the program);
+//!            dropped (counted) in a redial's gap
+//!   persons change ─► Bridge(Send(participant joined/left)) while up
+//!   Bridge(Command) ─► Program(..) (the driver queues it in order)    Bridge(Hangup) ─► End(left)
+//!   Bridge(Closed) ─► Dial at once; DialFailed ─► Dial again after 100 ms doubling to 1 s;
+//!   10 s without the program, or a refusal ─► End(left "bridge_lost: ...")
+//!   every End of a bridged session is preceded by Bridge(Stop{reason})
+//! ```
+//!
+//! A bridged session does not end when its queue runs out.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -61,6 +74,10 @@ use protocol::backoff::Backoff;
 
 use super::Control;
 use super::voicemail::{RecordAction, RecordPlan, Voicemail};
+use crate::bridge::{
+    AgentEvent, BridgeLink, FromProgram, LinkAction, ProgramCommand, RESUME_WINDOW, StopReason,
+    ToProgram,
+};
 use crate::error::AgentError;
 use crate::signaling::JoinError;
 
@@ -90,6 +107,9 @@ pub struct Plan {
     pub looping: bool,
     /// Voicemail: once the audio is over, record every other participant, then leave.
     pub record: Option<RecordPlan>,
+    /// A media bridge: the robot dials a program, streams what it hears to it and plays
+    /// what it says; the audio running out does not end the session.
+    pub bridge: bool,
 }
 
 /// Which side of the negotiation a new listener takes.
@@ -186,6 +206,8 @@ pub enum Input {
         /// The Opus packet.
         payload: Bytes,
     },
+    /// The bridge's socket task reports (bridged sessions).
+    Bridge(FromProgram),
     /// Time passed (call at [`SessionCore::poll_timeout`]).
     Timeout,
 }
@@ -240,6 +262,10 @@ pub enum Output {
     StopPlayback,
     /// Write to, upload or finish a participant's recording (voicemail).
     Record(RecordAction),
+    /// Tell the bridge's socket task (dial, start, an event, a participant's packet, stop).
+    Bridge(ToProgram),
+    /// Apply a bridge program's message to the playback queue, in order.
+    Program(ProgramCommand),
     /// The session is over: leave the channel, report the final status. Nothing follows.
     End(Ending),
 }
@@ -262,6 +288,12 @@ pub enum LeftReason {
     /// Voicemail: every recording is over (`.0` of them had audio).
     #[error("voicemail recorded: {0} recording(s)")]
     Recorded(usize),
+    /// The bridge program sent `hangup`.
+    #[error("the bridge program hung up")]
+    Hangup,
+    /// The bridge program was lost and not had again in time, or refused the robot.
+    #[error("bridge_lost: {0}")]
+    BridgeLost(String),
 }
 
 /// How a session ended.
@@ -358,6 +390,16 @@ struct Listener {
     connected: bool,
 }
 
+/// A bridged session's view of its program.
+#[derive(Debug)]
+struct Bridge {
+    link: BridgeLink,
+    /// The participants the program was told of (since its last `start`).
+    announced: BTreeSet<String>,
+    /// Packets heard while the program was away (the gap of a redial).
+    dropped: u64,
+}
+
 /// One robot session's state. See the module docs for the driving loop.
 #[derive(Debug)]
 pub struct SessionCore {
@@ -379,6 +421,8 @@ pub struct SessionCore {
     ended: bool,
     /// Recording (voicemail, once the audio is over).
     voicemail: Option<Voicemail>,
+    /// The media bridge.
+    bridge: Option<Bridge>,
 }
 
 impl SessionCore {
@@ -391,7 +435,12 @@ impl SessionCore {
         });
         out.push_back(Output::Join);
         out.push_back(Output::LoadAudio);
-        Self {
+        let bridge = plan.bridge.then(|| Bridge {
+            link: BridgeLink::new(RESUME_WINDOW),
+            announced: BTreeSet::new(),
+            dropped: 0,
+        });
+        let mut core = Self {
             config,
             plan,
             out,
@@ -406,7 +455,10 @@ impl SessionCore {
             position_ms: None,
             ended: false,
             voicemail: None,
-        }
+            bridge,
+        };
+        core.bridge_step();
+        core
     }
 
     /// The next thing to do.
@@ -439,7 +491,15 @@ impl SessionCore {
         if let Some(t) = self.voicemail.as_ref().and_then(Voicemail::poll_timeout) {
             min(t);
         }
+        if let Some(t) = self.bridge.as_ref().and_then(|b| b.link.poll_timeout()) {
+            min(t);
+        }
         at
+    }
+
+    /// Packets heard while the bridge program was away (a redial's gap), dropped.
+    pub fn bridge_dropped(&self) -> u64 {
+        self.bridge.as_ref().map_or(0, |b| b.dropped)
     }
 
     /// The session is over (an [`Output::End`] was queued).
@@ -457,6 +517,13 @@ impl SessionCore {
         if self.ended {
             return;
         }
+        self.on_input(now, input);
+        if !self.ended {
+            self.sync_participants();
+        }
+    }
+
+    fn on_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Joined { peers } => self.on_joined(now, peers),
             Input::JoinFailed(e) => self.on_join_failed(now, e),
@@ -548,6 +615,8 @@ impl SessionCore {
                             self.voicemail_step();
                         }
                         Some(_) => {}
+                        // A bridged robot waits for its program to say more.
+                        None if self.plan.bridge => {}
                         None => self.playback = Playback::Ended { at: now },
                     }
                 }
@@ -557,11 +626,25 @@ impl SessionCore {
                 timestamp,
                 payload,
             } => {
+                if let Some(b) = &mut self.bridge {
+                    // Heard before the first connection: kept for the program (the start
+                    // of speech is not clipped). Heard during a redial's gap: dropped.
+                    if b.link.is_up() || b.link.before_first() {
+                        self.out.push_back(Output::Bridge(ToProgram::Audio {
+                            peer: Arc::clone(&peer),
+                            timestamp,
+                            payload: payload.clone(),
+                        }));
+                    } else {
+                        b.dropped += 1;
+                    }
+                }
                 if let Some(v) = &mut self.voicemail {
                     v.packet(now, &peer, timestamp, payload);
                     self.voicemail_step();
                 }
             }
+            Input::Bridge(f) => self.on_bridge(now, f),
             Input::PlaybackRefilled => {
                 if matches!(self.playback, Playback::Ended { .. }) {
                     self.playback = Playback::Playing {
@@ -575,6 +658,69 @@ impl SessionCore {
             }
             Input::Timeout => self.on_timeout(now),
         }
+    }
+
+    fn on_bridge(&mut self, now: Instant, f: FromProgram) {
+        let Some(b) = &mut self.bridge else { return };
+        match f {
+            FromProgram::Connected => {
+                if let Some(resume) = b.link.connected() {
+                    self.out
+                        .push_back(Output::Bridge(ToProgram::Start { resume }));
+                    // the participants follow the start (sync_participants)
+                    b.announced.clear();
+                }
+            }
+            FromProgram::DialFailed(e) => b.link.dial_failed(now, &e),
+            FromProgram::Closed(_) => b.link.closed(now),
+            FromProgram::Command(c) => {
+                if b.link.is_up() {
+                    self.out.push_back(Output::Program(c));
+                }
+            }
+            FromProgram::Hangup => return self.end(Outcome::Left(LeftReason::Hangup)),
+            // logged and counted by the socket task; the call goes on
+            FromProgram::Bad(_) => {}
+        }
+        self.bridge_step();
+    }
+
+    /// Does what the bridge's link asks: dial, or give up (the robot leaves).
+    fn bridge_step(&mut self) {
+        let Some(b) = &mut self.bridge else { return };
+        let mut gone = None;
+        while let Some(a) = b.link.poll_action() {
+            match a {
+                LinkAction::Dial { .. } => self.out.push_back(Output::Bridge(ToProgram::Dial)),
+                LinkAction::GiveUp(why) => gone = Some(why),
+            }
+        }
+        if let Some(why) = gone {
+            self.end(Outcome::Left(LeftReason::BridgeLost(why)));
+        }
+    }
+
+    /// Tells a connected program who joined and left since it last heard.
+    fn sync_participants(&mut self) {
+        let Some(b) = &mut self.bridge else { return };
+        if !b.link.is_up() || b.announced == self.persons {
+            return;
+        }
+        for uid in b.announced.difference(&self.persons) {
+            self.out
+                .push_back(Output::Bridge(ToProgram::Send(AgentEvent::Participant {
+                    uid: uid.clone(),
+                    joined: false,
+                })));
+        }
+        for uid in self.persons.difference(&b.announced) {
+            self.out
+                .push_back(Output::Bridge(ToProgram::Send(AgentEvent::Participant {
+                    uid: uid.clone(),
+                    joined: true,
+                })));
+        }
+        b.announced.clone_from(&self.persons);
     }
 
     fn on_joined(&mut self, now: Instant, peers: Vec<String>) {
@@ -631,6 +777,13 @@ impl SessionCore {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        if let Some(b) = &mut self.bridge {
+            b.link.timeout(now);
+            self.bridge_step();
+            if self.ended {
+                return;
+            }
+        }
         if let Some(v) = &mut self.voicemail {
             v.timeout(now);
             self.voicemail_step();
@@ -686,6 +839,7 @@ impl SessionCore {
         self.live = true;
         if let Some(total) = frames
             && !self.plan.looping
+            && !self.plan.bridge
             && self.plan.record.is_none()
             && self.plan.first_frame >= total
         {
@@ -782,6 +936,10 @@ impl SessionCore {
             }
             self.out.extend(v.drain().map(Output::Record));
         }
+        if self.bridge.is_some() {
+            self.out
+                .push_back(Output::Bridge(ToProgram::Stop(stop_reason(&outcome))));
+        }
         let peers: Vec<String> = self.listeners.keys().cloned().collect();
         for p in peers {
             self.close_listener(&p);
@@ -791,6 +949,23 @@ impl SessionCore {
             outcome,
             position_ms: self.position_ms,
         }));
+    }
+}
+
+/// The bridge's `stop.reason` for an outcome.
+fn stop_reason(o: &Outcome) -> StopReason {
+    match o {
+        Outcome::Left(LeftReason::Kicked(_)) => StopReason::Kicked,
+        Outcome::Left(LeftReason::Alone(_)) => StopReason::Left,
+        Outcome::Left(
+            LeftReason::ToldTo
+            | LeftReason::AudioEnded
+            | LeftReason::Recorded(_)
+            | LeftReason::Hangup,
+        ) => StopReason::Ended,
+        Outcome::Left(LeftReason::BridgeLost(_))
+        | Outcome::Failed(_)
+        | Outcome::HandedBack { .. } => StopReason::Error,
     }
 }
 
@@ -818,6 +993,7 @@ mod tests {
             first_frame: 0,
             looping: false,
             record: None,
+            bridge: false,
         }
     }
 
@@ -1404,6 +1580,7 @@ mod tests {
                 first_frame: 150,
                 looping: false,
                 record: None,
+                bridge: false,
             },
             config(),
         );
@@ -1429,6 +1606,7 @@ mod tests {
                 first_frame: 600,
                 looping: false,
                 record: None,
+                bridge: false,
             },
             config(),
         );
@@ -1441,6 +1619,7 @@ mod tests {
                 first_frame: 600,
                 looping: true,
                 record: None,
+                bridge: false,
             },
             config(),
         );
@@ -1473,5 +1652,209 @@ mod tests {
             "audio failed during playback: corrupt audio: bad frame"
         );
         assert_eq!(ending(&out).unwrap().position_ms, Some(1240));
+    }
+
+    fn bridged() -> Plan {
+        Plan {
+            bridge: true,
+            ..plan()
+        }
+    }
+
+    fn to_program(out: &[Output]) -> Vec<&ToProgram> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Bridge(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn packet(peer: &str) -> Input {
+        Input::Audio {
+            peer: peer.into(),
+            timestamp: 960,
+            payload: Bytes::from_static(&[1, 2, 3]),
+        }
+    }
+
+    fn joined(uid: &str) -> ToProgram {
+        ToProgram::Send(AgentEvent::Participant {
+            uid: uid.into(),
+            joined: true,
+        })
+    }
+
+    #[test]
+    fn a_bridged_session_dials_at_once_and_starts_with_the_participants() {
+        let mut c = Clock::new(bridged(), config());
+        let out = c.drain();
+        assert_eq!(to_program(&out), vec![&ToProgram::Dial]);
+        // heard before the program answers: kept for it (no clipped start of speech)
+        c.live(&["a", "b"], Some(0));
+        assert_eq!(
+            to_program(&c.input(packet("a"))).len(),
+            1,
+            "forwarded before the first connection"
+        );
+        let out = c.input(Input::Bridge(FromProgram::Connected));
+        assert_eq!(
+            to_program(&out),
+            vec![
+                &ToProgram::Start { resume: false },
+                &joined("a"),
+                &joined("b")
+            ]
+        );
+        // joins and leaves follow
+        let out = c.input(Input::PeerLeft { peer: "b".into() });
+        assert!(
+            to_program(&out).contains(&&ToProgram::Send(AgentEvent::Participant {
+                uid: "b".into(),
+                joined: false
+            }))
+        );
+        let out = c.input(Input::PeerJoined { peer: "n".into() });
+        assert_eq!(to_program(&out), vec![&joined("n")]);
+        // an empty playlist does not end a bridged session, nor does the audio running out
+        c.connect("a", 1);
+        c.input(Input::PlaybackEnded { position_ms: 0 });
+        assert!(ending(&c.run_until(ms(60_000))).is_none());
+    }
+
+    #[test]
+    fn a_drop_redials_at_once_resumes_and_drops_the_audio_of_the_gap() {
+        let mut c = Clock::new(bridged(), config());
+        c.drain();
+        c.live(&["a"], Some(0));
+        c.input(Input::Bridge(FromProgram::Connected));
+        c.at(ms(1000));
+        let out = c.input(Input::Bridge(FromProgram::Closed("gone".into())));
+        assert_eq!(to_program(&out), vec![&ToProgram::Dial]);
+        assert!(to_program(&c.input(packet("a"))).is_empty());
+        assert_eq!(c.core.bridge_dropped(), 1);
+        // the program's messages of a dead connection are not applied
+        let out = c.input(Input::Bridge(FromProgram::Command(ProgramCommand::Clear)));
+        assert!(out.is_empty());
+        c.at(ms(1010));
+        let out = c.input(Input::Bridge(FromProgram::DialFailed(
+            crate::bridge::BridgeError::Unreachable("refused".into()),
+        )));
+        assert!(out.is_empty());
+        assert_eq!(c.core.poll_timeout(), Some(c.t0 + ms(1110)));
+        let out = c.run_until(ms(1110));
+        assert_eq!(to_program(&out), vec![&ToProgram::Dial]);
+        let out = c.input(Input::Bridge(FromProgram::Connected));
+        assert_eq!(
+            to_program(&out),
+            vec![&ToProgram::Start { resume: true }, &joined("a")],
+            "a resume, and the participants again"
+        );
+        assert_eq!(to_program(&c.input(packet("a"))).len(), 1);
+        let out = c.input(Input::Bridge(FromProgram::Command(ProgramCommand::Mark(
+            "m".into(),
+        ))));
+        assert!(matches!(
+            out.as_slice(),
+            [Output::Program(ProgramCommand::Mark(m))] if m == "m"
+        ));
+    }
+
+    #[test]
+    fn the_robot_leaves_with_bridge_lost_10_s_after_the_drop() {
+        let mut c = Clock::new(bridged(), config());
+        c.drain();
+        c.live(&["a"], Some(0));
+        c.connect("a", 1);
+        c.input(Input::Bridge(FromProgram::Connected));
+        c.at(ms(2000));
+        c.input(Input::Bridge(FromProgram::Closed("gone".into())));
+        let mut ended = None;
+        for _ in 0..50 {
+            c.now += ms(20);
+            let out = c.input(Input::Bridge(FromProgram::DialFailed(
+                crate::bridge::BridgeError::Unreachable("connection refused".into()),
+            )));
+            if let Some(e) = ending(&out) {
+                assert!(
+                    matches!(
+                        out.as_slice(),
+                        [
+                            Output::StopPlayback,
+                            Output::Bridge(ToProgram::Stop(StopReason::Error)),
+                            Output::CloseListener { .. },
+                            Output::End(_)
+                        ]
+                    ),
+                    "{out:?}"
+                );
+                ended = Some((e.outcome.to_string(), e.outcome.state(), c.now - c.t0));
+                break;
+            }
+            // the next dial (position reports may come first)
+            loop {
+                let t = c.core.poll_timeout().unwrap();
+                c.now = t;
+                let out = c.input(Input::Timeout);
+                if to_program(&out) == vec![&ToProgram::Dial] {
+                    break;
+                }
+                assert!(to_program(&out).is_empty(), "{out:?}");
+            }
+        }
+        let (detail, state, at) = ended.unwrap();
+        assert!(detail.starts_with("bridge_lost: "), "{detail}");
+        assert!(detail.contains("could not be reached for 10 s"), "{detail}");
+        assert_eq!(state, SessionState::Left);
+        assert!(at > ms(2000 + 9000) && at <= ms(2000 + 10_000), "{at:?}");
+    }
+
+    #[test]
+    fn a_refused_bridge_leaves_at_once() {
+        let mut c = Clock::new(bridged(), config());
+        c.drain();
+        let out = c.input(Input::Bridge(FromProgram::DialFailed(
+            crate::bridge::BridgeError::Refused { status: 401 },
+        )));
+        assert_eq!(
+            detail(&out),
+            "bridge_lost: the bridge program refused the connection: HTTP 401 (check the secret in DAPI_BRIDGES)"
+        );
+    }
+
+    #[test]
+    fn hangup_stops_the_bridge_and_leaves() {
+        let mut c = Clock::new(bridged(), config());
+        c.drain();
+        c.live(&["a"], Some(0));
+        c.input(Input::Bridge(FromProgram::Connected));
+        let out = c.input(Input::Bridge(FromProgram::Hangup));
+        assert!(to_program(&out).contains(&&ToProgram::Stop(StopReason::Ended)));
+        assert_eq!(detail(&out), "the bridge program hung up");
+        // told to leave, kicked, alone: each stop says why
+        for (input, reason) in [
+            (Input::Control(Control::Leave), StopReason::Ended),
+            (Input::Kicked { reason: "x".into() }, StopReason::Kicked),
+        ] {
+            let mut c = Clock::new(bridged(), config());
+            c.drain();
+            let out = c.input(input);
+            assert_eq!(to_program(&out), vec![&ToProgram::Stop(reason)]);
+        }
+        let mut c = Clock::new(bridged(), config());
+        c.drain();
+        c.live(&[], Some(0));
+        let out = c.run_until(ms(10_000));
+        assert_eq!(to_program(&out), vec![&ToProgram::Stop(StopReason::Left)]);
+    }
+
+    #[test]
+    fn a_session_without_a_bridge_says_nothing_to_a_program() {
+        let mut c = Clock::new(plan(), config());
+        let mut out = c.live(&["a"], Some(10));
+        out.extend(c.input(packet("a")));
+        out.extend(c.input(Input::Bridge(FromProgram::Connected)));
+        out.extend(c.input(Input::Control(Control::Leave)));
+        assert!(to_program(&out).is_empty(), "{out:?}");
     }
 }

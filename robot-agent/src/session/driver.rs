@@ -39,6 +39,9 @@ use super::queue::{Command, Next, PlaybackQueue, QueueEvent, QueueItem};
 use super::recorder::{self, Recorder};
 use super::voicemail::{RecordAction, RecordPlan};
 use super::{Control, SessionContext, SessionUpdate, start_frame};
+use crate::bridge::{
+    self, AgentEvent, BridgeError, CallParties, FromProgram, ProgramCommand, ToProgram,
+};
 use crate::error::AgentError;
 use crate::metrics::{Metrics, Phase};
 use crate::pacer::{FRAME, Pacer};
@@ -55,11 +58,11 @@ pub async fn run(
     let id = offer.id;
     let span = tracing::info_span!("robot_session", session = id, channel = %offer.channel, attempt = offer.attempt);
     ctx.metrics.phase(None, Some(Phase::Joining));
-    let mut driver = Driver::new(Arc::clone(&ctx), offer, updates.clone());
+    let mut driver = span.in_scope(|| Driver::new(Arc::clone(&ctx), offer, updates.clone()));
     let ending = tracing::Instrument::instrument(driver.run(control), span.clone()).await;
     ctx.metrics.phase(Some(driver.phase), None);
     ctx.metrics.session_ended(ending.outcome.label());
-    let detail = ending.outcome.to_string();
+    let detail = driver.with_bridge_notes(ending.outcome.to_string());
     span.in_scope(|| tracing::info!(state = ?ending.outcome.state(), detail = %detail, position_ms = ?ending.position_ms, "robot session ended"));
     driver.status(ending.outcome.state(), detail, ending.position_ms);
     let _ = updates.send(SessionUpdate::Ended { session_id: id });
@@ -131,7 +134,29 @@ fn idle() -> PlaybackStatus {
 
 type JoinResult = Result<(Box<dyn ChannelLink>, Joined), JoinError>;
 type Items = Vec<QueueItem>;
-type Resolved = (u64, Result<Command, String>);
+/// A resolved `play`: the control's `seq` (none for a bridge program's `play`, which is
+/// not acknowledged) and the command.
+type Resolved = (Option<u64>, Result<Command, String>);
+
+/// Something to apply to the playback queue, in arrival order.
+#[derive(Debug)]
+enum Pending {
+    /// A control from the API (acknowledged).
+    Control(u64, ControlAction),
+    /// A bridge program's message.
+    Program(ProgramCommand),
+}
+
+/// The bridge's socket task, as the driver holds it.
+struct BridgeTask {
+    /// Commands to it; `None` when the target cannot be used (every dial fails at once).
+    to: Option<mpsc::UnboundedSender<ToProgram>>,
+    from_tx: mpsc::UnboundedSender<FromProgram>,
+    from: mpsc::UnboundedReceiver<FromProgram>,
+    task: Option<JoinHandle<()>>,
+    /// Why the target cannot be used.
+    unusable: Option<BridgeError>,
+}
 type Connected = Arc<Vec<Arc<dyn Listener>>>;
 
 struct Driver {
@@ -145,10 +170,18 @@ struct Driver {
     joining: Option<JoinHandle<JoinResult>>,
     loading: Option<JoinHandle<Result<Items, AgentError>>>,
     queue: QueueHome,
-    /// Playback controls not applied yet, in arrival order (one `play` at a time resolves
-    /// its asset; the ones behind it wait, so controls apply in order).
-    controls: VecDeque<(u64, ControlAction)>,
+    /// Playback controls and bridge messages not applied yet, in arrival order (one `play`
+    /// at a time resolves its asset; the ones behind it wait, so they apply in order).
+    controls: VecDeque<Pending>,
+    /// Bridge commands that came before the queue was built (the audio still loading).
+    early: Vec<Command>,
+    /// The media bridge (bridged sessions).
+    bridge: Option<BridgeTask>,
+    /// Program messages refused, and the last one's error (for the final status).
+    refused: (u64, Option<BridgeError>),
     resolving: Option<JoinHandle<Resolved>>,
+    /// What is resolving is a bridge program's `play`.
+    resolving_program: bool,
     ice_servers: Vec<IceServer>,
     listeners: HashMap<String, Entry>,
     events_tx: mpsc::UnboundedSender<ListenerEvent>,
@@ -184,7 +217,44 @@ impl Driver {
                 silence: std::time::Duration::from_secs(u64::from(r.silence_seconds.max(1))),
                 beep: r.beep,
             }),
+            bridge: offer.bridge.is_some(),
         };
+        let bridge = offer.bridge.as_ref().map(|target| {
+            let (from_tx, from) = mpsc::unbounded_channel();
+            match bridge::Format::new(target.format, target.rate) {
+                Ok(format) => {
+                    let (to, rx) = mpsc::unbounded_channel();
+                    let plan = bridge::socket::SocketPlan {
+                        target: target.clone(),
+                        format,
+                        session: offer.id,
+                        channel: offer.channel.clone(),
+                        // The offer does not carry the call's parties yet
+                        // (docs/decisions.md, "The bridge's start.call").
+                        call: CallParties::default(),
+                        continued: offer.attempt > 1,
+                    };
+                    let task = tokio::spawn(tracing::Instrument::instrument(
+                        bridge::socket::run(plan, rx, from_tx.clone()),
+                        tracing::Span::current(),
+                    ));
+                    BridgeTask {
+                        to: Some(to),
+                        from_tx,
+                        from,
+                        task: Some(task),
+                        unusable: None,
+                    }
+                }
+                Err(e) => BridgeTask {
+                    to: None,
+                    from_tx,
+                    from,
+                    task: None,
+                    unusable: Some(e),
+                },
+            }
+        });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::unbounded_channel();
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
@@ -201,7 +271,11 @@ impl Driver {
             loading: None,
             queue: QueueHome::NotYet,
             controls: VecDeque::new(),
+            early: Vec::new(),
+            bridge,
+            refused: (0, None),
             resolving: None,
+            resolving_program: false,
             ice_servers: Vec::new(),
             listeners: HashMap::new(),
             events_tx,
@@ -217,6 +291,17 @@ impl Driver {
             audio_rx,
             recorders: HashMap::new(),
             uploads: Vec::new(),
+        }
+    }
+
+    /// The final status detail, with the bridge program's refused messages when there were
+    /// any (they are logged one by one; the session's end says how many).
+    fn with_bridge_notes(&self, detail: String) -> String {
+        match &self.refused {
+            (0, _) | (_, None) => detail,
+            (n, Some(last)) => {
+                format!("{detail}; {n} bridge program message(s) refused, the last: {last}")
+            }
         }
     }
 
@@ -252,15 +337,21 @@ impl Driver {
                 biased;
                 c = control.recv() => match c {
                     Some(Control::Playback { seq, action }) => {
-                        self.controls.push_back((seq, action));
+                        self.controls.push_back(Pending::Control(seq, action));
                         self.next_control().await;
                         continue;
                     }
                     c => Input::Control(c.unwrap_or(Control::Leave)),
                 },
                 r = wait(&mut self.resolving) => {
-                    if let Some((seq, cmd)) = r {
-                        self.apply_control(seq, cmd).await;
+                    self.resolving_program = false;
+                    match r {
+                        Some((Some(seq), cmd)) => self.apply_control(seq, cmd).await,
+                        Some((None, Ok(cmd))) => self.queue_program(cmd),
+                        Some((None, Err(e))) => {
+                            tracing::warn!(error = %e, "bridge: the program's play was refused");
+                        }
+                        None => {}
                     }
                     self.next_control().await;
                     continue;
@@ -306,6 +397,15 @@ impl Driver {
                     },
                     PlaybackDone::Failed { error, position_ms } => Input::PlaybackFailed { error, position_ms },
                 },
+                // before the participants' audio: a program's `clear` must not wait
+                // behind a burst of packets
+                f = from_program(&mut self.bridge) => {
+                    if let FromProgram::Bad(e) = &f {
+                        self.refused.0 += 1;
+                        self.refused.1 = Some(e.clone());
+                    }
+                    Input::Bridge(f)
+                }
                 Some(a) = self.audio_rx.recv() => Input::Audio {
                     peer: a.peer,
                     timestamp: a.timestamp,
@@ -361,6 +461,9 @@ impl Driver {
                 let first = start_frame(self.offer.position_ms);
                 self.queue =
                     QueueHome::Here(PlaybackQueue::new(items, first, self.offer.loop_audio));
+                for cmd in std::mem::take(&mut self.early) {
+                    self.queue_program(cmd);
+                }
                 Input::AudioReady { frames }
             }
             Err(e) => Input::AudioFailed(e),
@@ -385,6 +488,14 @@ impl Driver {
             }
             QueueEvent::Drained { position_ms } => Some(Input::PlaybackEnded { position_ms }),
             QueueEvent::Refilled => Some(Input::PlaybackRefilled),
+            QueueEvent::BridgeMark { name, position_ms } => {
+                self.tell_program(ToProgram::Send(AgentEvent::Mark { name, position_ms }));
+                None
+            }
+            QueueEvent::BridgeCleared { marks, dropped_ms } => {
+                self.tell_program(ToProgram::Send(AgentEvent::Cleared { marks, dropped_ms }));
+                None
+            }
         }
     }
 
@@ -392,8 +503,42 @@ impl Driver {
     /// a task (the answer waits for it), the others apply at once.
     async fn next_control(&mut self) {
         while self.resolving.is_none() {
-            let Some((seq, action)) = self.controls.pop_front() else {
+            let Some(pending) = self.controls.pop_front() else {
                 return;
+            };
+            let (seq, action) = match pending {
+                Pending::Control(seq, action) => (seq, action),
+                Pending::Program(ProgramCommand::Play(audio)) => {
+                    self.resolving_program = true;
+                    let lib = Arc::clone(&self.ctx.audio);
+                    self.resolving = Some(tokio::spawn(async move {
+                        let r = lib.item(&audio).await;
+                        let cmd = r.map_err(|e| e.to_string()).map(|source| Command::Play {
+                            item: QueueItem {
+                                name: audio,
+                                source,
+                                loops: 0,
+                                gain_db: 0.0,
+                            },
+                            mode: protocol::agent::PlayMode::Append,
+                        });
+                        (None, cmd)
+                    }));
+                    continue;
+                }
+                Pending::Program(ProgramCommand::Speak(frames)) => {
+                    self.queue_program(Command::Speak { frames });
+                    continue;
+                }
+                Pending::Program(ProgramCommand::Mark(name)) => {
+                    self.queue_program(Command::BridgeMark { name });
+                    continue;
+                }
+                Pending::Program(ProgramCommand::Clear) => {
+                    // not queued: a program's clear is applied at once (program_clear)
+                    self.queue_program(Command::BridgeClear);
+                    continue;
+                }
             };
             let cmd = match action {
                 ControlAction::Play {
@@ -414,7 +559,7 @@ impl Driver {
                             },
                             mode,
                         });
-                        (seq, cmd)
+                        (Some(seq), cmd)
                     }));
                     continue;
                 }
@@ -475,6 +620,79 @@ impl Driver {
             return over();
         }
         answer.await.unwrap_or_else(|_| over())
+    }
+
+    /// A program's `clear` goes ahead of everything still waiting: a `play` of the program
+    /// whose asset is being fetched is dropped (it would only be cleared), the program's
+    /// audio and marks waiting behind it are queued (so the marks are listed in `cleared`
+    /// and the audio counted in `dropped_ms`), then the clear; the API's controls keep
+    /// their order. Waiting for a slow asset would let the audio playing now run on for as
+    /// long: the leak users of other bridges complain about.
+    async fn program_clear(&mut self) {
+        if self.resolving_program
+            && let Some(r) = self.resolving.take()
+        {
+            r.abort();
+            self.resolving_program = false;
+            tracing::debug!("bridge: a play still loading was dropped by a clear");
+        }
+        let mut keep = VecDeque::new();
+        for p in std::mem::take(&mut self.controls) {
+            match p {
+                Pending::Program(ProgramCommand::Speak(frames)) => {
+                    self.queue_program(Command::Speak { frames });
+                }
+                Pending::Program(ProgramCommand::Mark(name)) => {
+                    self.queue_program(Command::BridgeMark { name });
+                }
+                Pending::Program(ProgramCommand::Play(_) | ProgramCommand::Clear) => {}
+                other => keep.push_back(other),
+            }
+        }
+        self.controls = keep;
+        self.queue_program(Command::BridgeClear);
+        self.next_control().await;
+    }
+
+    /// Applies a bridge program's command to the queue wherever it is, without waiting
+    /// for an answer (the program hears of marks and clears through queue events).
+    fn queue_program(&mut self, cmd: Command) {
+        match &mut self.queue {
+            QueueHome::NotYet => self.early.push(cmd),
+            QueueHome::Here(q) => {
+                if let Err(e) = q.apply(cmd) {
+                    tracing::debug!(error = %e, "bridge command not applied");
+                }
+                let events: Vec<QueueEvent> = std::iter::from_fn(|| q.poll_event()).collect();
+                for e in events {
+                    if let Some(i) = self.on_queue_event(e) {
+                        self.feed(i);
+                    }
+                }
+            }
+            QueueHome::Playing(tx) => {
+                // the answer (a oneshot nobody waits on) is dropped
+                let (reply, _) = oneshot::channel();
+                let _ = tx.send((Some(cmd), reply));
+            }
+        }
+    }
+
+    /// Tells the bridge's socket task (a bridged session only).
+    fn tell_program(&mut self, t: ToProgram) {
+        let Some(b) = &mut self.bridge else { return };
+        match (&b.to, &b.unusable) {
+            (Some(to), _) => {
+                let _ = to.send(t);
+            }
+            (None, Some(e)) => {
+                if t == ToProgram::Dial {
+                    tracing::error!(error = %e, "bridge target unusable");
+                    let _ = b.from_tx.send(FromProgram::DialFailed(e.clone()));
+                }
+            }
+            (None, None) => {}
+        }
     }
 
     /// The playback state, for an answer that changed nothing.
@@ -610,6 +828,12 @@ impl Driver {
                 // The position stays readable (`self.playback` is kept) for the status.
                 Output::StopPlayback => self.end_queue().await,
                 Output::Record(action) => self.record(action),
+                Output::Bridge(t) => self.tell_program(t),
+                Output::Program(ProgramCommand::Clear) => self.program_clear().await,
+                Output::Program(c) => {
+                    self.controls.push_back(Pending::Program(c));
+                    self.next_control().await;
+                }
                 Output::End(ending) => return Some(ending),
             }
         }
@@ -833,6 +1057,24 @@ impl Driver {
             r.abort();
         }
         self.end_queue().await;
+        // `stop` was queued to the program by the core before the end: let it go out.
+        if let Some(mut b) = self.bridge.take() {
+            b.to = None;
+            if let Some(mut t) = b.task.take()
+                && tokio::time::timeout(std::time::Duration::from_millis(1500), &mut t)
+                    .await
+                    .is_err()
+            {
+                t.abort();
+            }
+            let dropped = self.core.bridge_dropped();
+            if dropped > 0 {
+                tracing::info!(
+                    packets = dropped,
+                    "bridge: audio heard while the program was away was dropped"
+                );
+            }
+        }
         if let Some(j) = self.joining.take() {
             j.abort();
         }
@@ -857,6 +1099,18 @@ async fn wait<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
     let r = t.await;
     *task = None;
     r.ok()
+}
+
+/// The next report of the bridge's socket task; pending without a bridge.
+async fn from_program(bridge: &mut Option<BridgeTask>) -> FromProgram {
+    match bridge {
+        Some(b) => match b.from.recv().await {
+            Some(f) => f,
+            // cannot happen while `from_tx` is held here; wait rather than spin
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// The next message of the socket; pending while there is none (rejoining).
@@ -1005,11 +1259,16 @@ fn report(queue: &mut PlaybackQueue, done: &mpsc::UnboundedSender<PlaybackDone>)
     }
 }
 
-/// The offer's queue: `items` when the API filled it, else `playlist` (or `audio`) once
-/// each at 0 dB.
+/// The offer's queue: `items` when the API filled it, else (without a bridge) `playlist`
+/// (or `audio`) once each at 0 dB.
 fn offer_items(offer: &SessionOffer) -> Vec<protocol::agent::PlaylistItem> {
     if !offer.items.is_empty() {
         return offer.items.clone();
+    }
+    if offer.bridge.is_some() {
+        // A bridged robot without audio: its program says what to play (the API fills
+        // `items` whenever there is audio, and sends `audio: "default"` regardless).
+        return Vec::new();
     }
     let names = if offer.playlist.is_empty() {
         vec![offer.audio.clone()]

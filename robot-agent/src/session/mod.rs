@@ -41,6 +41,11 @@
 //! not leave a channel whose listeners merely lost the signaling. The session is neither
 //! ended nor re-dispatched.
 //!
+//! **A media bridge** (`bridge` in the offer): the session dials the operator's program
+//! (`crate::bridge`), streams what it hears to it and plays what it says through the
+//! queue; the core holds the dial/redial rules, the driver the socket task. See
+//! docs/bridge.md.
+//!
 //! The frames go out from a playback task on the media clock ([`media_clock`], a thread of
 //! its own): it sleeps until the pacer's next deadline and writes the frame to every
 //! connected listener (a `watch` of the connected set), so nothing else the agent does can

@@ -9,8 +9,10 @@
 //!              ──► Idle                             nothing to play, or paused: wait for a command
 //!              ──► Failed(error)
 //!   written(seq)  after frame `seq` was written to every connected listener's track
-//!   apply(cmd)    play (append | replace), pause, resume, seek, gain, clear, mark
+//!   apply(cmd)    play (append | replace), pause, resume, seek, gain, clear, mark;
+//!                 from a bridge program: Speak (its 20 ms frames), BridgeMark, BridgeClear
 //!   poll_event()  ──► Mark { played | cleared } · Drained (ran out by playing) · Refilled
+//!                 ──► BridgeMark (played) · BridgeCleared { marks never played, dropped_ms }
 //! ```
 //!
 //! **Marks tell the truth.** When the cursor reaches a mark, the frame before it is the last
@@ -22,6 +24,12 @@
 //! only be played: the frame was handed out, and the media clock writes it before it looks
 //! at the next command), or reported. Frames the pacer skips after a stall are never
 //! written, so [`skip`](PlaybackQueue::skip) stops at a mark rather than jump over it.
+//!
+//! **A bridge program's entries** are the same kinds with their own reports: its audio is
+//! a run of frames (consecutive `Speak`s extend the last run), its marks are reported as
+//! `BridgeMark` (to the program, not the API), and a clear that drops any of its marks or
+//! frames, or that it asked for, is answered with one `BridgeCleared` listing its marks in
+//! queue order and the milliseconds of its audio dropped.
 //!
 //! The queue lives on the media clock (the playback task owns it), so a command takes effect
 //! on the very next frame: a `clear` stops the audio within one frame, and the frame a mark
@@ -95,6 +103,21 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// A bridge program's audio: append these 20 ms Opus frames (to the program's audio
+    /// queued last when nothing was queued after it).
+    Speak {
+        /// The frames.
+        frames: Vec<Bytes>,
+    },
+    /// A bridge program's mark: reported as [`QueueEvent::BridgeMark`] /
+    /// [`QueueEvent::BridgeCleared`].
+    BridgeMark {
+        /// Its name.
+        name: String,
+    },
+    /// A bridge program's clear: as [`Command::Clear`], and always answered with
+    /// [`QueueEvent::BridgeCleared`].
+    BridgeClear,
 }
 
 /// What to send at a frame deadline.
@@ -136,12 +159,37 @@ pub enum QueueEvent {
     },
     /// Something was queued after [`QueueEvent::Drained`].
     Refilled,
+    /// A bridge program's mark was played: the frame before it was written.
+    BridgeMark {
+        /// Its name.
+        name: String,
+        /// Audio handed out before it, ms.
+        position_ms: u64,
+    },
+    /// A clear dropped bridge marks or bridge audio, or the program asked for the clear.
+    BridgeCleared {
+        /// The program's marks that will never play, in queue order.
+        marks: Vec<String>,
+        /// The program's audio dropped, ms.
+        dropped_ms: u64,
+    },
 }
 
 enum Entry {
     Audio(AudioEntry),
-    Mark(String),
+    Mark(MarkEntry),
+    /// A bridge program's audio, frame by frame.
+    Frames(VecDeque<Bytes>),
 }
+
+struct MarkEntry {
+    name: String,
+    /// A bridge program's mark.
+    bridge: bool,
+}
+
+/// The item name a bridge program's audio shows as in the playback state.
+pub const BRIDGE_ITEM: &str = "bridge";
 
 struct AudioEntry {
     /// The name of each item of the playlist (an item played `loop` times more is listed
@@ -199,7 +247,7 @@ pub struct PlaybackQueue {
     /// Frames `0..written` were written to every listener.
     written: u64,
     /// Marks passed by the cursor, waiting for frames `..n` to be written.
-    due: VecDeque<(u64, String)>,
+    due: VecDeque<(u64, MarkEntry)>,
     events: VecDeque<QueueEvent>,
     /// The position in the offer's items, ms.
     main_position_ms: u64,
@@ -273,10 +321,24 @@ impl PlaybackQueue {
                     return Next::Idle;
                 }
                 Some(Entry::Mark(_)) => {
-                    if let Some(Entry::Mark(name)) = self.entries.pop_front() {
-                        self.pass_mark(name);
+                    if let Some(Entry::Mark(m)) = self.entries.pop_front() {
+                        self.pass_mark(m);
                     }
                 }
+                Some(Entry::Frames(f)) => match f.pop_front() {
+                    Some(frame) => {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        return Next::Frame {
+                            seq,
+                            frame,
+                            gain_db: self.gain_db.clamp(MIN_GAIN_DB, MAX_GAIN_DB),
+                        };
+                    }
+                    None => {
+                        self.entries.pop_front();
+                    }
+                },
                 Some(Entry::Audio(a)) => {
                     let step = a.playlist.next_step();
                     if a.main {
@@ -327,6 +389,13 @@ impl PlaybackQueue {
                     // The pending or failed frame is found again by the next `next_frame()`.
                     Step::Pending | Step::Failed(_) => break,
                 },
+                Some(Entry::Frames(f)) => {
+                    if f.pop_front().is_some() {
+                        done += 1;
+                    } else {
+                        self.entries.pop_front();
+                    }
+                }
                 Some(Entry::Mark(_)) | None => break,
             }
         }
@@ -340,8 +409,8 @@ impl PlaybackQueue {
             if *n > self.written {
                 break;
             }
-            if let Some((n, name)) = self.due.pop_front() {
-                self.played(name, n);
+            if let Some((n, m)) = self.due.pop_front() {
+                self.played(m, n);
             }
         }
     }
@@ -351,7 +420,7 @@ impl PlaybackQueue {
         match cmd {
             Command::Play { item, mode } => {
                 if mode == PlayMode::Replace {
-                    self.drop_entries();
+                    self.drop_entries(false);
                 }
                 self.push(Entry::Audio(AudioEntry::new(vec![item], 0, false, false)));
             }
@@ -369,17 +438,52 @@ impl PlaybackQueue {
             Command::Gain { gain_db } => {
                 self.gain_db = gain_db.clamp(MIN_GAIN_DB, MAX_GAIN_DB);
             }
-            Command::Clear => self.drop_entries(),
-            Command::Mark { name } => self.push(Entry::Mark(name)),
+            Command::Clear => self.drop_entries(false),
+            Command::BridgeClear => self.drop_entries(true),
+            Command::Mark { name } => self.push(Entry::Mark(MarkEntry {
+                name,
+                bridge: false,
+            })),
+            Command::BridgeMark { name } => {
+                self.push(Entry::Mark(MarkEntry { name, bridge: true }))
+            }
+            Command::Speak { frames } => {
+                if frames.is_empty() {
+                    return Ok(());
+                }
+                if let Some(Entry::Frames(f)) = self.entries.back_mut() {
+                    f.extend(frames);
+                } else {
+                    self.push(Entry::Frames(frames.into()));
+                }
+            }
         }
         Ok(())
     }
 
     /// What plays now, as `control_ack` reports it.
     pub fn status(&self) -> PlaybackStatus {
+        if let Some(at) = self
+            .entries
+            .iter()
+            .position(|e| !matches!(e, Entry::Mark(_)))
+            && matches!(self.entries.get(at), Some(Entry::Frames(_)))
+        {
+            // The program's audio plays now.
+            return PlaybackStatus {
+                state: if self.paused {
+                    PlaybackState::Paused
+                } else {
+                    PlaybackState::Playing
+                },
+                item: Some(BRIDGE_ITEM.to_owned()),
+                position_ms: 0,
+                queue: self.names_after(at + 1),
+            };
+        }
         let mut audio = self.entries.iter().filter_map(|e| match e {
             Entry::Audio(a) => Some(a),
-            Entry::Mark(_) => None,
+            Entry::Mark(_) | Entry::Frames(_) => None,
         });
         let Some(first) = audio.next() else {
             return PlaybackStatus {
@@ -390,9 +494,12 @@ impl PlaybackQueue {
             };
         };
         let mut queue: Vec<String> = first.rest().map(str::to_owned).collect();
-        for a in audio {
-            queue.extend(a.names.iter().cloned());
-        }
+        let at = self
+            .entries
+            .iter()
+            .position(|e| matches!(e, Entry::Audio(_)))
+            .unwrap_or(0);
+        queue.extend(self.names_after(at + 1));
         PlaybackStatus {
             state: if self.paused {
                 PlaybackState::Paused
@@ -405,15 +512,28 @@ impl PlaybackQueue {
         }
     }
 
+    /// The item names of the entries from `from` on.
+    fn names_after(&self, from: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        for e in self.entries.iter().skip(from) {
+            match e {
+                Entry::Audio(a) => names.extend(a.names.iter().cloned()),
+                Entry::Frames(_) => names.push(BRIDGE_ITEM.to_owned()),
+                Entry::Mark(_) => {}
+            }
+        }
+        names
+    }
+
     fn current_audio(&mut self) -> Option<&mut AudioEntry> {
         self.entries.iter_mut().find_map(|e| match e {
             Entry::Audio(a) => Some(a),
-            Entry::Mark(_) => None,
+            Entry::Mark(_) | Entry::Frames(_) => None,
         })
     }
 
     fn push(&mut self, e: Entry) {
-        if matches!(e, Entry::Audio(_)) {
+        if !matches!(e, Entry::Mark(_)) {
             self.cleared = false;
             if self.drained {
                 self.drained = false;
@@ -428,24 +548,23 @@ impl PlaybackQueue {
     /// first those whose frame was handed out but not confirmed written to every listener
     /// (never called played unless it was), then those still queued. After this every
     /// mark ever queued has been reported exactly once.
+    ///
+    /// A bridge program's marks are not reported here: `stop` is the last message it gets
+    /// (DESIGN.md, "Media bridge"), and tells it that nothing more plays.
     pub fn end(&mut self) {
-        while let Some((_, name)) = self.due.pop_front() {
-            self.events.push_back(QueueEvent::Mark {
-                name,
-                state: MarkState::Cleared,
-                position_ms: None,
-            });
-        }
-        self.drop_entries();
-    }
-
-    /// Drops every entry; each mark among them is cleared. After this the queue is idle
-    /// but not `Drained` (a clear is not the end of the audio).
-    fn drop_entries(&mut self) {
-        for e in self.entries.drain(..) {
-            if let Entry::Mark(name) = e {
+        let due = self.due.drain(..).map(|(_, m)| m);
+        let queued: Vec<MarkEntry> = self
+            .entries
+            .drain(..)
+            .filter_map(|e| match e {
+                Entry::Mark(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        for m in due.collect::<Vec<_>>().into_iter().chain(queued) {
+            if !m.bridge {
                 self.events.push_back(QueueEvent::Mark {
-                    name,
+                    name: m.name,
                     state: MarkState::Cleared,
                     position_ms: None,
                 });
@@ -454,20 +573,62 @@ impl PlaybackQueue {
         self.cleared = true;
     }
 
+    /// Drops every entry; each mark among them is cleared. After this the queue is idle
+    /// but not `Drained` (a clear is not the end of the audio).
+    ///
+    /// The bridge program hears of it ([`QueueEvent::BridgeCleared`]) when it asked for the
+    /// clear (`bridge`), or when its marks or audio were among what was dropped.
+    fn drop_entries(&mut self, bridge: bool) {
+        let mut bridge_marks = Vec::new();
+        let mut dropped_frames: u64 = 0;
+        for e in self.entries.drain(..) {
+            match e {
+                Entry::Mark(MarkEntry {
+                    name,
+                    bridge: false,
+                }) => self.events.push_back(QueueEvent::Mark {
+                    name,
+                    state: MarkState::Cleared,
+                    position_ms: None,
+                }),
+                Entry::Mark(MarkEntry { name, bridge: true }) => bridge_marks.push(name),
+                Entry::Frames(f) => {
+                    dropped_frames += u64::try_from(f.len()).unwrap_or(u64::MAX);
+                }
+                Entry::Audio(_) => {}
+            }
+        }
+        if bridge || !bridge_marks.is_empty() || dropped_frames > 0 {
+            self.events.push_back(QueueEvent::BridgeCleared {
+                marks: bridge_marks,
+                dropped_ms: dropped_frames.saturating_mul(20),
+            });
+        }
+        self.cleared = true;
+    }
+
     /// The cursor reached a mark: the frame before it is `next_seq - 1`.
-    fn pass_mark(&mut self, name: String) {
+    fn pass_mark(&mut self, m: MarkEntry) {
         if self.written >= self.next_seq && self.due.is_empty() {
-            self.played(name, self.next_seq);
+            self.played(m, self.next_seq);
         } else {
-            self.due.push_back((self.next_seq, name));
+            self.due.push_back((self.next_seq, m));
         }
     }
 
-    fn played(&mut self, name: String, frames_before: u64) {
-        self.events.push_back(QueueEvent::Mark {
-            name,
-            state: MarkState::Played,
-            position_ms: Some(frames_before.saturating_mul(20)),
+    fn played(&mut self, m: MarkEntry, frames_before: u64) {
+        let position_ms = frames_before.saturating_mul(20);
+        self.events.push_back(if m.bridge {
+            QueueEvent::BridgeMark {
+                name: m.name,
+                position_ms,
+            }
+        } else {
+            QueueEvent::Mark {
+                name: m.name,
+                state: MarkState::Played,
+                position_ms: Some(position_ms),
+            }
         });
     }
 }
@@ -838,5 +999,123 @@ mod tests {
             let order: Vec<&String> = queued.iter().filter(|n| played.contains(n)).collect();
             assert_eq!(played, order, "played marks in the order queued");
         }
+    }
+
+    fn speak(q: &mut PlaybackQueue, tag: u8, n: u32) {
+        let frames = (0..n).map(|i| TestFrames::frame(tag, i)).collect();
+        q.apply(Command::Speak { frames }).unwrap();
+    }
+
+    fn bridge_mark(q: &mut PlaybackQueue, name: &str) {
+        q.apply(Command::BridgeMark { name: name.into() }).unwrap();
+    }
+
+    #[test]
+    fn a_programs_audio_plays_in_order_after_what_is_queued() {
+        let mut q = queue(&[1]);
+        speak(&mut q, 7, 2);
+        speak(&mut q, 8, 1); // appended to the same run of frames
+        assert_eq!(q.status().item.as_deref(), Some("a0"));
+        assert_eq!(q.status().queue, vec![BRIDGE_ITEM.to_owned()]);
+        assert_eq!(tick(&mut q), Some((0, 0)));
+        assert_eq!(tick(&mut q), Some((7, 0)));
+        assert_eq!(q.status().item.as_deref(), Some(BRIDGE_ITEM));
+        assert_eq!(tick(&mut q), Some((7, 1)));
+        assert_eq!(tick(&mut q), Some((8, 0)));
+        assert_eq!(q.next_frame(), Next::Idle);
+        assert_eq!(
+            events(&mut q),
+            vec![QueueEvent::Drained { position_ms: 20 }]
+        );
+        // more audio later: refilled, and it plays at once
+        speak(&mut q, 9, 1);
+        assert_eq!(events(&mut q), vec![QueueEvent::Refilled]);
+        assert_eq!(tick(&mut q), Some((9, 0)));
+    }
+
+    #[test]
+    fn a_program_mark_is_reported_to_the_program_once_its_audio_was_written() {
+        let mut q = PlaybackQueue::new(Vec::new(), 0, false);
+        speak(&mut q, 1, 2);
+        bridge_mark(&mut q, "said");
+        speak(&mut q, 2, 1);
+        let Next::Frame { seq: s0, .. } = q.next_frame() else {
+            panic!()
+        };
+        q.written(s0);
+        let Next::Frame { seq: s1, .. } = q.next_frame() else {
+            panic!()
+        };
+        // the cursor passes the mark while the frame before it is not written
+        let Next::Frame { seq: s2, .. } = q.next_frame() else {
+            panic!()
+        };
+        assert!(events(&mut q).is_empty(), "not before its frame is written");
+        q.written(s1);
+        assert_eq!(
+            events(&mut q),
+            vec![QueueEvent::BridgeMark {
+                name: "said".into(),
+                position_ms: 40
+            }]
+        );
+        q.written(s2);
+    }
+
+    #[test]
+    fn a_program_clear_drops_its_audio_and_reports_marks_never_played() {
+        let mut q = PlaybackQueue::new(Vec::new(), 0, false);
+        speak(&mut q, 1, 10);
+        bridge_mark(&mut q, "a");
+        mark(&mut q, "control");
+        speak(&mut q, 2, 5);
+        bridge_mark(&mut q, "b");
+        assert!(tick(&mut q).is_some());
+        events(&mut q);
+        q.apply(Command::BridgeClear).unwrap();
+        assert_eq!(q.next_frame(), Next::Idle, "nothing after the clear");
+        assert_eq!(
+            events(&mut q),
+            vec![
+                cleared("control"),
+                QueueEvent::BridgeCleared {
+                    marks: vec!["a".into(), "b".into()],
+                    dropped_ms: 14 * 20
+                }
+            ],
+            "9 + 5 frames dropped, no Drained"
+        );
+        // a clear of an empty queue is answered too
+        q.apply(Command::BridgeClear).unwrap();
+        assert_eq!(
+            events(&mut q),
+            vec![QueueEvent::BridgeCleared {
+                marks: vec![],
+                dropped_ms: 0
+            }]
+        );
+        // an operator's clear tells the program only when its audio or marks were dropped
+        speak(&mut q, 3, 2);
+        q.apply(Command::Clear).unwrap();
+        assert_eq!(
+            events(&mut q),
+            vec![QueueEvent::BridgeCleared {
+                marks: vec![],
+                dropped_ms: 40
+            }]
+        );
+        mark(&mut q, "x");
+        q.apply(Command::Clear).unwrap();
+        assert_eq!(events(&mut q), vec![cleared("x")]);
+    }
+
+    #[test]
+    fn skipped_program_frames_stop_at_a_program_mark() {
+        let mut q = PlaybackQueue::new(Vec::new(), 0, false);
+        speak(&mut q, 1, 3);
+        bridge_mark(&mut q, "m");
+        speak(&mut q, 2, 3);
+        assert_eq!(q.skip(10), 3);
+        assert_eq!(tick(&mut q), Some((2, 0)));
     }
 }
