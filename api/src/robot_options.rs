@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use protocol::agent::{BridgeFormat, BridgeTarget, PlaylistItem, RecordOptions, SessionOffer};
+use protocol::agent::{
+    BridgeFormat, BridgeTarget, OfferCall, PlaylistItem, RecordOptions, SessionOffer,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -303,6 +305,16 @@ pub async fn complete_offer(state: &AppState, offer: &mut SessionOffer) {
                 }
                 t
             });
+        }
+    }
+    if offer.bridge.is_some() {
+        // The program's `start` names the call's parties.
+        match state.store().call_parties(&offer.channel).await {
+            Ok(Some((src_uid, dst_uid))) => offer.call = Some(OfferCall { src_uid, dst_uid }),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(session = offer.id, error = %e, "reading the call's parties failed; the bridge's start names none");
+            }
         }
     }
 }

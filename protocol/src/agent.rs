@@ -65,6 +65,20 @@ pub struct SessionOffer {
     /// Media bridge: the program to dial, from the API's `DAPI_BRIDGES` (ext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<BridgeTarget>,
+    /// Who the call is between, for a bridge's `start.call` (ext; set with `bridge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<OfferCall>,
+}
+
+/// The parties of the robot's call (ext): the caller and the callees, as `call/user` had
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferCall {
+    /// The caller.
+    pub src_uid: String,
+    /// The callees, in the order called.
+    #[serde(default)]
+    pub dst_uid: Vec<String>,
 }
 
 /// One item of a robot's playback queue (ext).
@@ -420,6 +434,7 @@ mod tests {
                 items: vec![],
                 record: None,
                 bridge: None,
+                call: None,
             },
         };
         let text = serde_json::to_string(&offer).unwrap();

@@ -520,6 +520,7 @@ async fn run(n: usize, cfg: &Config, clear_rounds: usize) {
                 format: cfg.format,
                 rate: cfg.rate,
             }),
+            call: None,
         };
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (up, mut up_rx) = mpsc::unbounded_channel();

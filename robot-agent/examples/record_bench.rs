@@ -118,6 +118,7 @@ async fn run(sessions: usize, secs: u64, bytes: usize, record: bool) -> Run {
                 beep: false,
             }),
             bridge: None,
+            call: None,
         };
         let (ctl, ctl_rx) = tokio::sync::mpsc::unbounded_channel();
         let (up, mut up_rx) = tokio::sync::mpsc::unbounded_channel();

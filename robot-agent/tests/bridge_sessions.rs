@@ -169,6 +169,10 @@ fn offer(url: &str, format: BridgeFormat, rate: u32) -> SessionOffer {
             format,
             rate,
         }),
+        call: Some(protocol::agent::OfferCall {
+            src_uid: "caller".into(),
+            dst_uid: vec!["callee".into()],
+        }),
     }
 }
 
@@ -290,6 +294,10 @@ async fn opus_goes_both_ways_marks_are_truthful_a_drop_resumes_and_hangup_leaves
         [format!("Bearer {SECRET}")]
     );
     let start = c.next("start").await;
+    assert_eq!(
+        start["call"],
+        json!({"src_uid": "caller", "dst_uid": ["callee"]})
+    );
     assert_eq!(start["session"], 7);
     assert_eq!(start["channel"], "room");
     assert_eq!(start["resume"], false);

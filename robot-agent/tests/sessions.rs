@@ -52,6 +52,7 @@ fn offer() -> SessionOffer {
         items: Vec::new(),
         record: None,
         bridge: None,
+        call: None,
     }
 }
 

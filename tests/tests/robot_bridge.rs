@@ -160,6 +160,8 @@ async fn bridged_call(bridge: &str, encoding: &str, rate: u64, ending: Ending) {
 
     let start = program.until("start", Duration::from_secs(30)).await;
     assert_eq!(start["resume"], false, "{start}");
+    // The call's parties, from the API (a `call/robot` has its caller and no callee).
+    assert_eq!(start["call"]["src_uid"], "caller1", "{start}");
     assert_eq!(
         start["format"],
         json!({"encoding": encoding, "rate": rate, "channels": 1, "frame_ms": 20})

@@ -360,6 +360,7 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
                 items: Vec::new(),
                 record: None,
                 bridge: None,
+                call: None,
             };
             // items, record, bridge (ext): from the session's stored options
             crate::robot_options::complete_offer(state, &mut offer).await;

@@ -294,6 +294,10 @@ mod sql {
         "INSERT INTO call_events (call_id, uid, kind, code, detail, source, effect, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     );
+    pub const CALLEES: Stmt = Stmt::both(
+        "SELECT m.uid FROM call_members m JOIN calls c ON c.id = m.call_id \
+         WHERE c.channel = $1 AND m.role = 'callee' ORDER BY m.id",
+    );
     pub const FIND_CALL: Stmt =
         Stmt::both("SELECT id, channel, caller_uid, state, end_code FROM calls WHERE channel = $1");
     pub const RECENT_MESSAGES: Stmt = Stmt::both(
@@ -516,6 +520,16 @@ impl Store {
             .fetch_optional(self.reader())
             .await?;
         row.map(CallRecord::try_from).transpose()
+    }
+
+    /// Who the call of `channel` is between: its caller and its callees (in the order
+    /// called; not those invited later). `None`: no such call.
+    pub async fn call_parties(&self, channel: &str) -> StoreResult<Option<(String, Vec<String>)>> {
+        let Some(call) = self.find_call(channel).await? else {
+            return Ok(None);
+        };
+        let callees: Vec<String> = sql::CALLEES.bind(channel).scalars(self.reader()).await?;
+        Ok(Some((call.caller_uid, callees)))
     }
 
     /// Rows of `call/msg` for `uid` created since `since_ms`, newest first; callee rows

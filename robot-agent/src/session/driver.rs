@@ -229,9 +229,14 @@ impl Driver {
                         format,
                         session: offer.id,
                         channel: offer.channel.clone(),
-                        // The offer does not carry the call's parties yet
-                        // (docs/decisions.md, "The bridge's start.call").
-                        call: CallParties::default(),
+                        call: offer
+                            .call
+                            .as_ref()
+                            .map(|c| CallParties {
+                                src_uid: Some(c.src_uid.clone()),
+                                dst_uid: c.dst_uid.clone(),
+                            })
+                            .unwrap_or_default(),
                         continued: offer.attempt > 1,
                     };
                     let task = tokio::spawn(tracing::Instrument::instrument(
