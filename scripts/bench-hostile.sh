@@ -33,10 +33,13 @@ WORK="$(mktemp -d)"
 # BENCH_LOG_DIR: keep the attacker's per-second counters and the API's log there.
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${BENCH_LOG_DIR:-}" ] && mkdir -p "$BENCH_LOG_DIR" && cp "$WORK"/*.txt "$WORK"/api.err "$BENCH_LOG_DIR"/ 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# The HTTP rate limits are per uid and per address; the legitimate client places N calls
-# as N different callers from 127.0.0.1, so the per-address call limit is lifted for the
-# run. Every /rtc limit stays at its default.
-DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_IP=0 \
+# Every limit stays at its default. The legitimate client stands for many users behind a
+# reverse proxy: 127.0.0.1 is the trusted proxy (DAPI_TRUSTED_PROXIES) and each of its N
+# callers' requests says its own address in X-Forwarded-For. The attacker's addresses
+# (127.0.1.x, 127.0.2.x) are not trusted: its own address is what the limits count.
+# (Until 2026-12-05 the per-address call and token limits were lifted for the legitimate
+# client instead, which also left the attacker's call creation unlimited.)
+DAPI_TRUSTED_PROXIES=127.0.0.1/32 \
   "$BIN" --listen 127.0.0.1:0 --database-url "sqlite://$WORK/dapi.db?mode=rwc" \
   > "$WORK/api.out" 2> "$WORK/api.err" &
 API=$!
