@@ -46,6 +46,25 @@ async fn connect_from(app: &TestApp, from: Ipv4Addr) -> Result<Ws, u16> {
     }
 }
 
+/// As [`connect_from`], presenting `Authorization: Bearer <key>` on the upgrade (what a
+/// robot agent does with its key).
+async fn connect_with_key(app: &TestApp, from: Ipv4Addr, key: &str) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
+    let tcp = sock.connect(server).await.unwrap();
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let mut req = app.rtc_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
 async fn connect(app: &TestApp) -> Ws {
     connect_from(app, Ipv4Addr::LOCALHOST).await.unwrap()
 }
@@ -226,6 +245,38 @@ async fn sockets_are_capped_per_address_and_in_total() {
         ServerMessage::PeerJoined { uid: "bob".into() }
     );
     relayed(&mut bob, "bob", &mut alice, "alice", "v=0\r\n").await;
+}
+
+#[tokio::test]
+async fn a_robot_agent_holds_more_sessions_than_the_per_address_cap_and_others_do_not() {
+    // Every session of a robot agent opens its /rtc socket from the agent host's address:
+    // with its key the agent counts against the total only. A wrong key is anyone.
+    let app = spawn_app_with("sqlite", Clock::system(), |c| {
+        c.rtc.sockets_per_ip = 2;
+        c.rtc.sockets_total = 8;
+    })
+    .await;
+    let key = app.state.config().dispatch.agent_key.clone().unwrap();
+    let host = Ipv4Addr::new(127, 0, 0, 7);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect_with_key(&app, host, key.expose()).await.unwrap());
+    }
+    // The same address without the key, or with a wrong one, still has its own 2.
+    for _ in 0..2 {
+        held.push(connect_from(&app, host).await.unwrap());
+    }
+    assert_eq!(connect_from(&app, host).await.err(), Some(429));
+    assert_eq!(
+        connect_with_key(&app, host, "not-the-key").await.err(),
+        Some(429)
+    );
+    // The total still holds for the agent: 7 open, one more, then 503.
+    held.push(connect_with_key(&app, host, key.expose()).await.unwrap());
+    assert_eq!(
+        connect_with_key(&app, host, key.expose()).await.err(),
+        Some(503)
+    );
 }
 
 // ---------------------------------------------------------------- 2. join floods

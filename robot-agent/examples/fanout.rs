@@ -164,6 +164,7 @@ async fn open_channel(
     let d = &v["data"];
     let (mut sock, joined) = ChannelSocket::join(
         &rtc_url(&api),
+        None,
         d["appID"].as_str()?,
         d["channel"].as_str()?,
         d["uid"].as_str()?,

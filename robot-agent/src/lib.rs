@@ -193,7 +193,10 @@ impl Agent {
                 position_every: Duration::from_secs(2),
                 rejoin_for: Duration::from_secs(config.rejoin_seconds),
             },
-            signaling: Arc::new(signaling::RtcSignaling::new(signaling::rtc_url(&api_url))),
+            signaling: Arc::new(
+                signaling::RtcSignaling::new(signaling::rtc_url(&api_url))
+                    .with_agent_key(agent_key.clone()),
+            ),
             audio: assets,
             transport,
             metrics: Arc::clone(&metrics),

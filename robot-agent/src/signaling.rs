@@ -1,7 +1,7 @@
 //! The robot's `/rtc` socket: it joins a channel exactly like an app (docs/rtc-protocol.md).
 //!
 //! ```text
-//!  ChannelSocket::join(url, app_id, channel, uid, token)
+//!  ChannelSocket::join(url, agent_key, app_id, channel, uid, token)
 //!     ──► {"type":"join",...}   ◄── {"type":"joined", peers, ice_servers}
 //!  send(ClientMessage)  /  next() -> ServerMessage      (pings answered by tungstenite)
 //! ```
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
+use protocol::secret::Secret;
 use protocol::signaling::{ClientMessage, IceServer, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -80,16 +81,35 @@ pub fn ws_url(api_url: &str, path: &str) -> String {
 
 impl ChannelSocket {
     /// Opens the socket and joins; returns once `joined` arrived.
+    ///
+    /// `agent_key`: the robot agent's key, presented on the upgrade
+    /// (`Authorization: Bearer`), so the API counts the socket against its total only,
+    /// not against the agent host's address (`DAPI_RTC_SOCKETS_PER_IP`): one agent
+    /// address holds every session of that agent. The join itself is checked as anyone's.
     pub async fn join(
         url: &str,
+        agent_key: Option<&str>,
         app_id: &str,
         channel: &str,
         uid: &str,
         token: &str,
     ) -> Result<(Self, Joined), JoinError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+        if let Some(key) = agent_key {
+            let value = format!("Bearer {key}").parse().map_err(|_| {
+                JoinError::Unreachable("the agent key is not a valid header".into())
+            })?;
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+                value,
+            );
+        }
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url),
+            tokio_tungstenite::connect_async(request),
         )
         .await
         .map_err(|_| JoinError::Unreachable("timed out".into()))?
@@ -191,15 +211,34 @@ pub trait ChannelLink: Send + 'static {
 }
 
 /// The real [`Signaling`]: WebSockets to the API's `/rtc`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RtcSignaling {
     url: String,
+    agent_key: Option<Secret>,
+}
+
+impl std::fmt::Debug for RtcSignaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtcSignaling")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RtcSignaling {
     /// Joins on `url` (`ws(s)://host/rtc`, see [`rtc_url`]).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into() }
+        Self {
+            url: url.into(),
+            agent_key: None,
+        }
+    }
+
+    /// Presents the agent key on every upgrade (see [`ChannelSocket::join`]).
+    #[must_use]
+    pub fn with_agent_key(mut self, key: Secret) -> Self {
+        self.agent_key = Some(key);
+        self
     }
 }
 
@@ -212,7 +251,8 @@ impl Signaling for RtcSignaling {
         uid: &str,
         token: &str,
     ) -> Result<(Box<dyn ChannelLink>, Joined), JoinError> {
-        let (s, j) = ChannelSocket::join(&self.url, app_id, channel, uid, token).await?;
+        let key = self.agent_key.as_ref().map(Secret::expose);
+        let (s, j) = ChannelSocket::join(&self.url, key, app_id, channel, uid, token).await?;
         Ok((Box::new(s), j))
     }
 }

@@ -125,3 +125,24 @@ async fn quit_robot_during_playback_the_app_sees_the_robot_leave_within_a_second
     agent.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn the_robot_joins_although_its_host_is_at_the_per_address_socket_cap() {
+    // The app and the agent are both on 127.0.0.1, which may hold one /rtc socket: the app
+    // takes it, and the robot's socket, which presents the agent key, is not counted
+    // against the address (every session of an agent comes from the agent's host).
+    let python = require_python();
+    let api = RobotApi::start_with(&[("DAPI_RTC_SOCKETS_PER_IP", "1")]).await;
+    let agent = RobotAgent::start(&api, "agent-cap", 2, &[]).await;
+    api.wait_agents(1).await;
+    let r = run_json(
+        listener(&python, &["--base", &api.base, "--max-seconds", "10"]),
+        "robot_listener.py",
+        Duration::from_secs(90),
+    )
+    .await;
+    eprintln!("robot_listener.py: {r}");
+    positive(&r, "/packetsReceived");
+    agent.stop().await;
+    api.stop().await;
+}

@@ -205,7 +205,8 @@ pub(crate) enum SocketRefusal {
 /// A place among the open sockets; given back when dropped.
 pub(crate) struct SocketPermit {
     rtc: Rtc,
-    ip: IpAddr,
+    /// The address it counts against (none for a robot agent's socket).
+    ip: Option<IpAddr>,
 }
 
 impl Drop for SocketPermit {
@@ -218,10 +219,12 @@ impl Drop for SocketPermit {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         open.0 = open.0.saturating_sub(1);
-        if let Some(n) = open.1.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = open.1.get_mut(&ip)
+        {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.1.remove(&self.ip);
+                open.1.remove(&ip);
             }
         }
     }
@@ -371,22 +374,30 @@ impl Rtc {
         self.shared.max_frame
     }
 
-    /// Takes a place for a new socket from `ip`, or says which cap is reached.
-    pub(crate) fn admit_socket(&self, ip: IpAddr) -> Result<SocketPermit, SocketRefusal> {
+    /// Takes a place for a new socket from `ip`, or says which cap is reached. A robot
+    /// agent's socket (`agent`: it presented the agent key) counts against the total only:
+    /// every session of an agent comes from the agent host's one address.
+    pub(crate) fn admit_socket(
+        &self,
+        ip: IpAddr,
+        agent: bool,
+    ) -> Result<SocketPermit, SocketRefusal> {
         let caps = &self.shared.caps;
         let mut open = caps.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.0 >= caps.total {
             return Err(SocketRefusal::Total(caps.total));
         }
-        let mine = open.1.entry(ip).or_insert(0);
-        if *mine >= caps.per_ip {
-            return Err(SocketRefusal::PerIp(caps.per_ip));
+        if !agent {
+            let mine = open.1.entry(ip).or_insert(0);
+            if *mine >= caps.per_ip {
+                return Err(SocketRefusal::PerIp(caps.per_ip));
+            }
+            *mine += 1;
         }
-        *mine += 1;
         open.0 += 1;
         Ok(SocketPermit {
             rtc: self.clone(),
-            ip,
+            ip: (!agent).then_some(ip),
         })
     }
 

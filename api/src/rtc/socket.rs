@@ -44,7 +44,7 @@ pub(crate) async fn rtc_ws(
 ) -> Response {
     let rtc = state.rtc().clone();
     let ip = client_ip(&state, peer, &headers);
-    let permit = match rtc.admit_socket(ip) {
+    let permit = match rtc.admit_socket(ip, is_agent(&state, &headers)) {
         Ok(p) => p,
         Err(refusal) => return refused(refusal),
     };
@@ -63,6 +63,21 @@ fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr 
         .limits
         .trusted_proxies
         .client_ip(peer.ip(), headers)
+}
+
+/// Whether the upgrade presents the robot agents' key (`Authorization: Bearer
+/// DAPI_AGENT_KEY`): a robot agent's session socket, which `DAPI_RTC_SOCKETS_PER_IP` does
+/// not count (one agent address holds all its sessions). A wrong or absent key is simply
+/// not an agent: the socket is counted like anyone's, and its join is checked as always.
+fn is_agent(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(key) = state.config().dispatch.agent_key.as_ref() else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|presented| key.matches(presented.trim()))
 }
 
 /// 429 (this address holds too many sockets) or 503 (this instance does), before the
