@@ -916,6 +916,32 @@ async fn a_crash_at_any_moment_of_a_recording_loses_at_most_its_last_5_seconds()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_re_dispatched_voicemail_goes_on_recording_into_the_next_part() {
+    // The API offers a handed-back or failed session again with attempt 2 from its last
+    // position (the greeting over): the new session records on, as part 1.
+    let mut o = voicemail_offer();
+    o.attempt = 2;
+    o.position_ms = 200;
+    let (mut s, _ch, l) = connected(audio(10), o).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..100u32 {
+        l.send_audio(u16::try_from(i).unwrap(), i * 960, opus(120));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.control.send(Control::Leave).unwrap();
+    s.rest().await;
+    let ups = s.recordings.uploads();
+    assert!(!ups.is_empty());
+    assert!(
+        ups.iter().all(|u| u.part == 1),
+        "{:?}",
+        ups.iter().map(|u| u.part).collect::<Vec<_>>()
+    );
+    assert!(ups.last().unwrap().last);
+    assert_eq!(ogg_packets(&ups.last().unwrap().body), 100);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hand_back_while_recording_uploads_what_there_is() {
     let (mut s, _ch, l) = greeted(10).await;
     for i in 0..50u32 {
