@@ -23,8 +23,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "building binaries"
-cargo build --workspace --bins
+step "building binaries and tests"
+# With the test targets: their dev-dependencies change the features of shared dependencies
+# (resolver 2), so `--bins` alone builds hyper, tower, symphonia... a second time, with
+# other features, before `cargo test` builds them again as it needs them.
+cargo build --workspace --bins --tests
 # The end-to-end tests run these binaries. Without the variables each test crate builds them
 # with `cargo build -p <crate>`, whose feature set differs from the workspace build's, which
 # rebuilds dependencies (8 minutes and gigabytes of target/ on a clean clone).
