@@ -515,20 +515,7 @@ impl Driver {
                 Pending::Control(seq, action) => (seq, action),
                 Pending::Program(ProgramCommand::Play(audio)) => {
                     self.resolving_program = true;
-                    let lib = Arc::clone(&self.ctx.audio);
-                    self.resolving = Some(tokio::spawn(async move {
-                        let r = lib.item(&audio).await;
-                        let cmd = r.map_err(|e| e.to_string()).map(|source| Command::Play {
-                            item: QueueItem {
-                                name: audio,
-                                source,
-                                loops: 0,
-                                gain_db: 0.0,
-                            },
-                            mode: protocol::agent::PlayMode::Append,
-                        });
-                        (None, cmd)
-                    }));
+                    self.resolve_play(None, audio, 0, 0.0, protocol::agent::PlayMode::Append);
                     continue;
                 }
                 Pending::Program(ProgramCommand::Speak(frames)) => {
@@ -552,20 +539,7 @@ impl Driver {
                     loops,
                     gain_db,
                 } => {
-                    let lib = Arc::clone(&self.ctx.audio);
-                    self.resolving = Some(tokio::spawn(async move {
-                        let r = lib.item(&audio).await;
-                        let cmd = r.map_err(|e| e.to_string()).map(|source| Command::Play {
-                            item: QueueItem {
-                                name: audio,
-                                source,
-                                loops,
-                                gain_db,
-                            },
-                            mode,
-                        });
-                        (Some(seq), cmd)
-                    }));
+                    self.resolve_play(Some(seq), audio, loops, gain_db, mode);
                     continue;
                 }
                 ControlAction::Pause => Command::Pause,
@@ -577,6 +551,32 @@ impl Driver {
             };
             self.apply_control(seq, Ok(cmd)).await;
         }
+    }
+
+    /// Looks `audio` up in a task (`self.resolving`); its outcome is the `play` command
+    /// for the queue, answered as control `seq` (none: the bridge program's `play`).
+    fn resolve_play(
+        &mut self,
+        seq: Option<u64>,
+        audio: String,
+        loops: u32,
+        gain_db: f32,
+        mode: protocol::agent::PlayMode,
+    ) {
+        let lib = Arc::clone(&self.ctx.audio);
+        self.resolving = Some(tokio::spawn(async move {
+            let r = lib.item(&audio).await;
+            let cmd = r.map_err(|e| e.to_string()).map(|source| Command::Play {
+                item: QueueItem {
+                    name: audio,
+                    source,
+                    loops,
+                    gain_db,
+                },
+                mode,
+            });
+            (seq, cmd)
+        }));
     }
 
     /// Applies a control to the queue wherever it is, and answers `control_ack`.
