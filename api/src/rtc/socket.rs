@@ -70,14 +70,13 @@ fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr 
 /// not count (one agent address holds all its sessions). A wrong or absent key is simply
 /// not an agent: the socket is counted like anyone's, and its join is checked as always.
 fn is_agent(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(key) = state.config().dispatch.agent_key.as_ref() else {
-        return false;
-    };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|presented| key.matches(presented.trim()))
+    crate::dispatch::agent_link::check_bearer(
+        headers,
+        state.config().dispatch.agent_key.as_ref(),
+        "agent link",
+        "DAPI_AGENT_KEY",
+    )
+    .is_ok()
 }
 
 /// 429 (this address holds too many sockets) or 503 (this instance does), before the
