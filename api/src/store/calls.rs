@@ -295,8 +295,7 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     );
     pub const CALLEES: Stmt = Stmt::both(
-        "SELECT m.uid FROM call_members m JOIN calls c ON c.id = m.call_id \
-         WHERE c.channel = $1 AND m.role = 'callee' ORDER BY m.id",
+        "SELECT uid FROM call_members WHERE call_id = $1 AND role = 'callee' ORDER BY id",
     );
     pub const FIND_CALL: Stmt =
         Stmt::both("SELECT id, channel, caller_uid, state, end_code FROM calls WHERE channel = $1");
@@ -528,7 +527,7 @@ impl Store {
         let Some(call) = self.find_call(channel).await? else {
             return Ok(None);
         };
-        let callees: Vec<String> = sql::CALLEES.bind(channel).scalars(self.reader()).await?;
+        let callees: Vec<String> = sql::CALLEES.bind(call.id).scalars(self.reader()).await?;
         Ok(Some((call.caller_uid, callees)))
     }
 
