@@ -343,22 +343,10 @@ fn args() -> Config {
     c
 }
 
-/// 50 packets of a 440 Hz tone, encoded once and sent in a loop.
+/// 50 packets of a 440 Hz tone, encoded once and sent in a loop (none if the encoder
+/// cannot be made).
 fn packets() -> Vec<Bytes> {
-    let Ok(mut enc) = audio::PcmEncoder::new(48_000, 32_000) else {
-        return Vec::new();
-    };
-    (0..50)
-        .filter_map(|k| {
-            let pcm: Vec<i16> = (0..960)
-                .map(|i| {
-                    let t = (k * 960 + i) as f32 / 48_000.0;
-                    (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16
-                })
-                .collect();
-            enc.encode(&pcm).ok()
-        })
-        .collect()
+    robot_agent::test_util::tone_packets(50).unwrap_or_default()
 }
 
 /// The lateness histogram's cumulative buckets (upper bound in s, count), `+Inf` last.

@@ -570,3 +570,20 @@ impl RecordingSink for TestRecordings {
         Ok(())
     }
 }
+
+/// `n` 20 ms Opus packets (48 kHz, mono) of a 440 Hz tone, frame `k` continuing frame
+/// `k - 1`: real encoded speech-like audio for the bridge's decoders.
+pub fn tone_packets(n: usize) -> Result<Vec<Bytes>, audio::AudioError> {
+    let mut enc = audio::PcmEncoder::new(48_000, 32_000)?;
+    (0..n)
+        .map(|k| {
+            let pcm: Vec<i16> = (0..960)
+                .map(|i| {
+                    let t = (k * 960 + i) as f32 / 48_000.0;
+                    (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16
+                })
+                .collect();
+            enc.encode(&pcm)
+        })
+        .collect()
+}

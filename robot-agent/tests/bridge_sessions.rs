@@ -264,20 +264,9 @@ impl Session {
     }
 }
 
-/// A 20 ms Opus packet of a 440 Hz tone (frame `k`).
+/// `n` packets of a 440 Hz tone ([`test_util::tone_packets`]).
 fn tone_packets(n: usize) -> Vec<Bytes> {
-    let mut enc = audio::PcmEncoder::new(48_000, 32_000).unwrap();
-    (0..n)
-        .map(|k| {
-            let pcm: Vec<i16> = (0..960)
-                .map(|i| {
-                    let t = (k * 960 + i) as f32 / 48_000.0;
-                    (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16
-                })
-                .collect();
-            enc.encode(&pcm).unwrap()
-        })
-        .collect()
+    robot_agent::test_util::tone_packets(n).unwrap()
 }
 
 fn media(bytes: &[u8]) -> Value {
