@@ -671,6 +671,14 @@ mod tests {
         }
     }
 
+    /// Hands out the next frame (not written yet); its sequence number.
+    fn hand_out(q: &mut PlaybackQueue) -> u64 {
+        match q.next_frame() {
+            Next::Frame { seq, .. } => seq,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
     fn events(q: &mut PlaybackQueue) -> Vec<QueueEvent> {
         std::iter::from_fn(|| q.poll_event()).collect()
     }
@@ -815,17 +823,11 @@ mod tests {
         play(&mut q, item(1, 1), PlayMode::Append);
         mark(&mut q, "m1");
         // the frame before m0 is the offer's last frame: handed out, not written yet
-        let Next::Frame { seq: s0, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s0 = hand_out(&mut q);
         q.written(s0);
-        let Next::Frame { seq: s1, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s1 = hand_out(&mut q);
         // the cursor passes m0 while frame s1 is not written yet
-        let Next::Frame { seq: s2, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s2 = hand_out(&mut q);
         assert!(events(&mut q).is_empty(), "not before its frame is written");
         q.written(s1);
         assert_eq!(events(&mut q), vec![played("m0", 40)]);
@@ -868,9 +870,7 @@ mod tests {
         play(&mut q, item(1, 3), PlayMode::Append);
         mark(&mut q, "queued-1");
         mark(&mut q, "queued-2");
-        let Next::Frame { seq: s0, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s0 = hand_out(&mut q);
         q.written(s0);
         // The offer's last frame is handed out, then the cursor passes "due": its frame is
         // not confirmed written when the session ends.
@@ -1039,17 +1039,11 @@ mod tests {
         speak(&mut q, 1, 2);
         bridge_mark(&mut q, "said");
         speak(&mut q, 2, 1);
-        let Next::Frame { seq: s0, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s0 = hand_out(&mut q);
         q.written(s0);
-        let Next::Frame { seq: s1, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s1 = hand_out(&mut q);
         // the cursor passes the mark while the frame before it is not written
-        let Next::Frame { seq: s2, .. } = q.next_frame() else {
-            panic!()
-        };
+        let s2 = hand_out(&mut q);
         assert!(events(&mut q).is_empty(), "not before its frame is written");
         q.written(s1);
         assert_eq!(
