@@ -82,3 +82,48 @@ async fn the_demo_page_leaves_a_voicemail_and_plays_it_back() {
     agent.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_pages_robot_controls_pause_resume_change_the_volume_and_skip() {
+    require_browser_deps();
+    let api = RobotApi::start().await;
+    let agent = RobotAgent::start(&api, "agent-steer", 2, &[]).await;
+    api.wait_agents(1).await;
+    let out = run_json(
+        node("controls-page.mjs", &[&api.base]),
+        "controls-page.mjs",
+        Duration::from_secs(120),
+    )
+    .await;
+    eprintln!("controls-page.mjs: {out}");
+    let n = |phase: &str, k: &str| out[phase][k].as_f64().unwrap();
+    let state = |phase: &str| out[phase]["state"].as_str().unwrap_or_default().to_owned();
+    // Pause: the page shows it, and no audio comes (a packet or two in flight at most).
+    assert!(state("paused").starts_with("paused"), "{out:#}");
+    assert!(
+        n("paused", "packets_after") - n("paused", "packets_before") <= 2.0,
+        "{out:#}"
+    );
+    // Resume: the audio flows again (50 packets a second).
+    assert!(state("resumed").starts_with("playing"), "{out:#}");
+    assert!(
+        n("resumed", "packets_after") - n("resumed", "packets_before") >= 50.0,
+        "{out:#}"
+    );
+    // The volume slider is a `gain` control, answered with the state.
+    assert!(
+        out["gain"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("playing"),
+        "{out:#}"
+    );
+    // Skip clears what plays: idle, no audio, the robot still in the call.
+    assert!(state("skipped").starts_with("idle"), "{out:#}");
+    assert!(
+        n("skipped", "packets_after") - n("skipped", "packets_before") <= 2.0,
+        "{out:#}"
+    );
+    agent.stop().await;
+    api.stop().await;
+}
