@@ -153,7 +153,12 @@ async def attack(base, seconds):
                         await ws.send('{"type":"leave"}')
                     else:
                         stats["joins_refused"] += 1
-            except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidStatus):
+            except InvalidStatus as e:
+                # DAPI_RTC_UPGRADES_PER_IP_PER_MIN: refused before the handshake
+                key = f"join_upgrades_refused_{e.response.status_code}"
+                stats[key] = stats.get(key, 0) + 1
+                await asyncio.sleep(0.05)
+            except (OSError, asyncio.TimeoutError, ConnectionClosed):
                 await asyncio.sleep(0.05)
 
     async def signal_flood(i):

@@ -519,6 +519,17 @@ pub struct RtcConfig {
     )]
     pub sockets_per_ip: usize,
 
+    /// New `/rtc` sockets one client address may open per minute (a token bucket of this
+    /// many, refilled continuously); the next upgrade is refused with 429 before the
+    /// WebSocket handshake. Robot agents presenting their key are exempt. 0: no limit.
+    #[arg(
+        id = "rtc_upgrades_per_ip_per_min",
+        long = "rtc-upgrades-per-ip-per-min",
+        env = "DAPI_RTC_UPGRADES_PER_IP_PER_MIN",
+        default_value_t = 600
+    )]
+    pub upgrades_per_ip_per_min: u32,
+
     /// Open `/rtc` sockets allowed on this instance; the next upgrade is refused with 503.
     #[arg(
         id = "rtc_sockets_total",
@@ -782,6 +793,7 @@ impl Config {
                 bus_heartbeat: Duration::from_millis(5000),
                 join_timeout: Duration::from_secs(10),
                 sockets_per_ip: 100,
+                upgrades_per_ip_per_min: 600,
                 sockets_total: 10_000,
                 joins_per_uid_per_min: 30,
                 joins_per_token_per_min: 10,
@@ -942,6 +954,11 @@ mod tests {
         ("rtc-join-timeout", "DAPI_RTC_JOIN_TIMEOUT", Some("10")),
         ("rtc-sockets-per-ip", "DAPI_RTC_SOCKETS_PER_IP", Some("100")),
         ("rtc-sockets-total", "DAPI_RTC_SOCKETS_TOTAL", Some("10000")),
+        (
+            "rtc-upgrades-per-ip-per-min",
+            "DAPI_RTC_UPGRADES_PER_IP_PER_MIN",
+            Some("600"),
+        ),
         (
             "rtc-joins-per-uid-per-min",
             "DAPI_RTC_JOINS_PER_UID_PER_MIN",

@@ -279,6 +279,55 @@ async fn a_robot_agent_holds_more_sessions_than_the_per_address_cap_and_others_d
     );
 }
 
+#[tokio::test]
+async fn new_sockets_are_budgeted_per_address_and_agents_and_others_are_not_held_back() {
+    // A connect-close flood: each upgrade is a WebSocket handshake (and, with a join, a
+    // hub round) even though no socket stays open. The address's budget refuses the
+    // upgrade itself with 429, before the handshake; it refills over the minute.
+    let clock = Clock::manual(T0);
+    let app = spawn_app_with("sqlite", clock.clone(), |c| {
+        c.rtc.upgrades_per_ip_per_min = 6;
+        c.rtc.idle_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let (channel, alice_token) = call(&app, "alice", "bob").await;
+    let mut alice = join(&app, &channel, "alice", &alice_token).await;
+
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    for _ in 0..6 {
+        let ws = connect_from(&app, attacker).await.unwrap();
+        drop(ws);
+    }
+    // Nothing of the attacker's is open, yet the seventh new socket in the minute is refused.
+    let refused = connect_from(&app, attacker).await.err();
+    assert_eq!(refused, Some(429));
+    // Others are not held back: another address, and a robot agent on the same address.
+    let other = connect_from(&app, Ipv4Addr::new(127, 0, 0, 3)).await;
+    assert!(other.is_ok());
+    let key = app.state.config().dispatch.agent_key.clone().unwrap();
+    let mut agent_sockets = Vec::new();
+    for _ in 0..8 {
+        agent_sockets.push(
+            connect_with_key(&app, attacker, key.expose())
+                .await
+                .unwrap(),
+        );
+    }
+    // The budget refills at 6 a minute: one more after 10 s, not two.
+    clock.advance_ms(10_000);
+    assert!(connect_from(&app, attacker).await.is_ok());
+    assert_eq!(connect_from(&app, attacker).await.err(), Some(429));
+    // The member was never disturbed, and still talks to the channel.
+    quiet(&mut alice, Duration::from_millis(300)).await;
+    let bob_token = call_token(&app, &channel, "bob").await;
+    let mut bob = join(&app, &channel, "bob", &bob_token).await;
+    assert_eq!(
+        next_msg(&mut alice).await,
+        ServerMessage::PeerJoined { uid: "bob".into() }
+    );
+    relayed(&mut bob, "bob", &mut alice, "alice", "v=0\r\no=bob\r\n").await;
+}
+
 // ---------------------------------------------------------------- 2. join floods
 
 #[tokio::test]

@@ -186,11 +186,15 @@ struct Driven {
 }
 
 /// Open sockets per client address and in total, for `DAPI_RTC_SOCKETS_PER_IP` and
-/// `DAPI_RTC_SOCKETS_TOTAL`.
+/// `DAPI_RTC_SOCKETS_TOTAL`, and new sockets per address and minute
+/// (`DAPI_RTC_UPGRADES_PER_IP_PER_MIN`).
 struct SocketCaps {
     per_ip: usize,
     total: usize,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Upgrades per address: refused before the WebSocket handshake, so a flood of
+    /// connect-join-close costs a 429 instead of a handshake and a hub round.
+    upgrades: crate::rate_limit::Limiter,
 }
 
 /// Why an upgrade was refused.
@@ -200,6 +204,9 @@ pub(crate) enum SocketRefusal {
     PerIp(usize),
     /// `DAPI_RTC_SOCKETS_TOTAL` sockets are open on this instance.
     Total(usize),
+    /// This address opened `DAPI_RTC_UPGRADES_PER_IP_PER_MIN` sockets in the last minute;
+    /// the seconds until the next one may be opened.
+    UpgradeRate(u64),
 }
 
 /// A place among the open sockets; given back when dropped.
@@ -330,6 +337,7 @@ impl Rtc {
                     per_ip: rtc.sockets_per_ip,
                     total: rtc.sockets_total,
                     open: Mutex::new((0, HashMap::new())),
+                    upgrades: crate::rate_limit::Limiter::new(rtc.upgrades_per_ip_per_min),
                 },
                 bus: side,
                 max_frame: rtc.max_frame,
@@ -375,8 +383,9 @@ impl Rtc {
     }
 
     /// Takes a place for a new socket from `ip`, or says which cap is reached. A robot
-    /// agent's socket (`agent`: it presented the agent key) counts against the total only:
-    /// every session of an agent comes from the agent host's one address.
+    /// agent's socket (`agent`: it presented the agent key) counts against the total only,
+    /// and not against its address's upgrade rate: every session of an agent comes from
+    /// the agent host's one address. Only an admitted upgrade is charged to the rate.
     pub(crate) fn admit_socket(
         &self,
         ip: IpAddr,
@@ -388,11 +397,13 @@ impl Rtc {
             return Err(SocketRefusal::Total(caps.total));
         }
         if !agent {
-            let mine = open.1.entry(ip).or_insert(0);
-            if *mine >= caps.per_ip {
+            if open.1.get(&ip).is_some_and(|n| *n >= caps.per_ip) {
                 return Err(SocketRefusal::PerIp(caps.per_ip));
             }
-            *mine += 1;
+            caps.upgrades
+                .take(&ip.to_string(), self.shared.clock.now_ms())
+                .map_err(SocketRefusal::UpgradeRate)?;
+            *open.1.entry(ip).or_insert(0) += 1;
         }
         open.0 += 1;
         Ok(SocketPermit {

@@ -34,7 +34,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain", body = String),
-        (status = 429, description = "`DAPI_RTC_SOCKETS_PER_IP` sockets are open from this address", content_type = "text/plain", body = String),
+        (status = 429, description = "`DAPI_RTC_SOCKETS_PER_IP` sockets are open from this address, or it opened `DAPI_RTC_UPGRADES_PER_IP_PER_MIN` in the last minute (`Retry-After` says when to try again)", content_type = "text/plain", body = String),
         (status = 503, description = "`DAPI_RTC_SOCKETS_TOTAL` sockets are open on this instance", content_type = "text/plain", body = String)))]
 pub(crate) async fn rtc_ws(
     ws: WebSocketUpgrade,
@@ -79,24 +79,37 @@ fn is_agent(state: &AppState, headers: &HeaderMap) -> bool {
     .is_ok()
 }
 
-/// 429 (this address holds too many sockets) or 503 (this instance does), before the
-/// upgrade, with `Retry-After`.
+/// 429 (this address holds too many sockets, or opened too many lately) or 503 (this
+/// instance holds too many), before the upgrade, with `Retry-After`.
 fn refused(refusal: SocketRefusal) -> Response {
-    let (status, why, text) = match refusal {
+    let (status, why, text, retry_after) = match refusal {
         SocketRefusal::PerIp(n) => (
             StatusCode::TOO_MANY_REQUESTS,
             "per_ip",
             format!("too many /rtc sockets from this address (at most {n})"),
+            5,
         ),
         SocketRefusal::Total(n) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "total",
             format!("too many /rtc sockets on this server (at most {n}); try again later"),
+            5,
+        ),
+        SocketRefusal::UpgradeRate(secs) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "upgrade_rate",
+            format!("too many new /rtc sockets from this address; try again in {secs} s"),
+            secs,
         ),
     };
     metrics::counter!("dapi_rtc_sockets_refused_total", "why" => why).increment(1);
     tracing::info!(why, "rtc socket refused");
-    (status, [(header::RETRY_AFTER, "5")], text).into_response()
+    (
+        status,
+        [(header::RETRY_AFTER, retry_after.to_string())],
+        text,
+    )
+        .into_response()
 }
 
 async fn serve(rtc: Rtc, socket: WebSocket, permit: SocketPermit) {
