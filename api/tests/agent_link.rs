@@ -517,6 +517,94 @@ async fn assets_are_validated_by_decoding_and_served_to_agents() {
     }
 }
 
+/// A WAV file of `secs` seconds of 48 kHz stereo 16-bit noise-like audio (`seed` varies it).
+fn big_wav(secs: u32, seed: u32) -> Vec<u8> {
+    let frames = 48_000 * secs;
+    let data_len = frames * 4;
+    let mut v = Vec::with_capacity(44 + data_len as usize);
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data_len).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&48_000u32.to_le_bytes());
+    v.extend_from_slice(&(48_000u32 * 4).to_le_bytes());
+    v.extend_from_slice(&4u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data_len.to_le_bytes());
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    for _ in 0..frames * 2 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.extend_from_slice(&((x >> 20) as i16 - 2048).to_le_bytes());
+    }
+    v
+}
+
+#[tokio::test]
+async fn a_large_asset_is_served_in_slices_whole_and_a_replaced_one_breaks_off() {
+    for backend in backends() {
+        let app = spawn_app_with(backend, api::clock::Clock::system(), |_| {}).await;
+        let put = |name: &str, body: Vec<u8>| {
+            app.http
+                .put(format!("{}/admin/audio/{name}", app.base))
+                .bearer_auth("test-admin-key")
+                .body(body)
+                .send()
+        };
+        // 28.8 MB: many slices, more than the socket buffers between server and client hold
+        let first = big_wav(150, 1);
+        assert_eq!(put("big", first.clone()).await.unwrap().status(), 200);
+        let get = || {
+            app.http
+                .get(format!("{}/agent/audio/big", app.base))
+                .bearer_auth("test-agent-key")
+                .send()
+        };
+        let r = get().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.content_length(), Some(first.len() as u64), "[{backend}]");
+        let body = r.bytes().await.unwrap();
+        assert!(
+            body.as_ref() == first.as_slice(),
+            "[{backend}] the body is the upload"
+        );
+
+        // Replaced while a download is under way: the download ends short, never with a
+        // mix of the two files. (A raw client with a small receive buffer, so that the
+        // kernel cannot take the whole body in before the replacement: loopback autotunes
+        // receive buffers up to tens of MB.)
+        let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut tcp = sock.connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(
+            b"GET /agent/audio/big HTTP/1.1\r\nHost: api\r\n\
+              Authorization: Bearer test-agent-key\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = vec![0u8; 64 * 1024];
+        let n = tcp.read(&mut head).await.unwrap();
+        let text = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "[{backend}] {text:.80}");
+        let header_len = text.find("\r\n\r\n").unwrap() + 4;
+        let second = big_wav(150, 2);
+        assert_eq!(put("big", second).await.unwrap().status(), 200);
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await; // ends by close or reset
+        let got = n - header_len + rest.len();
+        assert!(
+            got < first.len(),
+            "[{backend}] the download of a replaced asset must break off ({got} bytes received)"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_asset_is_a_json_413_and_an_unauthenticated_one_a_401() {
     let app = spawn_app_with("sqlite", api::clock::Clock::system(), |c| {

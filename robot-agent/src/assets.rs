@@ -4,13 +4,20 @@
 //! ```text
 //!  name ──► GET /agent/audio/{name}  (Authorization: Bearer <agent key>,
 //!                                     If-None-Match: "<sha256>" when we have a copy)
-//!            200 ──► the body in memory (and, meanwhile, <cache>/assets/<name>.bin + .etag)
+//!            200 ──► the body, encoded while it arrives (and written to
+//!                    <cache>/assets/<name>.bin, then .etag, once complete)
 //!            304 ──► the copy on disk
 //!        ──► streams[name, etag] (memory) ──► audio::PreparedCache::get_or_stream
 //!              complete: memory or <cache>/prepared/  ·  encoding: shared  ·  else: a new
 //!              encoder thread (decode, resample, Opus), ~100× real time
 //!        ──► returned once frame 0 is encoded: playback starts while the rest encodes
 //! ```
+//!
+//! A fresh download is not waited for: its bytes go to the encoder as they arrive
+//! ([`audio::growing`]), and the API's ETag (the content's SHA-256) keys the prepared cache,
+//! so a 30-minute file starts playing once its first frames are encoded. A download that
+//! breaks off is an I/O error in the encode: the session fails with it, and neither the
+//! file nor the prepared audio is cached.
 //!
 //! Two sessions asking for the same asset (same content and settings) while it is being
 //! encoded share one encode (`robot_audio_encode_joins_total`). When the API cannot be
@@ -23,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use audio::{FrameRead, Input, PreparedCache, Served, Settings, StreamingAudio};
 use protocol::Secret;
+use tokio::io::AsyncWriteExt;
 
 use crate::metrics::Metrics;
 
@@ -154,6 +162,21 @@ impl AssetLibrary {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
+                let key = format!("{name}\n{}", etag.trim());
+                let known = self.lock().get(&key).is_some_and(|s| s.error().is_none());
+                if let (false, Some(hash), Some(len)) =
+                    (known, etag_sha256(&etag), r.content_length())
+                {
+                    self.metrics.asset_fetch("downloaded");
+                    let input = self.stream_to_disk(name, r, len, bin, etag_path, etag);
+                    let cache = Arc::clone(&self.cache);
+                    let settings = self.settings.clone();
+                    let found = tokio::task::spawn_blocking(move || {
+                        cache.get_or_stream_hashed(input, &hash, &settings)
+                    })
+                    .await;
+                    return self.adopt(name, key, found).await;
+                }
                 let body = r.bytes().await.map_err(|e| unavailable(e.to_string()))?;
                 self.metrics.asset_fetch("downloaded");
                 (etag, Some(body))
@@ -212,13 +235,100 @@ impl AssetLibrary {
             }
         });
         saved.map_err(|e| unavailable(e.to_string()))?;
-        let (stream, served) =
-            found
-                .map_err(|e| unavailable(e.to_string()))?
-                .map_err(|source| AssetError::Unplayable {
-                    name: name.to_owned(),
-                    source,
-                })?;
+        self.adopt(name, key, found).await
+    }
+
+    /// Starts the download of a fresh asset in a task of its own and returns its bytes as
+    /// an input that the encoder reads while they arrive. The body is also written to the
+    /// disk cache, and the ETag beside it once the body is complete (a broken-off download
+    /// leaves nothing behind).
+    fn stream_to_disk(
+        &self,
+        name: &str,
+        mut response: reqwest::Response,
+        len: u64,
+        bin: PathBuf,
+        etag_path: PathBuf,
+        etag: String,
+    ) -> Input {
+        let (mut writer, reader) = audio::growing(len);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let tmp = temp_path(&bin);
+            let mut file = match tokio::fs::File::create(&tmp).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(asset = %name, error = %e, "cannot cache the asset on disk");
+                    None
+                }
+            };
+            let received = loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        writer.push(&chunk);
+                        if let Some(f) = &mut file
+                            && let Err(e) = f.write_all(&chunk).await
+                        {
+                            tracing::warn!(asset = %name, error = %e, "cannot cache the asset on disk");
+                            file = None;
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            let cached = match received {
+                Ok(()) => {
+                    writer.finish();
+                    match file {
+                        Some(mut f) => {
+                            f.flush().await.is_ok()
+                                && f.metadata().await.is_ok_and(|m| m.len() == len)
+                        }
+                        None => false,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(asset = %name, error = %e, "the asset's download broke off");
+                    writer.fail(format!("the download broke off: {e}"));
+                    false
+                }
+            };
+            let saved = async {
+                if !cached {
+                    return Err(std::io::Error::other("not complete"));
+                }
+                tokio::fs::rename(&tmp, &bin).await?;
+                write_atomically(&etag_path, etag.as_bytes()).await
+            };
+            if saved.await.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+        });
+        Input::Reader {
+            reader: Box::new(reader),
+            start: 0,
+            extension: None,
+        }
+    }
+
+    /// Takes the result of a prepared-cache lookup: counts it, keeps the stream for the next
+    /// session that asks, and waits for its first frame.
+    async fn adopt(
+        &self,
+        name: &str,
+        key: String,
+        found: Result<audio::Result<(Arc<StreamingAudio>, Served)>, tokio::task::JoinError>,
+    ) -> Result<Arc<StreamingAudio>, AssetError> {
+        let (stream, served) = found
+            .map_err(|e| AssetError::Unavailable {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|source| AssetError::Unplayable {
+                name: name.to_owned(),
+                source,
+            })?;
         match served {
             Served::Memory => self.metrics.cache_hit("memory"),
             Served::Disk => self.metrics.cache_hit("disk"),
@@ -292,12 +402,31 @@ async fn save(
 }
 
 async fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    // unique per call: two sessions may download the same asset at once
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    let tmp = temp_path(path);
     tokio::fs::write(&tmp, data).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// A temporary name beside `path`, unique per call: two sessions may download the same
+/// asset at once.
+fn temp_path(path: &std::path::Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("tmp{}-{n}", std::process::id()))
+}
+
+/// The content's SHA-256 from the API's ETag (`"<64 hex digits>"`), if it has that form.
+fn etag_sha256(etag: &str) -> Option<[u8; 32]> {
+    let hex = etag.trim().trim_matches('"').as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16);
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -309,5 +438,145 @@ mod tests {
         assert!(!super::valid_name("../etc/passwd"));
         assert!(!super::valid_name(""));
         assert!(!super::valid_name(&"x".repeat(65)));
+    }
+
+    /// A WAV file: `secs` seconds of a 440 Hz tone, 48 kHz mono 16-bit.
+    fn wav(secs: u32) -> Vec<u8> {
+        let n = 48_000 * secs;
+        let mut v = Vec::new();
+        v.extend_from_slice(b"RIFF");
+        v.extend_from_slice(&(36 + n * 2).to_le_bytes());
+        v.extend_from_slice(b"WAVEfmt ");
+        for x in [16u32, 0x0001_0001, 48_000, 96_000, 0x0010_0002] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(b"data");
+        v.extend_from_slice(&(n * 2).to_le_bytes());
+        for i in 0..n {
+            let s = (f64::from(i) * 440.0 * std::f64::consts::TAU / 48_000.0).sin() * 8000.0;
+            v.extend_from_slice(&(s as i16).to_le_bytes());
+        }
+        v
+    }
+
+    /// An "API" on loopback answering one `GET /agent/audio/...` with `file`'s headers
+    /// (Content-Length, ETag = its SHA-256) and only its first `send` bytes, then closing.
+    async fn one_answer(file: Vec<u8>, send: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = tcp.read(&mut req).await;
+            let etag: String = audio::Input::from(file.clone())
+                .content_sha256()
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"{etag}\"\r\n\r\n",
+                file.len()
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            tcp.write_all(&file[..send]).await.unwrap();
+            // the rest never comes: the connection closes
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_download_that_breaks_off_fails_the_audio_and_caches_nothing() {
+        let dir = std::env::temp_dir().join(format!("assets-broken-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = wav(20);
+        let url = one_answer(file.clone(), file.len() / 2).await;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(1));
+        let lib = super::AssetLibrary::new(&url, &protocol::Secret::new("k"), dir.clone(), metrics)
+            .unwrap();
+        // The first frames may well be played before the break is noticed: then the audio
+        // fails later, with the download's error, instead of ending as if complete.
+        match lib.get("tone").await {
+            Err(e) => assert!(e.to_string().contains("broke off"), "{e}"),
+            Ok(stream) => {
+                let mut i = 0;
+                let why = loop {
+                    match stream.read(i) {
+                        audio::FrameRead::Ready(_) => i += 1,
+                        audio::FrameRead::Pending => {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        audio::FrameRead::End => panic!("a half file played as if whole"),
+                        audio::FrameRead::Failed(why) => break why,
+                    }
+                };
+                assert!(i < 50 * 20, "{i} frames");
+                assert!(why.contains("broke off"), "{why}");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let left: Vec<_> = walk(&dir);
+        assert!(left.is_empty(), "nothing is cached: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_whole_download_is_played_and_cached_with_its_etag() {
+        let dir = std::env::temp_dir().join(format!("assets-whole-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = wav(2);
+        let url = one_answer(file.clone(), file.len()).await;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(1));
+        let lib = super::AssetLibrary::new(&url, &protocol::Secret::new("k"), dir.clone(), metrics)
+            .unwrap();
+        let stream = lib.get("tone").await.unwrap();
+        let mut i = 0;
+        loop {
+            match stream.read(i) {
+                audio::FrameRead::Ready(_) => i += 1,
+                audio::FrameRead::Pending => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                audio::FrameRead::End => break,
+                audio::FrameRead::Failed(why) => panic!("{why}"),
+            }
+        }
+        // 2 s of 20 ms frames, and one for the encoder's look-ahead
+        assert!((100..=101).contains(&i), "{i} frames");
+        for _ in 0..100 {
+            if dir.join("assets/tone.etag").exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read(dir.join("assets/tone.bin")).unwrap(), file);
+        assert!(dir.join("assets/tone.etag").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every file under `dir`.
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_etag_gives_the_content_hash_only_in_its_own_form() {
+        let hex = "00ff10".to_owned() + &"a".repeat(58);
+        let h = super::etag_sha256(&format!("\"{hex}\"")).unwrap();
+        assert_eq!(h[..3], [0x00, 0xff, 0x10]);
+        assert_eq!(h[31], 0xaa);
+        assert!(super::etag_sha256("\"abc\"").is_none());
+        assert!(super::etag_sha256(&format!("\"{}\"", "g".repeat(64))).is_none());
+        assert!(super::etag_sha256("").is_none());
     }
 }

@@ -135,7 +135,7 @@ pub async fn validate_asset(
 
 /// Stores the shipped `default` asset unless one is already there.
 pub async fn seed_default_asset(state: &AppState) -> anyhow::Result<()> {
-    if state.store().get_asset("default").await?.is_none() {
+    if !state.store().asset_exists("default").await? {
         let rec = validate_asset(
             &AssetName::default_asset(),
             Bytes::from_static(DEFAULT_ASSET),
@@ -261,7 +261,7 @@ async fn serve_asset(
     name: &str,
 ) -> Result<Response, ApiError> {
     let name = asset_name(name)?;
-    let Some((rec, content)) = state.store().get_asset(name.as_str()).await? else {
+    let Some(rec) = state.store().asset_record(name.as_str()).await? else {
         return Err(ApiError::NotFound(format!(
             "unknown audio asset {}",
             name.as_str()
@@ -275,15 +275,56 @@ async fn serve_asset(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
+    let len = u64::try_from(rec.bytes).unwrap_or(0);
     Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
             (header::ETAG, etag),
         ],
-        content,
+        axum::body::Body::from_stream(asset_body(state.store().clone(), name, rec.sha256, len)),
     )
         .into_response())
+}
+
+/// The first slice of a download, kept small so the first bytes leave at once; the rest
+/// go in larger slices (each read of a slice costs about one read of the whole blob on
+/// SQLite, whose `substr` loads the value).
+const FIRST_SLICE: u64 = 256 * 1024;
+const SLICE: u64 = 4 * 1024 * 1024;
+
+/// An asset's content as a stream of slices read one at a time, so that a 30 MB asset
+/// starts arriving within milliseconds (a robot starts encoding it while it arrives) and
+/// is never held whole in the API's memory. A slice that comes back missing or short (the
+/// asset was deleted or replaced meanwhile) ends the body with an error: the client sees a
+/// broken download, never a mix of two contents.
+fn asset_body(
+    store: crate::store::Store,
+    name: AssetName,
+    sha256: String,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::unfold(Some(0u64), move |offset| {
+        let (store, name, sha256) = (store.clone(), name.clone(), sha256.clone());
+        async move {
+            let offset = offset.filter(|o| *o < len)?;
+            let want = if offset == 0 { FIRST_SLICE } else { SLICE }.min(len - offset);
+            let item = match store
+                .asset_slice(name.as_str(), &sha256, offset, want)
+                .await
+            {
+                Ok(Some(b)) if b.len() as u64 == want => Ok(Bytes::from(b)),
+                Ok(_) => Err(std::io::Error::other(format!(
+                    "audio asset {} changed while it was being sent",
+                    name.as_str()
+                ))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let next = item.is_ok().then_some(offset + want);
+            Some((item, next))
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

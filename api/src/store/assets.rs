@@ -1,4 +1,6 @@
-//! Audio assets: the prepared audio robots play, stored whole (content and its record).
+//! Audio assets: the prepared audio robots play, stored whole (content and its record),
+//! read whole or in slices (`asset_slice`, so a download streams from the first bytes
+//! instead of waiting for a 30 MB blob to be read).
 
 use serde::Serialize;
 
@@ -46,6 +48,15 @@ mod sql {
     pub const GET_ASSET: Stmt = Stmt::both(
         "SELECT name, sha256, bytes, duration_ms, created_at, content FROM audio_assets WHERE name = $1",
     );
+    pub const GET_RECORD: Stmt = Stmt::both(
+        "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets WHERE name = $1",
+    );
+    // substr on a blob/bytea counts bytes, from 1, on both backends; the sha256 filter
+    // makes a slice of content replaced since the download began come back empty.
+    pub const GET_SLICE: Stmt = Stmt::both(
+        "SELECT substr(content, CAST($2 AS INTEGER), CAST($3 AS INTEGER)) FROM audio_assets \
+         WHERE name = $1 AND sha256 = $4",
+    );
     pub const LIST_ASSETS: Stmt = Stmt::both(
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets ORDER BY name",
     );
@@ -79,6 +90,31 @@ impl Store {
                 (rec, content)
             },
         ))
+    }
+
+    /// An asset's record, without its content.
+    pub async fn asset_record(&self, name: &str) -> StoreResult<Option<AssetRecord>> {
+        let row: Option<AssetRow> = sql::GET_RECORD
+            .bind(name)
+            .fetch_optional(self.reader())
+            .await?;
+        Ok(row.map(AssetRecord::from))
+    }
+
+    /// `len` bytes of an asset's content from byte `offset` (from 0), as long as its content
+    /// still has the SHA-256 `sha256` (hex); `None` when the asset is gone or was replaced.
+    /// Shorter than `len` at the end of the content.
+    pub async fn asset_slice(
+        &self,
+        name: &str,
+        sha256: &str,
+        offset: u64,
+        len: u64,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let start = i64::try_from(offset).unwrap_or(i64::MAX).saturating_add(1);
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        let q = sql::GET_SLICE.bind(name).bind(start).bind(len).bind(sha256);
+        Ok(q.scalar_optional::<Vec<u8>>(self.reader()).await?)
     }
 
     /// Every asset.
