@@ -488,8 +488,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_download_that_breaks_off_fails_the_audio_and_caches_nothing() {
-        let dir = std::env::temp_dir().join(format!("assets-broken-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = test_support::TempDir::new("assets-broken");
+        let dir = tmp.path().to_path_buf();
         let file = wav(20);
         let url = one_answer(file.clone(), file.len() / 2).await;
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(1));
@@ -518,13 +518,12 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let left: Vec<_> = walk(&dir);
         assert!(left.is_empty(), "nothing is cached: {left:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn a_whole_download_is_played_and_cached_with_its_etag() {
-        let dir = std::env::temp_dir().join(format!("assets-whole-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = test_support::TempDir::new("assets-whole");
+        let dir = tmp.path().to_path_buf();
         let file = wav(2);
         let url = one_answer(file.clone(), file.len()).await;
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(1));
@@ -552,7 +551,6 @@ mod tests {
         }
         assert_eq!(std::fs::read(dir.join("assets/tone.bin")).unwrap(), file);
         assert!(dir.join("assets/tone.etag").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Every file under `dir`.

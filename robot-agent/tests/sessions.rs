@@ -70,6 +70,8 @@ struct Session {
     /// `control_ack`s and marks seen while waiting for statuses.
     acks: Vec<(u64, PlaybackStatus, Option<String>)>,
     marks: Vec<(String, MarkState, Option<u64>)>,
+    /// The session's recording directory, removed with the session.
+    _dir: test_support::TempDir,
 }
 
 fn start(
@@ -78,6 +80,7 @@ fn start(
     config: SessionConfig,
     scripts: Vec<JoinScript>,
 ) -> Session {
+    let dir = test_support::TempDir::new("robot-agent-sessions");
     let (signaling, channels) = FakeSignaling::new();
     for s in scripts {
         signaling.script(s);
@@ -93,7 +96,7 @@ fn start(
         metrics: Arc::clone(&metrics),
         media_clock: tokio::runtime::Handle::current(),
         recordings: recordings.clone(),
-        recording_dir: std::env::temp_dir().join("robot-agent-sessions-test"),
+        recording_dir: dir.path().to_path_buf(),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (updates_tx, updates) = mpsc::unbounded_channel();
@@ -109,6 +112,7 @@ fn start(
         recordings,
         acks: Vec::new(),
         marks: Vec::new(),
+        _dir: dir,
     }
 }
 
