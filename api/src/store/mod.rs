@@ -28,6 +28,7 @@
 pub mod assets;
 pub mod calls;
 mod db;
+pub mod ids;
 mod postgres;
 pub mod push;
 pub mod recordings;
@@ -42,6 +43,7 @@ pub mod testdb;
 
 pub use assets::AssetRecord;
 pub use calls::{CallKind, CallRecord, InputMeta, MessageRow, NewCall, TimelineEntry};
+pub use ids::{CallId, PushJobId, RecordingId, SessionId, TaskId};
 pub use postgres::{DispatchListener, PgStore};
 pub use push::{DeviceRecord, NewDevice, PushJob, PushJobState, PushKind, PushResult};
 pub use robot::{
