@@ -815,4 +815,35 @@ mod tests {
             ("call_members", "status", "7".to_owned())
         );
     }
+
+    #[test]
+    fn a_stored_channel_or_uid_that_does_not_parse_is_corrupt() {
+        let corrupt = |e: StoreError| match e {
+            StoreError::Corrupt {
+                table,
+                column,
+                value,
+            } => (table, column, value),
+            other => panic!("{other:?}"),
+        };
+        let row: CallRow = (7, "ch_ok".into(), "a".into(), "ringing".into(), None);
+        let call = CallRecord::try_from(row).unwrap();
+        assert_eq!((call.id, call.channel.as_str()), (CallId::new(7), "ch_ok"));
+        let row: CallRow = (7, "a/b".into(), "a".into(), "ringing".into(), None);
+        assert_eq!(
+            corrupt(CallRecord::try_from(row).unwrap_err()),
+            ("calls", "channel", "a/b".to_owned())
+        );
+        // The sweeper's heartbeat rows: channel and uid are parsed, not passed on as text.
+        let (channel, uid) = heartbeat_row(("ch_ok".into(), "b".into())).unwrap();
+        assert_eq!((channel.as_str(), uid.as_str()), ("ch_ok", "b"));
+        assert_eq!(
+            corrupt(heartbeat_row(("é".into(), "b".into())).unwrap_err()),
+            ("call_members", "channel", "é".to_owned())
+        );
+        assert_eq!(
+            corrupt(heartbeat_row(("ch_ok".into(), String::new())).unwrap_err()),
+            ("call_members", "uid", String::new())
+        );
+    }
 }
