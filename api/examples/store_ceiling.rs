@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let ok = match op {
-                        "call/token" => match store.find_call(ch.as_str()).await {
+                        "call/token" => match store.find_call(&ch).await {
                             Ok(Some(_)) => issuer
                                 .mint(ch.as_str(), "bench-callee", (now_ms() / 1000) as u64)
                                 .is_ok(),
@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
                             };
                             store
                                 .apply_input(
-                                    ch.as_str(),
+                                    &ch,
                                     &Input::Seen {
                                         uid: callee.clone(),
                                     },

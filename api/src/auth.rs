@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::AppState;
 use crate::config::{AuthConfig, AuthKind};
-use crate::domain::Uid;
+use crate::domain::{ChannelName, Uid};
 use crate::error::ApiError;
 
 pub use crate::config::MIN_JWT_SECRET_BYTES;
@@ -200,7 +200,7 @@ impl Authn {
     pub async fn check_member(
         &self,
         state: &AppState,
-        channel: &str,
+        channel: &ChannelName,
         uid: &Uid,
     ) -> Result<(), ApiError> {
         self.check_uid(uid)?;
@@ -216,7 +216,7 @@ impl Authn {
     pub async fn check_was_member(
         &self,
         state: &AppState,
-        channel: &str,
+        channel: &ChannelName,
         uid: &Uid,
     ) -> Result<(), ApiError> {
         self.check_uid(uid)?;
@@ -227,7 +227,7 @@ impl Authn {
     }
 }
 
-fn member_answer(member: Option<bool>, channel: &str, uid: &Uid) -> Result<(), ApiError> {
+fn member_answer(member: Option<bool>, channel: &ChannelName, uid: &Uid) -> Result<(), ApiError> {
     match member {
         Some(true) => Ok(()),
         Some(false) => Err(ApiError::Forbidden(format!(

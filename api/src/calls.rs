@@ -19,6 +19,7 @@
 
 use crate::AppState;
 use crate::call_state::{Input, Transition};
+use crate::domain::ChannelName;
 use crate::store::{InputMeta, StoreResult};
 
 /// What must happen once transitions are stored.
@@ -63,7 +64,7 @@ impl Effects {
 /// in one transaction), then carries out what follows from it.
 pub async fn apply(
     state: &AppState,
-    channel: &str,
+    channel: &ChannelName,
     input: &Input,
     meta: &InputMeta,
 ) -> StoreResult<Transition> {
@@ -76,7 +77,7 @@ pub async fn apply(
 /// and fires them once at the end (the sweeper).
 pub async fn apply_deferred(
     state: &AppState,
-    channel: &str,
+    channel: &ChannelName,
     input: &Input,
     meta: &InputMeta,
 ) -> StoreResult<(Transition, Effects)> {

@@ -122,7 +122,7 @@ impl AppState {
     /// `invite/robot` and the `/rtc` join require in jwt mode.
     pub async fn is_active_member(
         &self,
-        channel: &str,
+        channel: &domain::ChannelName,
         uid: &domain::Uid,
     ) -> Result<Option<bool>, store::StoreError> {
         let grace_ms = config::millis_i64(self.config().calls.heartbeat_timeout);

@@ -20,9 +20,9 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::config::Secret;
-use crate::domain::AssetName;
+use crate::domain::{AssetName, ChannelName};
 use crate::error::ApiError;
-use crate::store::NewRobotSession;
+use crate::store::{NewRobotSession, SessionId};
 
 /// Most items in one playlist.
 pub const MAX_ITEMS: usize = 100;
@@ -267,9 +267,10 @@ pub async fn robot_session(
 
 /// Fills the (ext) fields of an offer from the session's stored options: `items` always
 /// (from `playlist` with loop 0 and gain 0 for a session without options), `record`, and
-/// `bridge` with the URL and secret of `DAPI_BRIDGES`.
-pub async fn complete_offer(state: &AppState, offer: &mut SessionOffer) {
-    let stored = match state.store().robot_options(offer.id).await {
+/// `bridge` with the URL and secret of `DAPI_BRIDGES`. `channel` is the session's (the
+/// offer carries it as text).
+pub async fn complete_offer(state: &AppState, channel: &ChannelName, offer: &mut SessionOffer) {
+    let stored = match state.store().robot_options(SessionId::new(offer.id)).await {
         Ok(Some(json)) => match serde_json::from_str::<StoredOptions>(&json) {
             Ok(o) => Some(o),
             Err(e) => {
@@ -309,7 +310,7 @@ pub async fn complete_offer(state: &AppState, offer: &mut SessionOffer) {
     }
     if offer.bridge.is_some() {
         // The program's `start` names the call's parties.
-        match state.store().call_parties(&offer.channel).await {
+        match state.store().call_parties(channel).await {
             Ok(Some((src_uid, dst_uid))) => offer.call = Some(OfferCall { src_uid, dst_uid }),
             Ok(None) => {}
             Err(e) => {

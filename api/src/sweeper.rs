@@ -62,12 +62,11 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
         .await?;
         effects.add(fx);
         if t.ignored.is_none() {
-            report.rang_out.push(channel);
+            report.rang_out.push(channel.to_string());
         }
     }
 
     for (channel, uid) in store.due_heartbeats(now, BATCH).await? {
-        let Ok(uid) = Uid::parse(&uid) else { continue };
         let input = Input::HeartbeatExpired { uid: uid.clone() };
         let (t, fx) = calls::apply_deferred(
             state,
@@ -78,7 +77,9 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
         .await?;
         effects.add(fx);
         if t.ignored.is_none() {
-            report.dropped.push((channel, uid.as_str().to_owned()));
+            report
+                .dropped
+                .push((channel.to_string(), uid.as_str().to_owned()));
         }
     }
 
@@ -88,11 +89,11 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
         if tasks::next_state(task.call_time, now_secs, grace) == TaskState::Missed {
             if store.fire_task(task.id, None, now).await? == FireOutcome::Missed {
                 tracing::warn!(
-                    task = task.id,
+                    task = task.id.get(),
                     late_s = now_secs - task.call_time,
                     "scheduled call missed (beyond the grace period)"
                 );
-                report.missed.push(task.id);
+                report.missed.push(task.id.get());
             }
             continue;
         }
@@ -128,12 +129,12 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
             }),
         };
         if let FireOutcome::Fired(channel) = store.fire_task(task.id, Some(&call), now).await? {
-            tracing::info!(task = task.id, channel = %channel, "scheduled call placed");
+            tracing::info!(task = task.id.get(), channel = %channel, "scheduled call placed");
             effects.add(Effects {
                 robot: call.robot.is_some(),
                 push: true,
             });
-            report.fired.push((task.id, channel));
+            report.fired.push((task.id.get(), channel.to_string()));
         }
     }
 
@@ -151,7 +152,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
                 robot: true,
                 push: false,
             });
-            report.robots_overtime.push(channel);
+            report.robots_overtime.push(channel.to_string());
         }
     }
 

@@ -511,7 +511,8 @@ async fn jwt_mode_another_users_task_device_or_robot_answers_as_missing_or_forbi
             .await;
             assert_eq!(s, 403, "[{backend}] {path}: {v}");
         }
-        let sessions = app.state.store().channel_sessions(&ch).await.unwrap();
+        let channel = common::channel(&ch);
+        let sessions = app.state.store().channel_sessions(&channel).await.unwrap();
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions[0].state.as_str(), "queued", "still alice's robot");
         app.ok("/dapi/quit/robot", json!({"uid": "alice", "channel": ch}))
@@ -585,7 +586,10 @@ async fn only_active_members_of_a_live_call_get_tokens() {
             .await;
             assert_eq!(
                 app.state
-                    .is_active_member(&ch, &api::domain::Uid::parse(uid).unwrap())
+                    .is_active_member(
+                        &common::channel(&ch),
+                        &api::domain::Uid::parse(uid).unwrap()
+                    )
                     .await
                     .unwrap(),
                 Some(false),
@@ -616,7 +620,11 @@ async fn only_active_members_of_a_live_call_get_tokens() {
         assert_eq!(
             app.state
                 .store()
-                .is_member(&ch2, &api::domain::Uid::parse("A").unwrap(), i64::MAX)
+                .is_member(
+                    &common::channel(&ch2),
+                    &api::domain::Uid::parse("A").unwrap(),
+                    i64::MAX
+                )
                 .await
                 .unwrap(),
             Some(false),
@@ -705,7 +713,7 @@ async fn robots_per_uid_are_capped_and_others_still_get_theirs() {
         assert!(
             app.state
                 .store()
-                .channel_sessions(&other)
+                .channel_sessions(&common::channel(&other))
                 .await
                 .unwrap()
                 .is_empty()
@@ -713,7 +721,11 @@ async fn robots_per_uid_are_capped_and_others_still_get_theirs() {
         // another uid is not limited by hog's robots
         let theirs = channel_of(&app.ok("/dapi/call/robot", json!({"src_uid": "calm"})).await);
         assert_eq!(
-            app.state.store().channel_sessions(&theirs).await.unwrap()[0]
+            app.state
+                .store()
+                .channel_sessions(&common::channel(&theirs))
+                .await
+                .unwrap()[0]
                 .state
                 .as_str(),
             "queued"
@@ -780,7 +792,8 @@ async fn a_robot_past_its_maximum_duration_is_told_to_leave() {
         expect_none(&mut ws, "leave", 300).await;
         assert_eq!(session_state(&app, new_id).await["state"], "running");
         // recorded on the call's timeline, by the server, with the reason
-        let tl = app.state.store().timeline(&old_ch).await.unwrap();
+        let old_channel = common::channel(&old_ch);
+        let tl = app.state.store().timeline(&old_channel).await.unwrap();
         let quit = tl.iter().find(|e| e.kind == "robot_quit").unwrap();
         assert_eq!(
             (quit.source.as_str(), quit.effect.as_str()),

@@ -409,7 +409,7 @@ async fn a_join_flood_is_refused_and_costs_a_bounded_number_of_writes() {
         let call_row = app
             .state
             .store()
-            .find_call(&channel)
+            .find_call(&common::channel(&channel))
             .await
             .unwrap()
             .unwrap();

@@ -55,7 +55,8 @@ async fn unanswered_call_rings_out_as_1001() {
         clock.advance_ms(2_000);
         let r = sweep_once(&app.state).await.unwrap();
         assert_eq!(r.rang_out, vec![ch.clone()], "[{backend}]");
-        let call = app.state.store().find_call(&ch).await.unwrap().unwrap();
+        let cn = common::channel(&ch);
+        let call = app.state.store().find_call(&cn).await.unwrap().unwrap();
         assert_eq!((call.state.as_str(), call.end_code), ("ended", Some(1001)));
         let rows = app.ok("/dapi/call/msg", json!({"uid": "B"})).await;
         assert_eq!(rows[0]["status"], 2);
@@ -100,7 +101,7 @@ async fn answered_call_does_not_ring_out_and_silent_participants_are_dropped() {
         assert_eq!(
             app.state
                 .store()
-                .find_call(&ch)
+                .find_call(&common::channel(&ch))
                 .await
                 .unwrap()
                 .unwrap()
@@ -111,7 +112,8 @@ async fn answered_call_does_not_ring_out_and_silent_participants_are_dropped() {
         clock.advance_ms(30_000); // T0+80: A silent too; nobody is left
         let r = sweep_once(&app.state).await.unwrap();
         assert_eq!(r.dropped, vec![(ch.clone(), "A".to_owned())]);
-        let call = app.state.store().find_call(&ch).await.unwrap().unwrap();
+        let cn = common::channel(&ch);
+        let call = app.state.store().find_call(&cn).await.unwrap().unwrap();
         assert_eq!(call.state.as_str(), "ended");
         assert_eq!(
             sweep_once(&app.state).await.unwrap(),
@@ -215,7 +217,7 @@ async fn late_tasks_fire_within_grace_else_are_missed_and_tone_list_brings_the_r
         let sessions = app
             .state
             .store()
-            .channel_sessions(&r.fired[0].1)
+            .channel_sessions(&common::channel(&r.fired[0].1))
             .await
             .unwrap();
         assert_eq!(sessions.len(), 1);

@@ -243,7 +243,7 @@ async fn an_rtc_leave_on_one_instance_makes_the_robot_on_the_other_leave_at_once
     assert!(
         a.state
             .store()
-            .timeline(ch)
+            .timeline(&common::channel(ch))
             .await
             .unwrap()
             .iter()

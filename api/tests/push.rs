@@ -436,7 +436,11 @@ async fn call(app: &TestApp, src: &str, dst: &[&str], extra: &str) -> String {
 }
 
 async fn jobs(app: &TestApp, channel: &str) -> Vec<PushJob> {
-    app.state.store().push_jobs(channel).await.unwrap()
+    app.state
+        .store()
+        .push_jobs(&common::channel(channel))
+        .await
+        .unwrap()
 }
 
 async fn spawn_with_apns(backend: &'static str, clock: &Clock, apns: &MockApns) -> TestApp {

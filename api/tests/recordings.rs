@@ -212,7 +212,7 @@ async fn upload_list_and_download_with_ranges() {
         let pushes: Vec<_> = app
             .state
             .store()
-            .push_jobs(&ch)
+            .push_jobs(&common::channel(&ch))
             .await
             .unwrap()
             .into_iter()
@@ -350,7 +350,8 @@ async fn the_sweeper_deletes_recordings_past_their_retention() {
         clock.advance_ms(2 * 86_400_000); // the first is 31 days old, the second 2
         let r = api::sweeper::sweep_once(&app.state).await.unwrap();
         assert_eq!(r.recordings_pruned, 1, "[{backend}]");
-        let left = app.state.store().list_recordings(&ch).await.unwrap();
+        let channel = common::channel(&ch);
+        let left = app.state.store().list_recordings(&channel).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].part, 1);
         clock.advance_ms(29 * 86_400_000);
@@ -364,7 +365,7 @@ async fn the_sweeper_deletes_recordings_past_their_retention() {
         assert!(
             app.state
                 .store()
-                .list_recordings(&ch)
+                .list_recordings(&common::channel(&ch))
                 .await
                 .unwrap()
                 .is_empty()

@@ -258,7 +258,7 @@ async fn every_bad_option_is_a_400_naming_the_field_and_nothing_is_queued() {
         assert!(
             app.state
                 .store()
-                .channel_sessions(ch.as_str().unwrap())
+                .channel_sessions(&common::channel(ch.as_str().unwrap()))
                 .await
                 .unwrap()
                 .is_empty()

@@ -74,7 +74,7 @@ async fn an_rtc_leave_that_ends_the_call_makes_the_robot_leave_at_once() {
 async fn timeline(app: &common::TestApp, channel: &str) -> Vec<(String, String)> {
     app.state
         .store()
-        .timeline(channel)
+        .timeline(&common::channel(channel))
         .await
         .unwrap()
         .into_iter()

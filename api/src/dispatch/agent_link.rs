@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::{RobotState, StatusOutcome};
+use crate::store::{RobotState, SessionId, StatusOutcome};
 
 /// Largest frame an agent may send.
 const MAX_FRAME: usize = 64 * 1024;
@@ -111,12 +111,13 @@ async fn serve(state: AppState, socket: WebSocket) {
     held.sort_unstable();
     held.dedup();
     let now = state.clock().now_ms();
-    let lost = match state
+    let held_ids: Vec<SessionId> = held.iter().copied().map(SessionId::new).collect();
+    let lost: Vec<i64> = match state
         .store()
-        .open_link(&agent_id, &link, &held, now, now + lease_ms)
+        .open_link(&agent_id, &link, &held_ids, now, now + lease_ms)
         .await
     {
-        Ok(lost) => lost,
+        Ok(lost) => lost.into_iter().map(SessionId::get).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "recording the link on register failed");
             Vec::new()
@@ -228,7 +229,7 @@ async fn handle(
             AgentMessage::Register { .. } => {
                 let _ = tx.send(ServerMessage::Error { code: "already_registered".into(), message: "register is sent once".into() });
             }
-            AgentMessage::Accept { session_id } => match store.accept_session(session_id, agent, now, now + lease_ms).await? {
+            AgentMessage::Accept { session_id } => match store.accept_session(SessionId::new(session_id), agent, now, now + lease_ms).await? {
                 Some(s) => {
                     d.accepted(agent, session_id);
                     tracing::info!(session = session_id, channel = %s.channel, "robot session accepted");
@@ -243,18 +244,20 @@ async fn handle(
                 }
             },
             AgentMessage::Reject { session_id, reason } => {
-                store.reject_session(session_id, agent, &reason, now).await?;
+                store.reject_session(SessionId::new(session_id), agent, &reason, now).await?;
                 d.released(agent, session_id);
             }
             AgentMessage::Renew { session_ids } => {
-                for id in store.renew_leases(agent, &session_ids, now, now + lease_ms).await? {
+                let ids: Vec<SessionId> = session_ids.into_iter().map(SessionId::new).collect();
+                for id in store.renew_leases(agent, &ids, now, now + lease_ms).await? {
+                    let id = id.get();
                     d.released(agent, id);
                     let _ = tx.send(ServerMessage::Leave { session_id: id });
                 }
             }
             AgentMessage::Status { session_id, state: st, detail, position_ms } => {
                 let detail: String = detail.chars().take(512).collect();
-                match store.report_status(session_id, agent, st, &detail, position_ms, now).await? {
+                match store.report_status(SessionId::new(session_id), agent, st, &detail, position_ms, now).await? {
                     StatusOutcome::NotHeld => {
                         d.released(agent, session_id);
                         if st != SessionState::Left {

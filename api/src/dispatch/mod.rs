@@ -321,20 +321,22 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
         let due = store.due_sessions(now, BATCH).await?;
         full_batch = due.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
         for s in due {
-            let Some(agent) = d.reserve(s.id) else {
+            // The dispatcher keeps the protocol's session ids.
+            let sid = s.id.get();
+            let Some(agent) = d.reserve(sid) else {
                 // no free slot: capacity freed later wakes the loop
                 full_batch = false;
                 break;
             };
             if !store.offer_session(s.id, &agent, now).await? {
-                d.unreserve(&agent, s.id); // another instance won it
+                d.unreserve(&agent, sid); // another instance won it
                 continue;
             }
             let token = match state
                 .tokens()
                 // A robot cannot renew its token on /rtc: it lasts as long as it may run.
                 .mint_for(
-                    &s.channel,
+                    s.channel.as_str(),
                     &s.uid,
                     state.clock().now_secs(),
                     state.config().tokens.robot_ttl_secs(),
@@ -342,13 +344,13 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(error = %e, "minting a robot token failed");
-                    d.unreserve(&agent, s.id);
+                    d.unreserve(&agent, sid);
                     continue;
                 }
             };
             let mut offer = SessionOffer {
-                id: s.id,
-                channel: s.channel.clone(),
+                id: sid,
+                channel: s.channel.to_string(),
                 uid: s.uid.clone(),
                 token,
                 app_id: state.tokens().app_id.clone(),
@@ -363,16 +365,17 @@ pub async fn tick(state: &AppState) -> Result<bool, crate::store::StoreError> {
                 call: None,
             };
             // items, record, bridge (ext): from the session's stored options
-            crate::robot_options::complete_offer(state, &mut offer).await;
-            tracing::info!(session = s.id, channel = %s.channel, agent = %agent, "robot session offered");
+            crate::robot_options::complete_offer(state, &s.channel, &mut offer).await;
+            tracing::info!(session = sid, channel = %s.channel, agent = %agent, "robot session offered");
             if !d.send(&agent, ServerMessage::Offer { session: offer }) {
-                d.unreserve(&agent, s.id); // the offer expires and is retried
+                d.unreserve(&agent, sid); // the offer expires and is retried
             }
         }
     }
 
     for agent in d.connected() {
         for id in store.pending_leaves(&agent).await? {
+            let id = id.get();
             if d.mark_leave_sent(&agent, id) {
                 tracing::info!(session = id, agent = %agent, "robot told to leave");
                 d.send(&agent, ServerMessage::Leave { session_id: id });

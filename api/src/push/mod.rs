@@ -36,7 +36,7 @@ pub use config::PushConfig;
 
 use crate::AppState;
 use crate::domain::Uid;
-use crate::store::{PushJob, PushResult, StoreError};
+use crate::store::{PushJob, PushJobId, PushResult, StoreError};
 
 /// Jobs claimed (and delivered concurrently) per pass.
 pub const BATCH: i64 = 32;
@@ -309,13 +309,13 @@ impl Pusher {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
     /// Accepted by the provider.
-    pub sent: Vec<i64>,
+    pub sent: Vec<PushJobId>,
     /// Failed; queued again.
-    pub retried: Vec<i64>,
+    pub retried: Vec<PushJobId>,
     /// Failed for good.
-    pub dead: Vec<i64>,
+    pub dead: Vec<PushJobId>,
     /// Not sent (invalid token, expired, no provider).
-    pub dropped: Vec<i64>,
+    pub dropped: Vec<PushJobId>,
     /// Devices removed because the provider called their token invalid.
     pub devices_removed: usize,
 }
@@ -346,7 +346,7 @@ pub async fn deliver_once(state: &AppState) -> Result<DeliveryReport, StoreError
     for (job, delivery) in jobs.iter().zip(deliveries) {
         let span = tracing::info_span!(
             "push",
-            job = job.id,
+            job = job.id.get(),
             channel = %job.channel,
             kind = job.kind.as_str(),
             platform = %job.platform,
@@ -465,9 +465,9 @@ mod tests {
 
     fn job(attempts: i64, expires_at: Option<i64>) -> PushJob {
         PushJob {
-            id: 1,
-            call_id: 1,
-            channel: "ch_x".into(),
+            id: PushJobId::new(1),
+            call_id: crate::store::CallId::new(1),
+            channel: crate::domain::ChannelName::parse("ch_x").unwrap(),
             kind: PushKind::Call,
             uid: "42".into(),
             caller_uid: "alice".into(),

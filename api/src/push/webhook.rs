@@ -28,7 +28,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 pub fn body(job: &PushJob, now_ms: i64) -> Vec<u8> {
     let mut v = super::payload(job);
     if let Some(o) = v.as_object_mut() {
-        o.insert("id".into(), job.id.into());
+        o.insert("id".into(), job.id.get().into());
         o.insert("attempt".into(), job.attempts.into());
         o.insert("platform".into(), job.platform.clone().into());
         o.insert("push_token".into(), job.push_token.clone().into());

@@ -20,10 +20,10 @@ use sha2::Digest;
 use crate::AppState;
 use crate::dispatch::AgentInfo;
 use crate::dispatch::agent_link::{agent_ws, check_bearer};
-use crate::domain::AssetName;
+use crate::domain::{AssetName, ChannelName};
 use crate::error::ApiError;
 use crate::openapi::{Binary, Null, OkNull};
-use crate::store::{AssetRecord, QueueStats, RobotSession};
+use crate::store::{AssetRecord, QueueStats, RobotSession, SessionId};
 
 /// The shipped default asset (espeak-ng speech, Ogg Opus).
 pub const DEFAULT_ASSET: &[u8] = include_bytes!("../../assets/default.opus");
@@ -347,7 +347,12 @@ async fn list_sessions(
     let channel = q
         .channel
         .ok_or_else(|| ApiError::bad("missing_field", "channel is required"))?;
-    let sessions = state.store().channel_sessions(&channel).await?;
+    // Never validated here: a name the store could not hold has no sessions (an empty
+    // list, as when this passed the text through).
+    let sessions = match ChannelName::parse(&channel) {
+        Ok(channel) => state.store().channel_sessions(&channel).await?,
+        Err(_) => Vec::new(),
+    };
     Ok(SessionListResp::new(sessions))
 }
 
@@ -362,7 +367,7 @@ async fn get_session(
 ) -> Result<Json<SessionResp>, ApiError> {
     admin(&state, &headers)?;
     // Parsed here, not by `Path<i64>`, so a bad id is a 400 in the API's error shape.
-    let id: i64 = id.parse().map_err(|_| {
+    let id = id.parse().map(SessionId::new).map_err(|_| {
         ApiError::bad(
             "invalid_field",
             format!("session id {id:?} is not an integer"),

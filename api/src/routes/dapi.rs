@@ -21,7 +21,8 @@ use crate::extract::DapiJson;
 use crate::openapi::{Null, OkNull, uid_out_schema};
 use crate::rate_limit::Kind;
 use crate::store::{
-    CallKind, InputMeta, MessageRow, NewCall, NewRobotSession, StoreError, TaskFields, TaskRecord,
+    self, CallKind, InputMeta, MessageRow, NewCall, NewRobotSession, StoreError, TaskFields,
+    TaskRecord,
 };
 
 /// The `/dapi` routes.
@@ -339,7 +340,7 @@ fn message_json(state: &AppState, r: &MessageRow) -> MessageOut {
     MessageOut {
         id: r.id,
         uid,
-        channel: r.channel.clone(),
+        channel: r.channel.to_string(),
         status: r.status as i64,
         status_label: r.status.label(),
         createtime: format_time(state, r.created_at_ms),
@@ -385,7 +386,7 @@ async fn require_channel(state: &AppState, channel: &ChannelName) -> Result<(), 
     if state.known_channels().contains(channel.as_str()) {
         return Ok(());
     }
-    match state.store().find_call(channel.as_str()).await? {
+    match state.store().find_call(channel).await? {
         Some(_) => {
             state.known_channels().insert(channel.as_str());
             Ok(())
@@ -405,8 +406,7 @@ async fn call_token(
     DapiJson(req): DapiJson<ChannelReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
     require_channel(&state, &req.channel).await?;
-    auth.check_member(&state, req.channel.as_str(), &req.uid)
-        .await?;
+    auth.check_member(&state, &req.channel, &req.uid).await?;
     rate_limit(&state, Kind::Token, &req.uid, ip)?;
     token_data(&state, req.channel.as_str(), &req.uid)
 }
@@ -434,7 +434,7 @@ async fn call_event(
 ) -> Result<Json<OkNull>, ApiError> {
     auth.check_uid(&req.uid)?;
     rate_limit(&state, Kind::Write, &req.uid, ip)?;
-    auth.check_was_member(&state, req.channel.as_str(), &req.uid)
+    auth.check_was_member(&state, &req.channel, &req.uid)
         .await?;
     if req.desp.as_ref().is_some_and(|d| d.len() > 1024) {
         return Err(ApiError::bad(
@@ -457,7 +457,7 @@ async fn call_event(
         uid: req.uid,
         code: req.code,
     };
-    crate::calls::apply(&state, req.channel.as_str(), &input, &meta).await?;
+    crate::calls::apply(&state, &req.channel, &input, &meta).await?;
     Ok(OkNull::new(Null))
 }
 
@@ -473,7 +473,7 @@ async fn call_heartbeat(
 ) -> Result<Json<OkNull>, ApiError> {
     auth.check_uid(&req.uid)?;
     rate_limit(&state, Kind::Write, &req.uid, ip)?;
-    auth.check_was_member(&state, req.channel.as_str(), &req.uid)
+    auth.check_was_member(&state, &req.channel, &req.uid)
         .await?;
     let now = state.clock().now_ms();
     let meta = InputMeta {
@@ -485,7 +485,7 @@ async fn call_heartbeat(
         always_record: false,
     };
     let input = Input::Seen { uid: req.uid };
-    crate::calls::apply(&state, req.channel.as_str(), &input, &meta).await?;
+    crate::calls::apply(&state, &req.channel, &input, &meta).await?;
     Ok(OkNull::new(Null))
 }
 
@@ -550,10 +550,9 @@ async fn call_timeline(
     let channel = ChannelName::parse(&raw)
         .map_err(|m| ApiError::bad("invalid_field", format!("channel {m}")))?;
     if let Some(sub) = auth.0.clone() {
-        auth.check_was_member(&state, channel.as_str(), &sub)
-            .await?;
+        auth.check_was_member(&state, &channel, &sub).await?;
     }
-    let entries = state.store().timeline(channel.as_str()).await?;
+    let entries = state.store().timeline(&channel).await?;
     let events = entries
         .iter()
         .map(|e| TimelineEvent {
@@ -603,8 +602,7 @@ async fn invite_robot(
     ip: ClientIp,
     DapiJson(req): DapiJson<InviteRobotReq>,
 ) -> Result<Json<TokenResp>, ApiError> {
-    auth.check_member(&state, req.channel.as_str(), &req.uid)
-        .await?;
+    auth.check_member(&state, &req.channel, &req.uid).await?;
     rate_limit(&state, Kind::Token, &req.uid, ip)?;
     let options = crate::robot_options::RobotOptionsReq {
         playlist: req.playlist,
@@ -615,7 +613,7 @@ async fn invite_robot(
     let now = state.clock().now_ms();
     state
         .store()
-        .invite_robot(req.channel.as_str(), &req.uid, &robot, now)
+        .invite_robot(&req.channel, &req.uid, &robot, now)
         .await?;
     state.robot_changed().await;
     token_data(&state, req.channel.as_str(), &req.uid)
@@ -633,12 +631,12 @@ async fn quit_robot(
 ) -> Result<Json<OkNull>, ApiError> {
     auth.check_uid(&req.uid)?;
     rate_limit(&state, Kind::Write, &req.uid, ip)?;
-    auth.check_was_member(&state, req.channel.as_str(), &req.uid)
+    auth.check_was_member(&state, &req.channel, &req.uid)
         .await?;
     let now = state.clock().now_ms();
     let running = state
         .store()
-        .quit_robot(req.channel.as_str(), &req.uid, now)
+        .quit_robot(&req.channel, &req.uid, now)
         .await?;
     if running.is_some() {
         state.robot_changed().await;
@@ -648,7 +646,7 @@ async fn quit_robot(
 
 /// A task id: absent, null or "" means insert; a number or numeric string updates.
 #[derive(Debug)]
-struct TaskId(Option<i64>);
+struct TaskId(Option<store::TaskId>);
 
 impl<'de> Deserialize<'de> for TaskId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -661,12 +659,12 @@ impl<'de> Deserialize<'de> for TaskId {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| *n > 0)
-                .map(|n| TaskId(Some(n)))
+                .map(|n| TaskId(Some(store::TaskId::new(n))))
                 .ok_or_else(|| D::Error::custom("id must be a positive integer or empty")),
             Value::Number(n) => n
                 .as_i64()
                 .filter(|n| *n > 0)
-                .map(|n| TaskId(Some(n)))
+                .map(|n| TaskId(Some(store::TaskId::new(n))))
                 .ok_or_else(|| D::Error::custom("id must be a positive integer or empty")),
             _ => Err(D::Error::custom("id must be a positive integer or empty")),
         }
@@ -837,15 +835,15 @@ crate::envelope!(
 
 fn task_json(state: &AppState, t: &TaskRecord) -> TaskOut {
     TaskOut {
-        id: t.id,
+        id: t.id.get(),
         src_uid: t.src_uid.clone(),
         dst_uid: t.dst_uid.clone(),
         call_time: format_time(state, t.call_time * 1000),
         tone_list: t.tone_list.clone(),
-        pk: t.id,
+        pk: t.id.get(),
         taskid: t.taskid.clone(),
         state: t.state.as_str().to_owned(),
-        channel: t.channel.clone(),
+        channel: t.channel.as_ref().map(ToString::to_string),
     }
 }
 

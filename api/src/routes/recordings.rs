@@ -29,6 +29,7 @@ use crate::domain::{ChannelName, Uid};
 use crate::error::ApiError;
 use crate::openapi::{Binary, uid_out_schema};
 use crate::store::recordings::{NewRecording, RecordingRecord};
+use crate::store::{RecordingId, SessionId};
 
 /// Highest part number.
 pub const MAX_PART: i64 = 1000;
@@ -198,7 +199,7 @@ async fn upload(
         "agent link",
         "DAPI_AGENT_KEY",
     )?;
-    let session_id: i64 = session_id.parse().map_err(|_| {
+    let session_id = session_id.parse().map(SessionId::new).map_err(|_| {
         ApiError::bad(
             "invalid_field",
             "session_id must be a robot session id (a number)",
@@ -269,11 +270,11 @@ async fn upload(
         })
         .await?;
     if out.ready {
-        tracing::info!(recording = out.record.id, session = session_id, uid = %uid, duration_ms = out.record.duration_ms, "recording ready");
+        tracing::info!(recording = out.record.id.get(), session = session_id.get(), uid = %uid, duration_ms = out.record.duration_ms, "recording ready");
         state.push().wake();
     }
     Ok(UploadResp::new(UploadOut {
-        id: out.record.id,
+        id: out.record.id.get(),
         bytes: out.record.bytes,
         duration_ms: out.record.duration_ms,
         complete: out.record.complete,
@@ -339,8 +340,8 @@ fn format_time(state: &AppState, unix_ms: i64) -> String {
 
 fn recording_json(state: &AppState, r: &RecordingRecord) -> RecordingOut {
     RecordingOut {
-        id: r.id,
-        channel: r.channel.clone(),
+        id: r.id.get(),
+        channel: r.channel.to_string(),
         uid: Uid::parse(&r.uid)
             .map(|u| u.to_json())
             .unwrap_or_else(|_| Value::from(r.uid.clone())),
@@ -349,7 +350,7 @@ fn recording_json(state: &AppState, r: &RecordingRecord) -> RecordingOut {
         bytes: r.bytes,
         url: format!("/dapi/call/recording/{}", r.id),
         started_at_ms: r.started_at_ms,
-        session_id: r.session_id,
+        session_id: r.session_id.get(),
         part: r.part,
         complete: r.complete,
     }
@@ -357,7 +358,11 @@ fn recording_json(state: &AppState, r: &RecordingRecord) -> RecordingOut {
 
 /// jwt mode: the token's subject must be a member of the channel's call (403, 404 for an
 /// unknown channel); open mode: the channel must exist (404).
-async fn check_access(state: &AppState, auth: &Authn, channel: &str) -> Result<(), ApiError> {
+async fn check_access(
+    state: &AppState,
+    auth: &Authn,
+    channel: &ChannelName,
+) -> Result<(), ApiError> {
     match auth.0.clone() {
         Some(sub) => auth.check_was_member(state, channel, &sub).await,
         None => match state.store().find_call(channel).await? {
@@ -381,8 +386,8 @@ async fn list(
         .ok_or_else(|| ApiError::bad("missing_field", "channel is required"))?;
     let channel = ChannelName::parse(&raw)
         .map_err(|m| ApiError::bad("invalid_field", format!("channel {m}")))?;
-    check_access(&state, &auth, channel.as_str()).await?;
-    let rows = state.store().list_recordings(channel.as_str()).await?;
+    check_access(&state, &auth, &channel).await?;
+    let rows = state.store().list_recordings(&channel).await?;
     Ok(RecordingListResp::new(
         rows.iter().map(|r| recording_json(&state, r)).collect(),
     ))
@@ -456,8 +461,9 @@ async fn download(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id: i64 = id
+    let id = id
         .parse()
+        .map(RecordingId::new)
         .map_err(|_| ApiError::bad("invalid_field", "id must be a recording id (a number)"))?;
     // The row first (without the content): access is checked before the file is read.
     let Some((rec, _)) = state.store().recording(id, false).await? else {

@@ -18,7 +18,7 @@ use crate::domain::{AssetName, ChannelName, Uid};
 use crate::error::ApiError;
 use crate::extract::DapiJson;
 use crate::robot_options::{GAIN_DB, MAX_LOOPS};
-use crate::store::{RobotState, StoreError};
+use crate::store::{RobotState, SessionId, StoreError};
 
 /// Longest mark name, characters.
 pub const MAX_MARK_NAME: usize = 128;
@@ -193,7 +193,7 @@ pub async fn robot_control(
     DapiJson(req): DapiJson<ControlReq>,
 ) -> Result<Json<PlaybackResp>, ApiError> {
     let action = parse_action(&req)?;
-    let channel = req.channel.as_str();
+    let channel = &req.channel;
     auth.check_member(&state, channel, &req.uid).await?;
     if let ControlAction::Play { audio, .. } = &action
         && !state.store().asset_exists(audio).await?
@@ -224,7 +224,7 @@ pub async fn robot_control(
     let detail = serde_json::to_string(&action).unwrap_or_default();
     let result = state
         .control()
-        .relay(&state, &agent, session.id, action)
+        .relay(&state, &agent, session.id.get(), action)
         .await;
     let now = state.clock().now_ms();
     let (effect, answer) = match result {
@@ -295,7 +295,11 @@ pub async fn record_mark(
     mark: MarkState,
     position_ms: Option<u64>,
 ) -> Result<(), StoreError> {
-    let Some(s) = state.store().robot_session(session_id).await? else {
+    let Some(s) = state
+        .store()
+        .robot_session(SessionId::new(session_id))
+        .await?
+    else {
         return Ok(());
     };
     if s.agent_id.as_deref() != Some(agent) || s.state != RobotState::Running {

@@ -766,10 +766,7 @@ async fn check_members(state: AppState, rtc: Rtc, mut rx: mpsc::Receiver<MemberC
         };
         let (state, rtc) = (state.clone(), rtc.clone());
         tokio::spawn(async move {
-            let verdict = match state
-                .is_active_member(check.channel.as_str(), &check.uid)
-                .await
-            {
+            let verdict = match state.is_active_member(&check.channel, &check.uid).await {
                 Ok(Some(member)) => Some(member),
                 Ok(None) => Some(false), // no call in this channel
                 Err(e) => {
@@ -860,7 +857,7 @@ async fn write_presence(
         } else {
             CallInput::Seen { uid: p.uid }
         };
-        match crate::calls::apply(state, p.channel.as_str(), &input, &meta).await {
+        match crate::calls::apply(state, &p.channel, &input, &meta).await {
             // A channel without a call (a token minted by other means) has nothing to feed.
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => {

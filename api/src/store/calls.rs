@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::db::{self, Stmt, Tx};
 use super::robot::NewRobotSession;
-use super::{Store, StoreError, StoreResult};
+use super::{CallId, Store, StoreError, StoreResult};
 use crate::call_state::{self, CallSnapshot, CallState, Input, Member, Role, Transition};
 use crate::domain::{ChannelName, MsgStatus, Uid};
 
@@ -61,9 +61,9 @@ pub struct NewCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
     /// Row id.
-    pub id: i64,
+    pub id: CallId,
     /// Channel.
-    pub channel: String,
+    pub channel: ChannelName,
     /// Caller.
     pub caller_uid: String,
     /// State.
@@ -80,7 +80,7 @@ pub struct MessageRow {
     /// Whose row.
     pub uid: String,
     /// Channel.
-    pub channel: String,
+    pub channel: ChannelName,
     /// Status as it was when fetched.
     pub status: MsgStatus,
     /// Creation, unix ms.
@@ -150,13 +150,19 @@ impl TryFrom<CallRow> for CallRecord {
     type Error = StoreError;
     fn try_from((id, channel, caller_uid, state, end_code): CallRow) -> StoreResult<Self> {
         Ok(Self {
-            id,
-            channel,
+            id: CallId::new(id),
+            channel: db::channel("calls", channel)?,
             caller_uid,
             state: call_state(state)?,
             end_code,
         })
     }
+}
+
+/// A due heartbeat: the member's channel and uid.
+fn heartbeat_row((channel, uid): (String, String)) -> StoreResult<(ChannelName, Uid)> {
+    let uid = Uid::parse(&uid).map_err(|_| db::corrupt("call_members", "uid", &uid))?;
+    Ok((db::channel("call_members", channel)?, uid))
 }
 
 /// The columns of a `call/msg` row, in the order [`MessageRow`] reads them.
@@ -179,7 +185,7 @@ impl TryFrom<MessageColumns> for MessageRow {
         Ok(Self {
             id,
             uid,
-            channel,
+            channel: db::channel("call_members", channel)?,
             status: msg_status(status)?,
             created_at_ms,
             extra_msg,
@@ -235,7 +241,7 @@ impl From<EventRow> for TimelineEntry {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Line<'a> {
     /// The call.
-    pub call_id: i64,
+    pub call_id: CallId,
     /// Who reported it.
     pub uid: Option<&'a str>,
     /// `event`, `created`, `robot_accepted`, ...
@@ -255,7 +261,7 @@ pub(crate) struct Line<'a> {
 impl<'a> Line<'a> {
     /// A line by the server about a robot of the call (`robot_accepted`, `robot_left`, ...).
     pub(crate) fn server(
-        call_id: i64,
+        call_id: CallId,
         uid: &'a str,
         kind: &'a str,
         detail: Option<&'a str>,
@@ -386,16 +392,21 @@ impl Store {
     }
 
     /// Locks the call of `channel` for the rest of `tx`: its id and state.
-    pub(crate) async fn lock_call(tx: &mut Tx, channel: &str) -> StoreResult<(i64, String)> {
+    pub(crate) async fn lock_call(
+        tx: &mut Tx,
+        channel: &ChannelName,
+    ) -> StoreResult<(CallId, String)> {
         let call: Option<(i64, String)> = sql::LOCK_CALL.bind(channel).fetch_optional(tx).await?;
-        call.ok_or_else(|| StoreError::NotFound(format!("unknown channel {channel}")))
+        let (id, state) =
+            call.ok_or_else(|| StoreError::NotFound(format!("unknown channel {channel}")))?;
+        Ok((CallId::new(id), state))
     }
 
     /// Adds `uid` to the call as `role` unless it is a member already.
     pub(crate) async fn add_member_if_absent(
         tx: &mut Tx,
-        call_id: i64,
-        channel: &str,
+        call_id: CallId,
+        channel: &ChannelName,
         uid: &str,
         role: Role,
         now_ms: i64,
@@ -414,7 +425,7 @@ impl Store {
     }
 
     /// Creates a call with its member rows (and robot session) in one transaction.
-    pub async fn create_call(&self, call: &NewCall) -> StoreResult<i64> {
+    pub async fn create_call(&self, call: &NewCall) -> StoreResult<CallId> {
         let id = self
             .retrying("create_call", move || async move {
                 let mut tx = self.begin_write().await?;
@@ -441,7 +452,7 @@ impl Store {
     }
 
     /// Inserts a call, its members, its pushes and its robot session inside `tx`.
-    pub(crate) async fn insert_call(tx: &mut Tx, c: &NewCall) -> StoreResult<i64> {
+    pub(crate) async fn insert_call(tx: &mut Tx, c: &NewCall) -> StoreResult<CallId> {
         let inserted = sql::INSERT_CALL
             .bind(&c.channel)
             .bind(&c.caller)
@@ -451,8 +462,8 @@ impl Store {
             .bind(c.ring_deadline_ms)
             .scalar_one(&mut *tx)
             .await;
-        let call_id: i64 = match inserted {
-            Ok(id) => id,
+        let call_id = match inserted {
+            Ok(id) => CallId::new(id),
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
                 return Err(StoreError::Conflict(format!(
                     "channel {} exists",
@@ -506,14 +517,14 @@ impl Store {
         };
         Self::record(tx, app_line("created")).await?;
         if let Some(r) = &c.robot {
-            Self::insert_robot(tx, call_id, c.channel.as_str(), r, c.now_ms).await?;
+            Self::insert_robot(tx, call_id, &c.channel, r, c.now_ms).await?;
             Self::record(tx, app_line("robot_queued")).await?;
         }
         Ok(call_id)
     }
 
     /// The call of a channel.
-    pub async fn find_call(&self, channel: &str) -> StoreResult<Option<CallRecord>> {
+    pub async fn find_call(&self, channel: &ChannelName) -> StoreResult<Option<CallRecord>> {
         let row: Option<CallRow> = sql::FIND_CALL
             .bind(channel)
             .fetch_optional(self.reader())
@@ -523,7 +534,10 @@ impl Store {
 
     /// Who the call of `channel` is between: its caller and its callees (in the order
     /// called; not those invited later). `None`: no such call.
-    pub async fn call_parties(&self, channel: &str) -> StoreResult<Option<(String, Vec<String>)>> {
+    pub async fn call_parties(
+        &self,
+        channel: &ChannelName,
+    ) -> StoreResult<Option<(String, Vec<String>)>> {
         let Some(call) = self.find_call(channel).await? else {
             return Ok(None);
         };
@@ -561,7 +575,7 @@ impl Store {
     /// on the timeline, and returns the transition.
     pub async fn apply_input(
         &self,
-        channel: &str,
+        channel: &ChannelName,
         input: &Input,
         meta: &InputMeta,
     ) -> StoreResult<Transition> {
@@ -582,7 +596,7 @@ impl Store {
 
     async fn apply_in(
         tx: &mut Tx,
-        channel: &str,
+        channel: &ChannelName,
         input: &Input,
         meta: &InputMeta,
     ) -> StoreResult<Transition> {
@@ -685,7 +699,7 @@ impl Store {
     }
 
     /// The timeline of a channel's call, in order.
-    pub async fn timeline(&self, channel: &str) -> StoreResult<Vec<TimelineEntry>> {
+    pub async fn timeline(&self, channel: &ChannelName) -> StoreResult<Vec<TimelineEntry>> {
         let Some(call) = self.find_call(channel).await? else {
             return Err(StoreError::NotFound(format!("unknown channel {channel}")));
         };
@@ -703,7 +717,7 @@ impl Store {
     /// `rejected_since_ms` (pass now minus a grace period) passes its end.
     pub async fn is_member(
         &self,
-        channel: &str,
+        channel: &ChannelName,
         uid: &Uid,
         rejected_since_ms: i64,
     ) -> StoreResult<Option<bool>> {
@@ -719,7 +733,7 @@ impl Store {
     /// Whether `uid` is or was a member of the call of `channel`, whatever its status
     /// (`None`: no such channel): what reading the timeline and reporting about the call
     /// (events, heartbeats, quitting the robot) require.
-    pub async fn was_member(&self, channel: &str, uid: &Uid) -> StoreResult<Option<bool>> {
+    pub async fn was_member(&self, channel: &ChannelName, uid: &Uid) -> StoreResult<Option<bool>> {
         let n: Option<i64> = sql::WAS_MEMBER
             .bind(channel)
             .bind(uid)
@@ -734,12 +748,17 @@ impl Store {
     }
 
     /// Channels whose ring deadline has passed.
-    pub async fn due_ring_timeouts(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<String>> {
-        Ok(sql::DUE_RING_TIMEOUTS
+    pub async fn due_ring_timeouts(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<ChannelName>> {
+        let rows: Vec<String> = sql::DUE_RING_TIMEOUTS
             .bind(now_ms)
             .bind(limit)
             .scalars(self.reader())
-            .await?)
+            .await?;
+        rows.into_iter().map(|c| db::channel("calls", c)).collect()
     }
 
     /// (channel, uid) pairs whose heartbeat deadline has passed.
@@ -747,12 +766,13 @@ impl Store {
         &self,
         now_ms: i64,
         limit: i64,
-    ) -> StoreResult<Vec<(String, String)>> {
-        Ok(sql::DUE_HEARTBEATS
+    ) -> StoreResult<Vec<(ChannelName, Uid)>> {
+        let rows: Vec<(String, String)> = sql::DUE_HEARTBEATS
             .bind(now_ms)
             .bind(limit)
             .fetch_all(self.reader())
-            .await?)
+            .await?;
+        rows.into_iter().map(heartbeat_row).collect()
     }
 }
 
@@ -793,6 +813,37 @@ mod tests {
         assert_eq!(
             corrupt(Member::try_from(member("a", "callee", 7)).map(drop)),
             ("call_members", "status", "7".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_stored_channel_or_uid_that_does_not_parse_is_corrupt() {
+        let corrupt = |e: StoreError| match e {
+            StoreError::Corrupt {
+                table,
+                column,
+                value,
+            } => (table, column, value),
+            other => panic!("{other:?}"),
+        };
+        let row: CallRow = (7, "ch_ok".into(), "a".into(), "ringing".into(), None);
+        let call = CallRecord::try_from(row).unwrap();
+        assert_eq!((call.id, call.channel.as_str()), (CallId::new(7), "ch_ok"));
+        let row: CallRow = (7, "a/b".into(), "a".into(), "ringing".into(), None);
+        assert_eq!(
+            corrupt(CallRecord::try_from(row).unwrap_err()),
+            ("calls", "channel", "a/b".to_owned())
+        );
+        // The sweeper's heartbeat rows: channel and uid are parsed, not passed on as text.
+        let (channel, uid) = heartbeat_row(("ch_ok".into(), "b".into())).unwrap();
+        assert_eq!((channel.as_str(), uid.as_str()), ("ch_ok", "b"));
+        assert_eq!(
+            corrupt(heartbeat_row(("é".into(), "b".into())).unwrap_err()),
+            ("call_members", "channel", "é".to_owned())
+        );
+        assert_eq!(
+            corrupt(heartbeat_row(("ch_ok".into(), String::new())).unwrap_err()),
+            ("call_members", "uid", String::new())
         );
     }
 }

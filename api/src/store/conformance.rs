@@ -10,6 +10,10 @@ fn uid(s: &str) -> Uid {
     Uid::parse(s).unwrap()
 }
 
+fn ch(s: &str) -> ChannelName {
+    ChannelName::parse(s).unwrap()
+}
+
 /// Fresh stores to run a test against: SQLite in a temp dir, and a fresh PostgreSQL
 /// database when `TEST_DATABASE_URL` is set.
 async fn stores() -> Vec<(Store, Option<TempDir>)> {
@@ -64,10 +68,10 @@ async fn create_call_and_duplicate_channel_conflicts() {
             "{} {e:?}",
             s.backend()
         );
-        let c = s.find_call("ch_a").await.unwrap().unwrap();
+        let c = s.find_call(&ch("ch_a")).await.unwrap().unwrap();
         assert_eq!(c.caller_uid, "1");
         assert_eq!(c.state, CallState::Ringing);
-        assert!(s.find_call("ch_nope").await.unwrap().is_none());
+        assert!(s.find_call(&ch("ch_nope")).await.unwrap().is_none());
     }
 }
 
@@ -82,7 +86,7 @@ async fn recent_messages_move_callee_rows_from_0_to_1_and_respect_the_window() {
             .unwrap();
         let rows = s.recent_messages(&uid("2"), 50_000).await.unwrap();
         assert_eq!(rows.len(), 1, "{}", s.backend());
-        assert_eq!(rows[0].channel, "ch_new");
+        assert_eq!(rows[0].channel.as_str(), "ch_new");
         assert_eq!(
             rows[0].status,
             MsgStatus::Created,
@@ -95,7 +99,7 @@ async fn recent_messages_move_callee_rows_from_0_to_1_and_respect_the_window() {
         // the caller sees its own call, and fetching does not move the caller's row
         let rows = s.recent_messages(&uid("1"), 0).await.unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].channel, "ch_new", "newest first");
+        assert_eq!(rows[0].channel.as_str(), "ch_new", "newest first");
         assert!(rows.iter().all(|r| r.status == MsgStatus::Created));
     }
 }
@@ -108,7 +112,7 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
             .unwrap();
         let t = s
             .apply_input(
-                "ch_e",
+                &ch("ch_e"),
                 &Input::Event {
                     uid: uid("B"),
                     code: EventCode::Connected,
@@ -119,7 +123,7 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
             .unwrap();
         assert_eq!(t.new_state, Some((CallState::Connected, None)));
         s.apply_input(
-            "ch_e",
+            &ch("ch_e"),
             &Input::Event {
                 uid: uid("A"),
                 code: EventCode::Ended,
@@ -129,7 +133,7 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
         .await
         .unwrap();
         s.apply_input(
-            "ch_e",
+            &ch("ch_e"),
             &Input::Event {
                 uid: uid("B"),
                 code: EventCode::Ended,
@@ -138,7 +142,7 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
         )
         .await
         .unwrap();
-        let c = s.find_call("ch_e").await.unwrap().unwrap();
+        let c = s.find_call(&ch("ch_e")).await.unwrap().unwrap();
         assert_eq!(
             (c.state, c.end_code),
             (CallState::Ended, Some(2)),
@@ -148,7 +152,7 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
         // a late event is recorded but changes nothing
         let t = s
             .apply_input(
-                "ch_e",
+                &ch("ch_e"),
                 &Input::Event {
                     uid: uid("A"),
                     code: EventCode::Connected,
@@ -159,10 +163,10 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
             .unwrap();
         assert!(t.ignored.is_some());
         assert_eq!(
-            s.find_call("ch_e").await.unwrap().unwrap().state,
+            s.find_call(&ch("ch_e")).await.unwrap().unwrap().state,
             CallState::Ended
         );
-        let tl = s.timeline("ch_e").await.unwrap();
+        let tl = s.timeline(&ch("ch_e")).await.unwrap();
         let kinds: Vec<_> = tl.iter().map(|e| (e.kind.as_str(), e.code)).collect();
         assert_eq!(
             kinds,
@@ -180,7 +184,7 @@ async fn events_drive_the_call_and_are_on_the_timeline() {
         assert_eq!(rows[0].status, MsgStatus::Ended);
         let e = s
             .apply_input(
-                "ch_x",
+                &ch("ch_x"),
                 &Input::Seen { uid: uid("A") },
                 &meta("heartbeat", 1),
             )
@@ -206,32 +210,32 @@ async fn one_robot_per_channel_and_quit_cancels_a_queued_one() {
             options: None,
         };
         let first = s
-            .invite_robot("ch_r", &uid("A"), &robot, 2000)
+            .invite_robot(&ch("ch_r"), &uid("A"), &robot, 2000)
             .await
             .unwrap();
         assert!(matches!(first, InviteOutcome::Queued(_)), "{}", s.backend());
         let second = s
-            .invite_robot("ch_r", &uid("B"), &robot, 2001)
+            .invite_robot(&ch("ch_r"), &uid("B"), &robot, 2001)
             .await
             .unwrap();
         assert_eq!(second, InviteOutcome::AlreadyPresent);
         assert_eq!(
-            s.quit_robot("ch_r", &uid("A"), 3000).await.unwrap(),
+            s.quit_robot(&ch("ch_r"), &uid("A"), 3000).await.unwrap(),
             None,
             "queued: cancelled, no agent to tell"
         );
         // after the cancel a new invite queues again
         let third = s
-            .invite_robot("ch_r", &uid("A"), &robot, 4000)
+            .invite_robot(&ch("ch_r"), &uid("A"), &robot, 4000)
             .await
             .unwrap();
         assert!(matches!(third, InviteOutcome::Queued(_)));
         assert!(matches!(
-            s.invite_robot("ch_none", &uid("A"), &robot, 1).await,
+            s.invite_robot(&ch("ch_none"), &uid("A"), &robot, 1).await,
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(
-            s.quit_robot("ch_none", &uid("A"), 1).await,
+            s.quit_robot(&ch("ch_none"), &uid("A"), 1).await,
             Err(StoreError::NotFound(_))
         ));
     }
@@ -256,7 +260,8 @@ async fn concurrent_invites_leave_exactly_one_session() {
         for i in 0..20 {
             let (s, robot) = (s.clone(), robot.clone());
             tasks.push(tokio::spawn(async move {
-                s.invite_robot("ch_race", &uid("A"), &robot, 2000 + i).await
+                s.invite_robot(&ch("ch_race"), &uid("A"), &robot, 2000 + i)
+                    .await
             }));
         }
         let mut queued = 0;
@@ -315,7 +320,7 @@ async fn tasks_insert_update_list_delete() {
         let a2 = s.update_task(a.id, &f, 2).await.unwrap();
         assert_eq!((a2.id, a2.call_time, a2.taskid.as_str()), (a.id, 200, "t2"));
         assert!(matches!(
-            s.update_task(999_999, &f, 2).await,
+            s.update_task(TaskId::new(999_999), &f, 2).await,
             Err(StoreError::NotFound(_))
         ));
         let (rows, total) = s.list_tasks(&uid("1"), 1, 1).await.unwrap();
@@ -367,11 +372,11 @@ fn robot() -> NewRobotSession {
 }
 
 /// A call with a queued robot session; returns the session id.
-async fn queued_session(s: &Store, channel: &str, now: i64) -> i64 {
+async fn queued_session(s: &Store, channel: &str, now: i64) -> SessionId {
     let mut c = call(channel, "A", &[], now);
     c.robot = Some(robot());
     s.create_call(&c).await.unwrap();
-    let sessions = s.channel_sessions(channel).await.unwrap();
+    let sessions = s.channel_sessions(&ch(channel)).await.unwrap();
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].state, RobotState::Queued);
     sessions[0].id
@@ -406,10 +411,10 @@ async fn offer_accept_renew_play_leave() {
             (RobotState::Running, 1, Some(11_002))
         );
         assert_eq!(
-            s.renew_leases("ag1", &[id, 999], 5000, 15_000)
+            s.renew_leases("ag1", &[id, SessionId::new(999)], 5000, 15_000)
                 .await
                 .unwrap(),
-            vec![999]
+            vec![SessionId::new(999)]
         );
         assert_eq!(
             s.robot_session(id).await.unwrap().unwrap().lease_expires_at,
@@ -448,13 +453,13 @@ async fn offer_accept_renew_play_leave() {
             StatusOutcome::NotHeld
         );
         assert!(matches!(
-            s.invite_robot("ch_life", &uid("A"), &robot(), 9000)
+            s.invite_robot(&ch("ch_life"), &uid("A"), &robot(), 9000)
                 .await
                 .unwrap(),
             InviteOutcome::Queued(_)
         ));
         let kinds: Vec<String> = s
-            .timeline("ch_life")
+            .timeline(&ch("ch_life"))
             .await
             .unwrap()
             .into_iter()
@@ -534,7 +539,7 @@ async fn failures_retry_with_backoff_then_die_keeping_every_error() {
         assert_eq!(r.errors.len(), 3);
         assert!(r.errors[2].contains("asset missing #3"), "{:?}", r.errors);
         let kinds: Vec<String> = s
-            .timeline("ch_fail")
+            .timeline(&ch("ch_fail"))
             .await
             .unwrap()
             .into_iter()
@@ -603,7 +608,7 @@ async fn quit_while_running_asks_the_agent_and_lapse_then_cancels() {
             .unwrap()
             .unwrap();
         assert_eq!(
-            s.quit_robot("ch_quit", &uid("A"), 2000).await.unwrap(),
+            s.quit_robot(&ch("ch_quit"), &uid("A"), 2000).await.unwrap(),
             Some(id)
         );
         assert_eq!(s.pending_leaves("ag1").await.unwrap(), vec![id]);
@@ -625,7 +630,7 @@ async fn quit_while_running_asks_the_agent_and_lapse_then_cancels() {
             .unwrap();
         let t = s
             .apply_input(
-                "ch_end",
+                &ch("ch_end"),
                 &Input::Event {
                     uid: uid("A"),
                     code: EventCode::Ended,
@@ -641,7 +646,7 @@ async fn quit_while_running_asks_the_agent_and_lapse_then_cancels() {
 }
 
 /// Offer and accept `id` to `agent` at `now` (lease 10 s) and report it playing at `pos`.
-async fn running_on(s: &Store, id: i64, agent: &str, now: i64, pos: Option<u64>) {
+async fn running_on(s: &Store, id: SessionId, agent: &str, now: i64, pos: Option<u64>) {
     assert!(s.offer_session(id, agent, now).await.unwrap(), "offer {id}");
     s.accept_session(id, agent, now, now + 10_000)
         .await
@@ -717,7 +722,7 @@ async fn a_closed_link_offers_its_sessions_again_at_once_unless_a_newer_link_hol
             "{:?}",
             r.errors
         );
-        let due: Vec<i64> = s
+        let due: Vec<SessionId> = s
             .due_sessions(4000, 10)
             .await
             .unwrap()
@@ -729,7 +734,7 @@ async fn a_closed_link_offers_its_sessions_again_at_once_unless_a_newer_link_hol
         assert!(!s.close_link("ag1", "L2", 4100).await.unwrap().current);
         assert_eq!(
             s.rescue_lapsed(30_000, 0).await.unwrap().requeued,
-            Vec::<i64>::new()
+            Vec::<SessionId>::new()
         );
         // Another agent resumes it: the same attempt number, from the position.
         running_on(&s, id, "ag2", 4200, None).await;
@@ -739,7 +744,7 @@ async fn a_closed_link_offers_its_sessions_again_at_once_unless_a_newer_link_hol
             (RobotState::Running, Some("ag2"), 1, 6_400)
         );
         let kinds: Vec<String> = s
-            .timeline("ch_link")
+            .timeline(&ch("ch_link"))
             .await
             .unwrap()
             .into_iter()
@@ -795,7 +800,7 @@ async fn an_agent_reconnecting_gets_back_what_nobody_took_and_leaves_what_was_ta
                 .is_empty()
         );
         let kinds: Vec<String> = s
-            .timeline("ch_back")
+            .timeline(&ch("ch_back"))
             .await
             .unwrap()
             .into_iter()
@@ -865,7 +870,9 @@ async fn links_lost_while_playing_never_kill_a_session_but_before_playing_they_c
             .await
             .unwrap();
         running_on(&s, q, "ag9", now, Some(100)).await;
-        s.quit_robot("ch_quit_link", &uid("A"), now).await.unwrap();
+        s.quit_robot(&ch("ch_quit_link"), &uid("A"), now)
+            .await
+            .unwrap();
         let c = s.close_link("ag9", "L9", now + 10).await.unwrap();
         assert_eq!(c.ended, vec![q]);
         assert_eq!(

@@ -27,6 +27,7 @@ use sqlx::{
 };
 
 use super::{Store, StoreError, StoreResult};
+use crate::domain::ChannelName;
 
 /// One statement: the same text on both backends, or one text each.
 #[derive(Debug, Clone, Copy)]
@@ -110,8 +111,8 @@ impl<'a> From<&'a [u8]> for Value<'a> {
         Self::Bytes(v)
     }
 }
-impl<'a> From<&'a crate::domain::ChannelName> for Value<'a> {
-    fn from(v: &'a crate::domain::ChannelName) -> Self {
+impl<'a> From<&'a ChannelName> for Value<'a> {
+    fn from(v: &'a ChannelName) -> Self {
         v.as_str().into()
     }
 }
@@ -394,6 +395,12 @@ pub(crate) fn corrupt(
         column,
         value: value.to_string(),
     }
+}
+
+/// A `channel` column of `table`: the store writes only names that parse, so one that
+/// does not is [`StoreError::Corrupt`].
+pub(crate) fn channel(table: &'static str, name: String) -> StoreResult<ChannelName> {
+    ChannelName::parse(&name).map_err(|_| corrupt(table, "channel", name))
 }
 
 /// A JSON list of strings as the store writes them (`audio`, `errors`, `dst_uid`, ...).

@@ -11,6 +11,7 @@
 //!            |   ── push.rs        devices and the push outbox
 //!            |   ── recordings.rs  voicemail recordings, robot control relay
 //!            |   ── rtc_bus.rs     the /rtc bus between instances (PostgreSQL only)
+//!            |   ── ids.rs         the row ids it takes and returns (CallId, SessionId, ...)
 //!            |
 //!          db.rs: Stmt (one SQL text, or one per backend) · Query · Tx · Reader
 //!            ├─> SqliteStore (embedded default: WAL, synchronous=FULL, one writer)
@@ -21,13 +22,17 @@
 //! the Rust (load a call, run the sans-IO state machine, write the transition) is written
 //! once, and a statement is one SQL text for both backends unless they differ. Rows
 //! decode through `TryFrom` and a value the store never writes is
-//! [`StoreError::Corrupt`], never a default. Times are always bound as parameters (unix
-//! milliseconds), never `now()` in SQL. The store imports nothing above it: other API
-//! instances' wake-ups come out as a [`DispatchListener`] that the dispatcher drives.
+//! [`StoreError::Corrupt`], never a default. A channel is taken as a
+//! [`ChannelName`](crate::domain::ChannelName) and read back as one (a stored name that
+//! does not parse is `Corrupt` too), a row id as its own type ([`ids`]). Times are always
+//! bound as parameters (unix milliseconds), never `now()` in SQL. The store imports
+//! nothing above it: other API instances' wake-ups come out as a [`DispatchListener`] that
+//! the dispatcher drives.
 
 pub mod assets;
 pub mod calls;
 mod db;
+pub mod ids;
 mod postgres;
 pub mod push;
 pub mod recordings;
@@ -42,6 +47,7 @@ pub mod testdb;
 
 pub use assets::AssetRecord;
 pub use calls::{CallKind, CallRecord, InputMeta, MessageRow, NewCall, TimelineEntry};
+pub use ids::{CallId, PushJobId, RecordingId, SessionId, TaskId};
 pub use postgres::{DispatchListener, PgStore};
 pub use push::{DeviceRecord, NewDevice, PushJob, PushJobState, PushKind, PushResult};
 pub use robot::{

@@ -20,9 +20,9 @@
 use serde::Serialize;
 
 use super::db::{self, Stmt, Tx};
-use super::{Store, StoreError, StoreResult};
+use super::{CallId, PushJobId, Store, StoreError, StoreResult};
 use crate::device::{Platform, PushToken};
-use crate::domain::Uid;
+use crate::domain::{ChannelName, Uid};
 
 /// A device to register.
 #[derive(Debug, Clone)]
@@ -133,11 +133,11 @@ impl PushJobState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushJob {
     /// Id.
-    pub id: i64,
+    pub id: PushJobId,
     /// The call.
-    pub call_id: i64,
+    pub call_id: CallId,
     /// Its channel.
-    pub channel: String,
+    pub channel: ChannelName,
     /// Ring or cancel.
     pub kind: PushKind,
     /// The callee whose device this is.
@@ -190,9 +190,9 @@ impl TryFrom<PushJobRow> for PushJob {
     type Error = StoreError;
     fn try_from(r: PushJobRow) -> StoreResult<Self> {
         Ok(Self {
-            id: r.0,
-            call_id: r.1,
-            channel: r.2,
+            id: PushJobId::new(r.0),
+            call_id: CallId::new(r.1),
+            channel: db::channel("push_jobs", r.2)?,
             kind: PushKind::parse(&r.3).ok_or_else(|| db::corrupt("push_jobs", "kind", &r.3))?,
             uid: r.4,
             caller_uid: r.5,
@@ -453,7 +453,7 @@ impl Store {
     /// Queues a `call` push for every device of every callee of `call_id` inside `tx`.
     pub(crate) async fn enqueue_call_pushes(
         tx: &mut Tx,
-        call_id: i64,
+        call_id: CallId,
         now_ms: i64,
         expires_at: Option<i64>,
     ) -> StoreResult<()> {
@@ -470,7 +470,7 @@ impl Store {
     /// push was sent or is in flight; `call` pushes not sent yet are dropped.
     pub(crate) async fn enqueue_cancel_pushes(
         tx: &mut Tx,
-        call_id: i64,
+        call_id: CallId,
         uid: &Uid,
         now_ms: i64,
     ) -> StoreResult<()> {
@@ -520,7 +520,7 @@ impl Store {
     /// that claim (its lease lapsed and another worker took it, or the call ended).
     pub async fn finish_push_job(
         &self,
-        id: i64,
+        id: PushJobId,
         attempts: i64,
         result: &PushResult,
         now_ms: i64,
@@ -544,7 +544,7 @@ impl Store {
     }
 
     /// The push jobs of a channel's call, in order.
-    pub async fn push_jobs(&self, channel: &str) -> StoreResult<Vec<PushJob>> {
+    pub async fn push_jobs(&self, channel: &ChannelName) -> StoreResult<Vec<PushJob>> {
         let rows: Vec<PushJobRow> = sql::PUSH_JOBS_OF_CHANNEL
             .bind(channel)
             .fetch_all(self.reader())

@@ -13,6 +13,10 @@ fn uid(s: &str) -> Uid {
     Uid::parse(s).unwrap()
 }
 
+fn ch(s: &str) -> ChannelName {
+    ChannelName::parse(s).unwrap()
+}
+
 async fn stores() -> Vec<(Store, Option<TempDir>)> {
     let mut out = Vec::new();
     let dir = TempDir::new("dapi-push-store");
@@ -146,7 +150,7 @@ async fn a_call_enqueues_one_call_push_per_callee_device_in_its_transaction() {
         s.create_call(&call("ch_p1", "A", &["B", "C", "D"], 1000))
             .await
             .unwrap();
-        let jobs = s.push_jobs("ch_p1").await.unwrap();
+        let jobs = s.push_jobs(&ch("ch_p1")).await.unwrap();
         assert_eq!(
             summary(&jobs),
             vec![
@@ -174,10 +178,10 @@ async fn a_call_enqueues_one_call_push_per_callee_device_in_its_transaction() {
         s.create_call(&call("ch_p1", "X", &["B"], 2000))
             .await
             .unwrap_err();
-        assert_eq!(s.push_jobs("ch_p1").await.unwrap().len(), 3, "[{b}]");
+        assert_eq!(s.push_jobs(&ch("ch_p1")).await.unwrap().len(), 3, "[{b}]");
         // a call without callees pushes nothing
         s.create_call(&call("ch_p2", "A", &[], 1000)).await.unwrap();
-        assert!(s.push_jobs("ch_p2").await.unwrap().is_empty());
+        assert!(s.push_jobs(&ch("ch_p2")).await.unwrap().is_empty());
     }
 }
 
@@ -212,7 +216,7 @@ async fn claims_are_compare_and_set_retries_wait_and_lapsed_leases_are_due_again
             !s.finish_push_job(j.id, 1, &retry, 2000).await.unwrap(),
             "once"
         );
-        let q = &s.push_jobs("ch_c1").await.unwrap()[0];
+        let q = &s.push_jobs(&ch("ch_c1")).await.unwrap()[0];
         assert_eq!(
             (q.state, q.run_at, q.last_error.as_deref()),
             (PushJobState::Queued, 7000, Some("APNs answered 503"))
@@ -234,7 +238,7 @@ async fn claims_are_compare_and_set_retries_wait_and_lapsed_leases_are_due_again
                 .await
                 .unwrap()
         );
-        let done = &s.push_jobs("ch_c1").await.unwrap()[0];
+        let done = &s.push_jobs(&ch("ch_c1")).await.unwrap()[0];
         assert_eq!(
             (done.state, done.last_error.as_deref()),
             (PushJobState::Sent, Some("APNs answered 503")),
@@ -275,7 +279,7 @@ async fn dead_and_dropped_keep_their_reason_and_finished_jobs_are_pruned() {
                 .await
                 .unwrap()
         );
-        let got = s.push_jobs("ch_d1").await.unwrap();
+        let got = s.push_jobs(&ch("ch_d1")).await.unwrap();
         assert_eq!(
             got.iter()
                 .map(|j| (j.state, j.last_error.as_deref()))
@@ -288,7 +292,7 @@ async fn dead_and_dropped_keep_their_reason_and_finished_jobs_are_pruned() {
         );
         assert_eq!(s.prune_push_jobs(2500).await.unwrap(), 1, "[{b}]");
         assert_eq!(s.prune_push_jobs(3001).await.unwrap(), 1, "[{b}]");
-        assert!(s.push_jobs("ch_d1").await.unwrap().is_empty());
+        assert!(s.push_jobs(&ch("ch_d1")).await.unwrap().is_empty());
     }
 }
 
@@ -321,7 +325,7 @@ async fn an_invalid_or_unregistered_token_is_removed_with_its_queued_pushes() {
         assert!(s.unregister_device(&uid("B"), "b-fcm", 2000).await.unwrap());
         assert!(s.devices(&uid("B")).await.unwrap().is_empty());
         for ch in ["ch_r1", "ch_r2"] {
-            let jobs = s.push_jobs(ch).await.unwrap();
+            let jobs = s.push_jobs(&ChannelName::parse(ch).unwrap()).await.unwrap();
             assert_eq!(
                 jobs.iter()
                     .map(|j| (j.state, j.last_error.as_deref()))
@@ -354,7 +358,7 @@ async fn a_token_that_moves_to_another_uid_no_longer_rings_for_the_old_one() {
         s.register_device(&device("E", Platform::Ios, "b0", true), 10, 1500)
             .await
             .unwrap();
-        let j = &s.push_jobs("ch_m1").await.unwrap()[0];
+        let j = &s.push_jobs(&ch("ch_m1")).await.unwrap()[0];
         assert_eq!(
             (j.state, j.last_error.as_deref()),
             (PushJobState::Dropped, Some("device moved to another uid")),
@@ -391,7 +395,7 @@ async fn ending_a_ringing_call_cancels_sent_pushes_and_drops_unsent_ones() {
         // the caller cancels while ringing
         let t = s
             .apply_input(
-                "ch_x1",
+                &ch("ch_x1"),
                 &event("A", EventCode::CallerCancelled),
                 &meta(2000),
             )
@@ -400,7 +404,7 @@ async fn ending_a_ringing_call_cancels_sent_pushes_and_drops_unsent_ones() {
         let mut cancelled = t.cancel_push.clone();
         cancelled.sort();
         assert_eq!(cancelled, vec![uid("B"), uid("C")], "[{b}]");
-        let jobs = s.push_jobs("ch_x1").await.unwrap();
+        let jobs = s.push_jobs(&ch("ch_x1")).await.unwrap();
         assert_eq!(
             summary(&jobs),
             vec![
@@ -429,13 +433,13 @@ async fn ending_a_ringing_call_cancels_sent_pushes_and_drops_unsent_ones() {
         );
         // a duplicate event changes nothing, so no second cancel
         s.apply_input(
-            "ch_x1",
+            &ch("ch_x1"),
             &event("A", EventCode::CallerCancelled),
             &meta(3000),
         )
         .await
         .unwrap();
-        assert_eq!(s.push_jobs("ch_x1").await.unwrap().len(), 5, "[{b}]");
+        assert_eq!(s.push_jobs(&ch("ch_x1")).await.unwrap().len(), 5, "[{b}]");
         // ring timeout goes the same way
         s.create_call(&call("ch_x2", "A", &["C"], 4000))
             .await
@@ -451,11 +455,11 @@ async fn ending_a_ringing_call_cancels_sent_pushes_and_drops_unsent_ones() {
             source: "server",
             ..meta(64_000)
         };
-        s.apply_input("ch_x2", &Input::RingTimeout, &meta_rt)
+        s.apply_input(&ch("ch_x2"), &Input::RingTimeout, &meta_rt)
             .await
             .unwrap();
         assert_eq!(
-            summary(&s.push_jobs("ch_x2").await.unwrap()),
+            summary(&s.push_jobs(&ch("ch_x2")).await.unwrap()),
             vec![
                 ("call", "C", "c0", PushJobState::Sent),
                 ("cancel", "C", "c0", PushJobState::Queued),
@@ -472,16 +476,16 @@ async fn ending_a_ringing_call_cancels_sent_pushes_and_drops_unsent_ones() {
                 .await
                 .unwrap();
         }
-        s.apply_input("ch_x3", &event("C", EventCode::Connected), &meta(6000))
+        s.apply_input(&ch("ch_x3"), &event("C", EventCode::Connected), &meta(6000))
             .await
             .unwrap();
-        s.apply_input("ch_x3", &event("A", EventCode::Ended), &meta(7000))
+        s.apply_input(&ch("ch_x3"), &event("A", EventCode::Ended), &meta(7000))
             .await
             .unwrap();
-        s.apply_input("ch_x3", &event("C", EventCode::Ended), &meta(7000))
+        s.apply_input(&ch("ch_x3"), &event("C", EventCode::Ended), &meta(7000))
             .await
             .unwrap();
-        assert_eq!(s.push_jobs("ch_x3").await.unwrap().len(), 1, "[{b}]");
+        assert_eq!(s.push_jobs(&ch("ch_x3")).await.unwrap().len(), 1, "[{b}]");
     }
 }
 
@@ -516,7 +520,7 @@ async fn concurrent_claims_never_hand_out_a_job_twice() {
         for t in tasks {
             all.extend(t.await.unwrap());
         }
-        let unique: HashSet<i64> = all.iter().copied().collect();
+        let unique: HashSet<PushJobId> = all.iter().copied().collect();
         assert_eq!(
             (all.len(), unique.len()),
             (100, 100),

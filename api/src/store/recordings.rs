@@ -14,20 +14,21 @@
 use serde::Serialize;
 
 use super::calls::Line;
-use super::db::Stmt;
-use super::{PgStore, Store, StoreError, StoreResult};
+use super::db::{self, Stmt};
+use super::{CallId, PgStore, RecordingId, SessionId, Store, StoreError, StoreResult};
+use crate::domain::ChannelName;
 
 /// A stored recording (without its content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordingRecord {
     /// Id.
-    pub id: i64,
+    pub id: RecordingId,
     /// The call.
-    pub call_id: i64,
+    pub call_id: CallId,
     /// Its channel.
-    pub channel: String,
+    pub channel: ChannelName,
     /// The robot session that recorded it.
-    pub session_id: i64,
+    pub session_id: SessionId,
     /// Whose voice.
     pub uid: String,
     /// Part number (a re-dispatched session records into a new part).
@@ -65,13 +66,14 @@ type RecordingRow = (
     i64,
 );
 
-impl From<RecordingRow> for RecordingRecord {
-    fn from(r: RecordingRow) -> Self {
-        Self {
-            id: r.0,
-            call_id: r.1,
-            channel: r.2,
-            session_id: r.3,
+impl TryFrom<RecordingRow> for RecordingRecord {
+    type Error = StoreError;
+    fn try_from(r: RecordingRow) -> StoreResult<Self> {
+        Ok(Self {
+            id: RecordingId::new(r.0),
+            call_id: CallId::new(r.1),
+            channel: db::channel("recordings", r.2)?,
+            session_id: SessionId::new(r.3),
             uid: r.4,
             part: r.5,
             sha256: r.6,
@@ -81,7 +83,7 @@ impl From<RecordingRow> for RecordingRecord {
             started_at_ms: r.10,
             created_at_ms: r.11,
             updated_at_ms: r.12,
-        }
+        })
     }
 }
 
@@ -89,11 +91,11 @@ impl From<RecordingRow> for RecordingRecord {
 #[derive(Debug, Clone)]
 pub struct NewRecording {
     /// The call of the session.
-    pub call_id: i64,
+    pub call_id: CallId,
     /// Its channel.
-    pub channel: String,
+    pub channel: ChannelName,
     /// The robot session.
-    pub session_id: i64,
+    pub session_id: SessionId,
     /// Whose voice.
     pub uid: String,
     /// Part number.
@@ -181,7 +183,7 @@ impl Store {
                 .fetch_optional(&mut tx)
                 .await?;
             let bytes = i64::try_from(r.content.len()).unwrap_or(i64::MAX);
-            let existing = existing.map(RecordingRecord::from);
+            let existing = existing.map(RecordingRecord::try_from).transpose()?;
             let (row, stored, ready): (RecordingRow, bool, bool) = match existing {
                 None => {
                     let inserted = sql::INSERT_RECORDING
@@ -248,7 +250,7 @@ impl Store {
                     (row, true, r.complete)
                 }
             };
-            let record = RecordingRecord::from(row);
+            let record = RecordingRecord::try_from(row)?;
             if ready {
                 let detail = format!(
                     "recording {}: {} ms, {} bytes, part {}",
@@ -282,18 +284,21 @@ impl Store {
     }
 
     /// Recordings of a channel's call, oldest first.
-    pub async fn list_recordings(&self, channel: &str) -> StoreResult<Vec<RecordingRecord>> {
+    pub async fn list_recordings(
+        &self,
+        channel: &ChannelName,
+    ) -> StoreResult<Vec<RecordingRecord>> {
         let rows: Vec<RecordingRow> = sql::LIST_RECORDINGS
             .bind(channel)
             .fetch_all(self.reader())
             .await?;
-        Ok(rows.into_iter().map(RecordingRecord::from).collect())
+        rows.into_iter().map(RecordingRecord::try_from).collect()
     }
 
     /// One recording, with its content when `with_content`.
     pub async fn recording(
         &self,
-        id: i64,
+        id: RecordingId,
         with_content: bool,
     ) -> StoreResult<Option<(RecordingRecord, Vec<u8>)>> {
         let row: Option<RecordingRow> = sql::GET_RECORDING
@@ -310,7 +315,7 @@ impl Store {
         } else {
             Vec::new()
         };
-        Ok(Some((RecordingRecord::from(row), content)))
+        Ok(Some((RecordingRecord::try_from(row)?, content)))
     }
 
     /// Deletes recordings last changed before `before_ms` (retention).
@@ -332,7 +337,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub async fn robot_event(
         &self,
-        call_id: i64,
+        call_id: CallId,
         uid: Option<&str>,
         kind: &str,
         detail: Option<&str>,

@@ -17,9 +17,9 @@ use serde::Serialize;
 
 use super::calls::Line;
 use super::db::{self, Stmt, Tx};
-use super::{Store, StoreError, StoreResult};
+use super::{CallId, SessionId, Store, StoreError, StoreResult};
 use crate::call_state::Role;
-use crate::domain::Uid;
+use crate::domain::{ChannelName, Uid};
 
 /// A robot session's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -70,11 +70,14 @@ impl RobotState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RobotSession {
     /// Id.
-    pub id: i64,
+    #[schema(value_type = i64)]
+    pub id: SessionId,
     /// The call it belongs to.
-    pub call_id: i64,
+    #[schema(value_type = i64)]
+    pub call_id: CallId,
     /// Channel.
-    pub channel: String,
+    #[schema(value_type = String)]
+    pub channel: ChannelName,
     /// The robot's uid.
     pub uid: String,
     /// Assets to play, in order.
@@ -127,9 +130,9 @@ impl TryFrom<SessionRow> for RobotSession {
     type Error = StoreError;
     fn try_from(r: SessionRow) -> StoreResult<Self> {
         Ok(Self {
-            id: r.0,
-            call_id: r.1,
-            channel: r.2,
+            id: SessionId::new(r.0),
+            call_id: CallId::new(r.1),
+            channel: db::channel("robot_sessions", r.2)?,
             uid: r.3,
             audio: db::json_list("robot_sessions", "audio", &r.4)?,
             loop_audio: r.5 != 0,
@@ -233,9 +236,9 @@ pub struct LinkClosed {
     /// registered again over a newer link, which holds its sessions.
     pub current: bool,
     /// Running sessions queued again.
-    pub requeued: Vec<i64>,
+    pub requeued: Vec<SessionId>,
     /// Running sessions ended instead (`cancelled`, or `dead` with no attempt left).
-    pub ended: Vec<i64>,
+    pub ended: Vec<SessionId>,
     /// Offers the agent had not answered, back in the queue.
     pub offers_returned: u64,
 }
@@ -244,9 +247,9 @@ pub struct LinkClosed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RescueOutcome {
     /// Sessions whose lease lapsed and that were queued again.
-    pub requeued: Vec<i64>,
+    pub requeued: Vec<SessionId>,
     /// Sessions whose lease lapsed with no attempts left.
-    pub dead: Vec<i64>,
+    pub dead: Vec<SessionId>,
     /// Offers that were never answered and went back to the queue.
     pub offers_expired: u64,
 }
@@ -314,7 +317,7 @@ pub struct NewRobotSession {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InviteOutcome {
     /// A new robot session was queued.
-    Queued(i64),
+    Queued(SessionId),
     /// A robot is already queued or present; nothing changed.
     AlreadyPresent,
 }
@@ -451,11 +454,11 @@ impl Store {
     /// has an active one. [`StoreError::LimitReached`] when its requester has too many.
     pub(crate) async fn insert_robot(
         tx: &mut Tx,
-        call_id: i64,
-        channel: &str,
+        call_id: CallId,
+        channel: &ChannelName,
         r: &NewRobotSession,
         now_ms: i64,
-    ) -> StoreResult<Option<i64>> {
+    ) -> StoreResult<Option<SessionId>> {
         if r.max_per_requester > 0 {
             sql::LOCK_REQUESTER
                 .bind(&r.requested_by)
@@ -474,6 +477,7 @@ impl Store {
             .bind(r.options.as_deref())
             .scalar_optional(&mut *tx)
             .await?;
+        let id = id.map(SessionId::new);
         if id.is_some() && r.max_per_requester > 0 {
             // Counted after the insert (under the requester's lock), so an invite
             // into a channel that already has its robot is never refused.
@@ -496,9 +500,9 @@ impl Store {
     /// leave. Returns (sessions cancelled, the running session told to leave).
     pub(crate) async fn robots_leave(
         tx: &mut Tx,
-        call_id: i64,
+        call_id: CallId,
         now_ms: i64,
-    ) -> StoreResult<(u64, Option<i64>)> {
+    ) -> StoreResult<(u64, Option<SessionId>)> {
         let cancelled = sql::CANCEL_QUEUED_ROBOT
             .bind(call_id)
             .bind(now_ms)
@@ -509,13 +513,13 @@ impl Store {
             .bind(now_ms)
             .scalar_optional(&mut *tx)
             .await?;
-        Ok((cancelled, running))
+        Ok((cancelled, running.map(SessionId::new)))
     }
 
     /// Queues a robot for an existing channel unless one is already queued or present.
     pub async fn invite_robot(
         &self,
-        channel: &str,
+        channel: &ChannelName,
         requester: &Uid,
         robot: &NewRobotSession,
         now_ms: i64,
@@ -562,17 +566,21 @@ impl Store {
     /// is marked to leave. Returns the id of a session that an agent must be told about.
     pub async fn quit_robot(
         &self,
-        channel: &str,
+        channel: &ChannelName,
         uid: &Uid,
         now_ms: i64,
-    ) -> StoreResult<Option<i64>> {
+    ) -> StoreResult<Option<SessionId>> {
         self.robot_quit(channel, Some(uid.as_str()), "app", None, now_ms)
             .await
     }
 
     /// As [`Store::quit_robot`], by the server: the channel's robot reached its maximum
     /// duration (recorded on the timeline as `robot_quit`, source `server`).
-    pub async fn robot_overtime(&self, channel: &str, now_ms: i64) -> StoreResult<Option<i64>> {
+    pub async fn robot_overtime(
+        &self,
+        channel: &ChannelName,
+        now_ms: i64,
+    ) -> StoreResult<Option<SessionId>> {
         self.robot_quit(
             channel,
             None,
@@ -587,12 +595,12 @@ impl Store {
     /// who did (`robot_quit` on the timeline).
     async fn robot_quit(
         &self,
-        channel: &str,
+        channel: &ChannelName,
         uid: Option<&str>,
         source: &str,
         detail: Option<&str>,
         now_ms: i64,
-    ) -> StoreResult<Option<i64>> {
+    ) -> StoreResult<Option<SessionId>> {
         self.retrying("robot_quit", move || async move {
             let mut tx = self.begin_write().await?;
             let (call_id, _) = Self::lock_call(&mut tx, channel).await?;
@@ -627,12 +635,15 @@ impl Store {
         &self,
         created_before_ms: i64,
         limit: i64,
-    ) -> StoreResult<Vec<String>> {
-        Ok(sql::OVERTIME_ROBOTS
+    ) -> StoreResult<Vec<ChannelName>> {
+        let rows: Vec<String> = sql::OVERTIME_ROBOTS
             .bind(created_before_ms)
             .bind(limit)
             .scalars(self.reader())
-            .await?)
+            .await?;
+        rows.into_iter()
+            .map(|c| db::channel("robot_sessions", c))
+            .collect()
     }
 
     /// Queued sessions due at `now`, oldest first.
@@ -646,7 +657,12 @@ impl Store {
     }
 
     /// queued -> offered to `agent` (compare-and-set: false if someone else won).
-    pub async fn offer_session(&self, id: i64, agent: &str, now_ms: i64) -> StoreResult<bool> {
+    pub async fn offer_session(
+        &self,
+        id: SessionId,
+        agent: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
         let q = sql::OFFER_SESSION.bind(id).bind(agent).bind(now_ms);
         Ok(self.write_one("offer_session", q).await? == 1)
     }
@@ -654,7 +670,7 @@ impl Store {
     /// offered -> running under a lease until `lease_until_ms`; counts an attempt.
     pub async fn accept_session(
         &self,
-        id: i64,
+        id: SessionId,
         agent: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -690,7 +706,7 @@ impl Store {
     /// offered -> queued again (the agent declined); retried after a second.
     pub async fn reject_session(
         &self,
-        id: i64,
+        id: SessionId,
         agent: &str,
         reason: &str,
         now_ms: i64,
@@ -706,7 +722,7 @@ impl Store {
                 .await?;
             if n == 1 {
                 tracing::info!(
-                    session = id,
+                    session = id.get(),
                     agent,
                     reason,
                     "robot session rejected by agent"
@@ -722,10 +738,10 @@ impl Store {
     pub async fn renew_leases(
         &self,
         agent: &str,
-        ids: &[i64],
+        ids: &[SessionId],
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> StoreResult<Vec<i64>> {
+    ) -> StoreResult<Vec<SessionId>> {
         self.retrying("renew_leases", move || async move {
             let mut lost = Vec::new();
             let mut tx = self.begin_write().await?;
@@ -743,7 +759,7 @@ impl Store {
     /// Extends the lease of session `id` if `agent` holds it; false when it does not.
     async fn renew_lease(
         tx: &mut Tx,
-        id: i64,
+        id: SessionId,
         agent: &str,
         now_ms: i64,
         lease_until_ms: i64,
@@ -758,7 +774,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    async fn lock_session(tx: &mut Tx, id: i64) -> StoreResult<Option<RobotSession>> {
+    async fn lock_session(tx: &mut Tx, id: SessionId) -> StoreResult<Option<RobotSession>> {
         let row: Option<SessionRow> = sql::LOCK_SESSION.bind(id).fetch_optional(tx).await?;
         row.map(RobotSession::try_from).transpose()
     }
@@ -767,7 +783,7 @@ impl Store {
     /// failed retries with backoff or marks the session dead ([`after_failure`]).
     pub async fn report_status(
         &self,
-        id: i64,
+        id: SessionId,
         agent: &str,
         state: protocol::agent::SessionState,
         detail: &str,
@@ -951,10 +967,10 @@ impl Store {
         &self,
         agent: &str,
         link: &str,
-        held: &[i64],
+        held: &[SessionId],
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> StoreResult<Vec<i64>> {
+    ) -> StoreResult<Vec<SessionId>> {
         self.retrying("open_link", move || async move {
             let mut lost = Vec::new();
             let mut tx = self.begin_write().await?;
@@ -981,7 +997,7 @@ impl Store {
                     Some((call_id, uid)) => {
                         let detail = format!("agent {agent} reconnected before another took it");
                         let line = Line::server(
-                            call_id,
+                            CallId::new(call_id),
                             &uid,
                             "robot_reclaimed",
                             Some(&detail),
@@ -1030,6 +1046,7 @@ impl Store {
                 .await?;
             let held: Vec<(i64, i64)> = sql::LINK_SESSIONS.bind(agent).fetch_all(&mut tx).await?;
             for (id, played) in held {
+                let id = SessionId::new(id);
                 let Some(s) = Self::lock_session(&mut tx, id).await? else {
                     continue;
                 };
@@ -1087,15 +1104,16 @@ impl Store {
     }
 
     /// Sessions held by `agent` that were asked to leave.
-    pub async fn pending_leaves(&self, agent: &str) -> StoreResult<Vec<i64>> {
-        Ok(sql::PENDING_LEAVES
+    pub async fn pending_leaves(&self, agent: &str) -> StoreResult<Vec<SessionId>> {
+        let ids: Vec<i64> = sql::PENDING_LEAVES
             .bind(agent)
             .scalars(self.reader())
-            .await?)
+            .await?;
+        Ok(ids.into_iter().map(SessionId::new).collect())
     }
 
     /// One robot session.
-    pub async fn robot_session(&self, id: i64) -> StoreResult<Option<RobotSession>> {
+    pub async fn robot_session(&self, id: SessionId) -> StoreResult<Option<RobotSession>> {
         let row: Option<SessionRow> = sql::GET_SESSION
             .bind(id)
             .fetch_optional(self.reader())
@@ -1104,7 +1122,7 @@ impl Store {
     }
 
     /// Robot sessions of a channel, oldest first.
-    pub async fn channel_sessions(&self, channel: &str) -> StoreResult<Vec<RobotSession>> {
+    pub async fn channel_sessions(&self, channel: &ChannelName) -> StoreResult<Vec<RobotSession>> {
         let rows = sql::CHANNEL_SESSIONS
             .bind(channel)
             .fetch_all(self.reader())
@@ -1113,7 +1131,7 @@ impl Store {
     }
 
     /// The stored options of a robot session (JSON), if it has any.
-    pub async fn robot_options(&self, session_id: i64) -> StoreResult<Option<String>> {
+    pub async fn robot_options(&self, session_id: SessionId) -> StoreResult<Option<String>> {
         let v: Option<Option<String>> = sql::ROBOT_OPTIONS
             .bind(session_id)
             .scalar_optional(self.reader())
@@ -1145,9 +1163,9 @@ mod tests {
 
     fn session(attempts: i64, leave_requested: bool) -> RobotSession {
         RobotSession {
-            id: 1,
-            call_id: 1,
-            channel: "ch".into(),
+            id: SessionId::new(1),
+            call_id: CallId::new(1),
+            channel: ChannelName::parse("ch").unwrap(),
             uid: "robot".into(),
             audio: vec!["default".into()],
             loop_audio: true,
@@ -1289,6 +1307,21 @@ mod tests {
                 }) => assert_eq!(c, column),
                 other => panic!("{other:?}"),
             }
+        }
+        // A channel the store would never have written (not Agora's alphabet) is corrupt
+        // too: it is not handed on as a `ChannelName`.
+        let mut bad_channel = row("queued", "[]");
+        bad_channel.2 = "a/b".into();
+        match RobotSession::try_from(bad_channel) {
+            Err(StoreError::Corrupt {
+                table,
+                column,
+                value,
+            }) => assert_eq!(
+                (table, column, value.as_str()),
+                ("robot_sessions", "channel", "a/b")
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

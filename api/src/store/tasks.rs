@@ -10,8 +10,8 @@
 
 use super::calls::NewCall;
 use super::db::{self, Stmt, Tx};
-use super::{Store, StoreError, StoreResult};
-use crate::domain::Uid;
+use super::{Store, StoreError, StoreResult, TaskId};
+use crate::domain::{ChannelName, Uid};
 
 /// A scheduled call's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub fn next_state(call_time_secs: i64, now_secs: i64, grace_secs: i64) -> TaskSt
 }
 
 /// Whether a task in `state` may still be changed: only a pending one is.
-fn changeable(id: i64, state: TaskState) -> StoreResult<()> {
+fn changeable(id: TaskId, state: TaskState) -> StoreResult<()> {
     match state {
         TaskState::Pending => Ok(()),
         other => Err(StoreError::Conflict(format!(
@@ -70,7 +70,7 @@ fn changeable(id: i64, state: TaskState) -> StoreResult<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRecord {
     /// Row id.
-    pub id: i64,
+    pub id: TaskId,
     /// Caller.
     pub src_uid: String,
     /// Callees.
@@ -84,7 +84,7 @@ pub struct TaskRecord {
     /// Pending, fired or missed.
     pub state: TaskState,
     /// The channel, once fired.
-    pub channel: Option<String>,
+    pub channel: Option<ChannelName>,
 }
 
 /// Fields of a task to insert or update.
@@ -106,7 +106,7 @@ pub struct TaskFields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FireOutcome {
     /// The call was placed in this channel.
-    Fired(String),
+    Fired(ChannelName),
     /// Too late (beyond the grace period): marked missed.
     Missed,
     /// Another instance (or an earlier sweep) already handled it.
@@ -131,7 +131,7 @@ impl TryFrom<TaskRow> for TaskRecord {
         (id, src_uid, dst_uid, call_time, taskid, tone_list, state, channel): TaskRow,
     ) -> StoreResult<Self> {
         Ok(Self {
-            id,
+            id: TaskId::new(id),
             src_uid,
             dst_uid: db::json_list("calltasks", "dst_uid", &dst_uid)?,
             call_time,
@@ -139,7 +139,7 @@ impl TryFrom<TaskRow> for TaskRecord {
             tone_list: db::json_list("calltasks", "tone_list", &tone_list)?,
             state: TaskState::parse(&state)
                 .ok_or_else(|| db::corrupt("calltasks", "state", state))?,
-            channel,
+            channel: channel.map(|c| db::channel("calltasks", c)).transpose()?,
         })
     }
 }
@@ -242,7 +242,7 @@ impl Store {
     /// Updates a pending scheduled call (404 unknown, 409 already fired or missed).
     pub async fn update_task(
         &self,
-        id: i64,
+        id: TaskId,
         f: &TaskFields,
         now_ms: i64,
     ) -> StoreResult<TaskRecord> {
@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// Deletes a scheduled call (404 unknown).
-    pub async fn delete_task(&self, id: i64, uid: &Uid) -> StoreResult<()> {
+    pub async fn delete_task(&self, id: TaskId, uid: &Uid) -> StoreResult<()> {
         let n = self
             .write_one("delete_task", sql::DELETE_TASK.bind(id).bind(uid))
             .await?;
@@ -332,7 +332,7 @@ impl Store {
     /// pending -> missed. Compare-and-set: a task fires once.
     pub async fn fire_task(
         &self,
-        id: i64,
+        id: TaskId,
         call: Option<&NewCall>,
         now_ms: i64,
     ) -> StoreResult<FireOutcome> {
@@ -355,7 +355,7 @@ impl Store {
             let out = match call {
                 Some(c) => {
                     Store::insert_call(&mut tx, c).await?;
-                    FireOutcome::Fired(c.channel.as_str().to_owned())
+                    FireOutcome::Fired(c.channel.clone())
                 }
                 None => FireOutcome::Missed,
             };
@@ -380,9 +380,9 @@ mod tests {
 
     #[test]
     fn only_a_pending_task_changes() {
-        assert!(changeable(1, TaskState::Pending).is_ok());
+        assert!(changeable(TaskId::new(1), TaskState::Pending).is_ok());
         for s in [TaskState::Fired, TaskState::Missed] {
-            let e = changeable(7, s).unwrap_err();
+            let e = changeable(TaskId::new(7), s).unwrap_err();
             assert!(matches!(e, StoreError::Conflict(_)));
             assert_eq!(
                 e.to_string(),

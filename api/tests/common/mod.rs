@@ -28,6 +28,11 @@ pub struct TestApp {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A channel name the test knows is valid (one the API handed out), as the store takes it.
+pub fn channel(name: &str) -> api::domain::ChannelName {
+    api::domain::ChannelName::parse(name).unwrap()
+}
+
 /// The backends to run against: SQLite always, PostgreSQL when TEST_DATABASE_URL is set.
 pub fn backends() -> Vec<&'static str> {
     let mut v = vec!["sqlite"];

@@ -38,7 +38,13 @@ pub async fn take_offer(ws: &mut Ws) -> Value {
 pub async fn wait_running(app: &TestApp, id: i64) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let s = app.state.store().robot_session(id).await.unwrap().unwrap();
+        let s = app
+            .state
+            .store()
+            .robot_session(api::store::SessionId::new(id))
+            .await
+            .unwrap()
+            .unwrap();
         if s.state == api::store::RobotState::Running {
             return;
         }
@@ -129,7 +135,7 @@ pub async fn timeline_of(
 ) -> Vec<api::store::TimelineEntry> {
     app.state
         .store()
-        .timeline(channel)
+        .timeline(&super::channel(channel))
         .await
         .unwrap()
         .into_iter()
