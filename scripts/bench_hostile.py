@@ -154,7 +154,7 @@ async def attack(base, seconds):
                     else:
                         stats["joins_refused"] += 1
             except InvalidStatus as e:
-                # DAPI_RTC_UPGRADES_PER_IP_PER_MIN: refused before the handshake
+                # DAPI_RTC_UPGRADES_PER_IP_PER_SEC: refused before the handshake
                 key = f"join_upgrades_refused_{e.response.status_code}"
                 stats[key] = stats.get(key, 0) + 1
                 await asyncio.sleep(0.05)
@@ -259,11 +259,13 @@ async def legit(base, n, label):
         t0, w0 = time.perf_counter(), time.time()
         # Legitimate users are many hosts: behind the API's trusted proxy (127.0.0.1), each
         # caller's request carries its own address, so the per-address limits stay on.
-        ch, tok = await new_call(http, caller, f"friend-{i}", f"10.1.{i // 250}.{i % 250 + 1}")
+        addr = f"10.1.{i // 250}.{i % 250 + 1}"
+        ch, tok = await new_call(http, caller, f"friend-{i}", addr)
         call_ms.append((time.perf_counter() - t0) * 1000)
         slow.append((call_ms[-1], "call_user", w0))
         t0, w0 = time.perf_counter(), time.time()
-        ws = await connect(url, open_timeout=10)
+        # the socket too comes through the proxy with the caller's address
+        ws = await connect(url, open_timeout=10, additional_headers={"X-Forwarded-For": addr})
         await ws.send(join_msg(ch, caller, tok))
         m = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
         join_ms.append((time.perf_counter() - t0) * 1000)

@@ -519,16 +519,16 @@ pub struct RtcConfig {
     )]
     pub sockets_per_ip: usize,
 
-    /// New `/rtc` sockets one client address may open per minute (a token bucket of this
-    /// many, refilled continuously); the next upgrade is refused with 429 before the
-    /// WebSocket handshake. Robot agents presenting their key are exempt. 0: no limit.
+    /// New `/rtc` sockets one client address may open per second (bursts of 2x are
+    /// allowed); the next upgrade is refused with 429 before the WebSocket handshake.
+    /// Robot agents presenting their key are exempt. 0: no limit.
     #[arg(
-        id = "rtc_upgrades_per_ip_per_min",
-        long = "rtc-upgrades-per-ip-per-min",
-        env = "DAPI_RTC_UPGRADES_PER_IP_PER_MIN",
-        default_value_t = 600
+        id = "rtc_upgrades_per_ip_per_sec",
+        long = "rtc-upgrades-per-ip-per-sec",
+        env = "DAPI_RTC_UPGRADES_PER_IP_PER_SEC",
+        default_value_t = 10
     )]
-    pub upgrades_per_ip_per_min: u32,
+    pub upgrades_per_ip_per_sec: u32,
 
     /// Open `/rtc` sockets allowed on this instance; the next upgrade is refused with 503.
     #[arg(
@@ -793,7 +793,9 @@ impl Config {
                 bus_heartbeat: Duration::from_millis(5000),
                 join_timeout: Duration::from_secs(10),
                 sockets_per_ip: 100,
-                upgrades_per_ip_per_min: 600,
+                // off, as the HTTP rate limits are (`LimitsConfig::none`): tests open many
+                // sockets from 127.0.0.1; the tests of the budget set it
+                upgrades_per_ip_per_sec: 0,
                 sockets_total: 10_000,
                 joins_per_uid_per_min: 30,
                 joins_per_token_per_min: 10,
@@ -955,9 +957,9 @@ mod tests {
         ("rtc-sockets-per-ip", "DAPI_RTC_SOCKETS_PER_IP", Some("100")),
         ("rtc-sockets-total", "DAPI_RTC_SOCKETS_TOTAL", Some("10000")),
         (
-            "rtc-upgrades-per-ip-per-min",
-            "DAPI_RTC_UPGRADES_PER_IP_PER_MIN",
-            Some("600"),
+            "rtc-upgrades-per-ip-per-sec",
+            "DAPI_RTC_UPGRADES_PER_IP_PER_SEC",
+            Some("10"),
         ),
         (
             "rtc-joins-per-uid-per-min",

@@ -28,6 +28,8 @@ struct Bucket {
 #[derive(Debug)]
 pub struct Limiter {
     per_minute: u32,
+    /// Requests a full bucket holds (`per_minute` unless built [`with_burst`](Self::with_burst)).
+    capacity: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -36,8 +38,15 @@ const MAX_KEYS: usize = 100_000;
 impl Limiter {
     /// A limiter allowing `per_minute` requests per key (0: unlimited).
     pub fn new(per_minute: u32) -> Self {
+        Self::with_burst(per_minute, per_minute)
+    }
+
+    /// A limiter refilled at `per_minute` requests per key whose full bucket holds only
+    /// `capacity` (at least 1): a sustained rate with a short burst.
+    pub fn with_burst(per_minute: u32, capacity: u32) -> Self {
         Self {
             per_minute,
+            capacity: capacity.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -47,8 +56,8 @@ impl Limiter {
         if self.per_minute == 0 {
             return Ok(());
         }
-        let cap = f64::from(self.per_minute);
-        let rate_per_ms = cap / 60_000.0;
+        let cap = f64::from(self.capacity);
+        let rate_per_ms = f64::from(self.per_minute) / 60_000.0;
         let mut map = self
             .buckets
             .lock()
@@ -80,7 +89,7 @@ impl Limiter {
         if self.per_minute == 0 {
             return;
         }
-        let cap = f64::from(self.per_minute);
+        let cap = f64::from(self.capacity);
         let mut map = self
             .buckets
             .lock()
@@ -175,6 +184,22 @@ mod tests {
         assert!(l.take("u", 1000).is_ok(), "one more after a second");
         assert!(l.take("u", 1000).is_err());
         assert!(l.take("u", 61_000).is_ok());
+    }
+
+    #[test]
+    fn a_short_burst_then_the_rate() {
+        let l = Limiter::with_burst(600, 20); // ten a second, at most 20 at once
+        for i in 0..20 {
+            assert!(l.take("ip", 0).is_ok(), "{i}");
+        }
+        assert_eq!(l.take("ip", 0), Err(1));
+        assert!(l.take("ip", 100).is_ok(), "one more after 100 ms");
+        assert!(l.take("ip", 100).is_err());
+        // an hour idle refills to the burst, not beyond
+        for i in 0..20 {
+            assert!(l.take("ip", 3_600_000).is_ok(), "{i}");
+        }
+        assert!(l.take("ip", 3_600_000).is_err());
     }
 
     #[test]

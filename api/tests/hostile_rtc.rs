@@ -283,10 +283,10 @@ async fn a_robot_agent_holds_more_sessions_than_the_per_address_cap_and_others_d
 async fn new_sockets_are_budgeted_per_address_and_agents_and_others_are_not_held_back() {
     // A connect-close flood: each upgrade is a WebSocket handshake (and, with a join, a
     // hub round) even though no socket stays open. The address's budget refuses the
-    // upgrade itself with 429, before the handshake; it refills over the minute.
+    // upgrade itself with 429, before the handshake; it refills at its rate.
     let clock = Clock::manual(T0);
     let app = spawn_app_with("sqlite", clock.clone(), |c| {
-        c.rtc.upgrades_per_ip_per_min = 6;
+        c.rtc.upgrades_per_ip_per_sec = 3; // bursts of 6
         c.rtc.idle_timeout = Duration::from_secs(3600);
     })
     .await;
@@ -298,7 +298,7 @@ async fn new_sockets_are_budgeted_per_address_and_agents_and_others_are_not_held
         let ws = connect_from(&app, attacker).await.unwrap();
         drop(ws);
     }
-    // Nothing of the attacker's is open, yet the seventh new socket in the minute is refused.
+    // Nothing of the attacker's is open, yet the seventh new socket at once is refused.
     let refused = connect_from(&app, attacker).await.err();
     assert_eq!(refused, Some(429));
     // Others are not held back: another address, and a robot agent on the same address.
@@ -313,8 +313,8 @@ async fn new_sockets_are_budgeted_per_address_and_agents_and_others_are_not_held
                 .unwrap(),
         );
     }
-    // The budget refills at 6 a minute: one more after 10 s, not two.
-    clock.advance_ms(10_000);
+    // The budget refills at 3 a second: one more after 400 ms, not two.
+    clock.advance_ms(400);
     assert!(connect_from(&app, attacker).await.is_ok());
     assert_eq!(connect_from(&app, attacker).await.err(), Some(429));
     // The member was never disturbed, and still talks to the channel.

@@ -187,7 +187,7 @@ struct Driven {
 
 /// Open sockets per client address and in total, for `DAPI_RTC_SOCKETS_PER_IP` and
 /// `DAPI_RTC_SOCKETS_TOTAL`, and new sockets per address and minute
-/// (`DAPI_RTC_UPGRADES_PER_IP_PER_MIN`).
+/// (`DAPI_RTC_UPGRADES_PER_IP_PER_SEC`).
 struct SocketCaps {
     per_ip: usize,
     total: usize,
@@ -204,7 +204,7 @@ pub(crate) enum SocketRefusal {
     PerIp(usize),
     /// `DAPI_RTC_SOCKETS_TOTAL` sockets are open on this instance.
     Total(usize),
-    /// This address opened `DAPI_RTC_UPGRADES_PER_IP_PER_MIN` sockets in the last minute;
+    /// This address opened sockets faster than `DAPI_RTC_UPGRADES_PER_IP_PER_SEC`;
     /// the seconds until the next one may be opened.
     UpgradeRate(u64),
 }
@@ -337,7 +337,10 @@ impl Rtc {
                     per_ip: rtc.sockets_per_ip,
                     total: rtc.sockets_total,
                     open: Mutex::new((0, HashMap::new())),
-                    upgrades: crate::rate_limit::Limiter::new(rtc.upgrades_per_ip_per_min),
+                    upgrades: crate::rate_limit::Limiter::with_burst(
+                        rtc.upgrades_per_ip_per_sec.saturating_mul(60),
+                        rtc.upgrades_per_ip_per_sec.saturating_mul(2),
+                    ),
                 },
                 bus: side,
                 max_frame: rtc.max_frame,

@@ -34,7 +34,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade request", content_type = "text/plain", body = String),
-        (status = 429, description = "`DAPI_RTC_SOCKETS_PER_IP` sockets are open from this address, or it opened `DAPI_RTC_UPGRADES_PER_IP_PER_MIN` in the last minute (`Retry-After` says when to try again)", content_type = "text/plain", body = String),
+        (status = 429, description = "`DAPI_RTC_SOCKETS_PER_IP` sockets are open from this address, or it opens new ones faster than `DAPI_RTC_UPGRADES_PER_IP_PER_SEC` (`Retry-After` says when to try again)", content_type = "text/plain", body = String),
         (status = 503, description = "`DAPI_RTC_SOCKETS_TOTAL` sockets are open on this instance", content_type = "text/plain", body = String)))]
 pub(crate) async fn rtc_ws(
     ws: WebSocketUpgrade,
