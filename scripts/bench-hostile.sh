@@ -52,7 +52,10 @@ echo "== without attack"
 "$PY" scripts/bench_hostile.py legit "$BASE" "$N" quiet | tee "$WORK/quiet.txt"
 
 echo "== with attack"
-"$PY" scripts/bench_hostile.py attack "$BASE" "$ATTACK_SECS" > "$WORK/attack.txt" 2> "$WORK/attack.err" &
+# The attacker shares the API's two cores here, which a remote attacker would not: at
+# ATTACKER_NICE (default 10) its own CPU use yields to the API and the legitimate client
+# instead of counting as the API's slowness. ATTACKER_NICE=0 runs it as an equal.
+nice -n "${ATTACKER_NICE:-10}" "$PY" scripts/bench_hostile.py attack "$BASE" "$ATTACK_SECS" > "$WORK/attack.txt" 2> "$WORK/attack.err" &
 ATT=$!
 for _ in $(seq 1 120); do grep -q READY "$WORK/attack.txt" 2>/dev/null && break; sleep 1; done
 grep -q READY "$WORK/attack.txt" || { echo "attacker never got its 5,000 sockets open:"; tail -n 3 "$WORK/attack.txt" "$WORK/attack.err"; }
@@ -62,7 +65,8 @@ grep ATTACK "$WORK/attack.txt" | tail -n 1
 kill -TERM "$ATT" 2>/dev/null || true
 wait "$ATT" 2>/dev/null || true
 grep ATTACK-FINAL "$WORK/attack.txt" || true
-echo "API rtc log: $(grep -c 'rtc socket refused' "$WORK/api.err" || true) sockets refused, $(grep -c 'sender cut off' "$WORK/api.err" || true) flooders cut off by the receiver guard"
+echo "API: /rtc upgrades refused: $(curl -s "$BASE/metrics" | grep '^dapi_rtc_sockets_refused_total' | tr '\n' ' ')"
+echo "API log: $(grep -c 'sender cut off' "$WORK/api.err" || true) flooders cut off by the receiver guard"
 
 "$PY" - "$WORK/quiet.txt" "$WORK/attack-legit.txt" <<'PY'
 import json, sys

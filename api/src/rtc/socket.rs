@@ -102,8 +102,10 @@ fn refused(refusal: SocketRefusal) -> Response {
             secs,
         ),
     };
+    // Counted, and logged at debug only: an attacker makes thousands a second, and a log
+    // line each would be a flood of its own (disk, log shipping).
     metrics::counter!("dapi_rtc_sockets_refused_total", "why" => why).increment(1);
-    tracing::info!(why, "rtc socket refused");
+    tracing::debug!(why, "rtc socket refused");
     (
         status,
         [(header::RETRY_AFTER, retry_after.to_string())],
