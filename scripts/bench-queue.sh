@@ -6,6 +6,8 @@
 # on PostgreSQL, beside the database's own ceiling (single-row INSERT + COMMIT, one
 # connection, synchronous commit on) on the same database in the same run.
 #   scripts/bench-queue.sh [SECONDS] [CONCURRENCY] [AGENTS] [LATENCY_SAMPLES] [RATE]
+#   BASE_REV=4dfd2f5 scripts/bench-queue.sh     (side by side: each backend also runs the
+#     binaries of commit BASE_REV, built in a temporary worktree, right after this tree's)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,11 +17,21 @@ AGENTS="${3:-4}"
 SAMPLES="${4:-200}"
 RATE="${5:-200}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; [ -z "${BASE_TREE:-}" ] || git worktree remove --force "$BASE_TREE"' EXIT
+if [ -n "${BASE_REV:-}" ]; then
+  # The baseline first, in the same target directory (dependencies are shared); its
+  # binaries are copied out before this tree's build overwrites them.
+  BASE_TREE="$WORK/base-tree"
+  git worktree add -q --detach "$BASE_TREE" "$BASE_REV"
+  echo "building $BASE_REV ($(git log -1 --format=%s "$BASE_REV" | cut -c1-60))" >&2
+  (cd "$BASE_TREE" && cargo build --release -q -p api --bin api --example queue_bench)
+  mkdir -p "$WORK/base"
+  cp "$CARGO_TARGET_DIR/release/api" "$CARGO_TARGET_DIR/release/examples/queue_bench" "$WORK/base/"
+fi
 cargo build --release -q -p api --bin api --example queue_bench
 BIN="$CARGO_TARGET_DIR/release/api"
 BENCH="$CARGO_TARGET_DIR/release/examples/queue_bench"
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PGBASE="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 run_backend() {
@@ -44,9 +56,24 @@ echo "seconds=$SECS enqueuers=$CONC agents=$AGENTS latency_samples=$SAMPLES rate
 echo
 echo "| backend | what | sessions | rate | p50 enqueue→offer | p99 | max |"
 echo "|---|---|---|---|---|---|---|"
-run_backend "sqlite://$WORK/queue.db?mode=rwc"
-PGDB="dapi_qbench_$$"
-psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" -c "CREATE DATABASE $PGDB" 2>/dev/null
-run_backend "${PGBASE%/*}/$PGDB"
-psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $PGDB" || true
+echo "this tree: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo ' (with uncommitted changes)')${BASE_REV:+; each backend then runs the base, $BASE_REV}"
+# Each variant (this tree, then the base when BASE_REV is set) on a database of its own.
+variants() { # $1 run function
+  local cur_bin="$BIN" cur_bench="$BENCH" v
+  for v in this ${BASE_REV:+base}; do
+    if [ "$v" = base ]; then BIN="$WORK/base/api" BENCH="$WORK/base/queue_bench"; fi
+    [ -z "${BASE_REV:-}" ] || echo "| ($v) | | | | | | |"
+    "$1" "$v"
+    BIN="$cur_bin" BENCH="$cur_bench"
+  done
+}
+sqlite_run() { run_backend "sqlite://$WORK/queue-$1.db?mode=rwc"; }
+postgres_run() {
+  local db="dapi_qbench_$$_$1"
+  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+  run_backend "${PGBASE%/*}/$db"
+  psql -q "$PGBASE" -c "DROP DATABASE IF EXISTS $db" || true
+}
+variants sqlite_run
+variants postgres_run
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
