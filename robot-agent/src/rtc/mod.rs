@@ -21,6 +21,8 @@
 //! after negotiation, complete SDP out (candidates inside, no trickle needed) and both
 //! complete SDP and trickled candidates in.
 
+mod demux;
+mod mux;
 pub mod probe;
 mod webrtc_impl;
 
@@ -31,6 +33,7 @@ use bytes::Bytes;
 use protocol::signaling::{IceCandidate, IceServer};
 use tokio::sync::mpsc;
 
+pub use mux::MuxTransport;
 pub use webrtc_impl::WebrtcTransport;
 
 /// What happened to a listener's connection.
