@@ -106,9 +106,12 @@ if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
       wait "$AGENT_PID" "$API_PID" 2>/dev/null || true
       ROBOT_RTC_DRIVER="$driver" start
     fi
-    echo "## fan-out ($driver transport): one agent, N channels x 1 listener (steps $STEPS, ${MEASURE}s each); load $(cut -d' ' -f1-3 /proc/loadavg)"
+    # STEPS_WEBRTC / STEPS_MUX: steps of one transport only (else $STEPS).
+    steps_var="STEPS_${driver^^}"; steps="${!steps_var:-$STEPS}"
+    echo "## fan-out ($driver transport): one agent, N channels x 1 listener (steps $steps, ${MEASURE}s each); load $(cut -d' ' -f1-3 /proc/loadavg)"
     "$BIN/examples/fanout" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
-      --steps "$STEPS" --measure-secs "$MEASURE"
+      --steps "$steps" --measure-secs "$MEASURE" --probes "${PROBES:-light}" \
+      --stop-p99-ms "${STOP_P99_MS:-5}"
     ROBOT_RTC_DRIVER="$driver"
   done
 fi

@@ -36,7 +36,7 @@ use ::rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_
 use ::rtc::peer_connection::configuration::media_engine::MediaEngine;
 use ::rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use ::rtc::peer_connection::event::RTCPeerConnectionEvent;
-use ::rtc::peer_connection::message::RTCMessage;
+use ::rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use ::rtc::peer_connection::sdp::RTCSessionDescription;
 use ::rtc::peer_connection::state::RTCPeerConnectionState;
 use ::rtc::peer_connection::transport::{
@@ -664,12 +664,14 @@ impl Listener for MuxListener {
             };
             st.sequence = st.sequence.wrapping_add(1);
             st.timestamp = st.timestamp.wrapping_add(TICKS_PER_FRAME);
-            let sender = st.sender;
-            let mut s = st
-                .pc
-                .rtp_sender(sender)
-                .ok_or_else(|| RtcError::Send("no sender".into()))?;
-            s.write_rtp(Instant::now(), packet)
+            // Straight into the connection's write path: `RTCRtpSender::write_rtp` would
+            // rebuild the sender's parameters (codec lists, strings) on every packet to
+            // check the SSRC and payload type that this code set itself.
+            st.pc
+                .handle_write(TaggedRTCMessage {
+                    now: Instant::now(),
+                    message: RTCMessage::RtpPacket(String::new(), packet),
+                })
                 .map_err(|e| RtcError::Send(e.to_string()))
         })
     }
