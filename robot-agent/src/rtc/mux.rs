@@ -104,6 +104,8 @@ struct Shared {
     certificate: OnceLock<RTCCertificate>,
     /// Datagrams the socket refused (full send buffer).
     send_drops: AtomicU64,
+    /// The note that ICE servers are not used was logged.
+    told_host_only: AtomicBool,
 }
 
 /// One listener's connection and where its events go.
@@ -211,6 +213,7 @@ impl MuxTransport {
             next_id: AtomicU64::new(1),
             certificate: OnceLock::new(),
             send_drops: AtomicU64::new(0),
+            told_host_only: AtomicBool::new(false),
         });
         for (local, recv) in receivers {
             tokio::spawn(Arc::clone(&shared).receive(local, recv));
@@ -311,8 +314,10 @@ impl RtcTransport for MuxTransport {
         ice_servers: &[IceServer],
         sinks: ListenerSinks,
     ) -> Result<Arc<dyn Listener>, RtcError> {
-        if !ice_servers.is_empty() {
-            tracing::debug!("the one-socket transport uses host candidates only");
+        if !ice_servers.is_empty() && !self.shared.told_host_only.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "listeners get host candidates only (ROBOT_RTC_DRIVER=mux); the channel's ICE servers are for the apps"
+            );
         }
         let ufrag = token(16);
         let mut pc = self.connection(ufrag.clone(), token(32))?;
