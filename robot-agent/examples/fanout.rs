@@ -13,7 +13,8 @@
 //! probe receives audio, then measures for `--measure-secs`: the agent's CPU (from
 //! `/proc/PID/stat`), RSS per channel (`VmRSS` above the idle baseline), the pacers' send
 //! lateness p99 (from the delta of the `robot_frame_lateness_seconds` histogram), frames
-//! late (> 5 ms), and packets received by the probes against the expected 50 per second.
+//! late (> 5 ms), packets received by the probes against the expected 50 per second, and
+//! this process's own CPU (the probes), to tell a starved machine from a slow agent.
 //! Probes live in this process (Rust, cheap): they share the machine's cores with the agent,
 //! as a real receiver on the same host would. `--probes light` (default) makes each a
 //! connection of the one-socket driver on a socket of its own (`ProbePeer::new_light`),
@@ -253,9 +254,10 @@ async fn main() {
     let http = reqwest::Client::new();
     let baseline_rss = rss_kib(a.agent_pid);
     println!(
-        "| channels | agent CPU (% of one core) | agent RSS (MiB) | RSS per channel (KiB) | lateness p50 (ms) | lateness p99 (ms) | frames late > 5 ms | packets received / expected |"
+        "| channels | agent CPU (% of one core) | agent RSS (MiB) | RSS per channel (KiB) | lateness p50 (ms) | lateness p99 (ms) | frames late > 5 ms | packets received / expected | probes' CPU (% of one core) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let me = std::process::id();
     let mut probes: Vec<Arc<ProbeStats>> = Vec::new();
     for &n in &a.steps {
         // Ramp up to n channels, 8 at a time.
@@ -301,6 +303,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await; // settle after the ramp
         let (b0, late0, frames0) = scrape(&http, &a.metrics).await;
         let cpu0 = cpu_seconds(a.agent_pid);
+        let own0 = cpu_seconds(me);
         let pk0: u64 = probes
             .iter()
             .map(|p| p.packets.load(Ordering::Relaxed))
@@ -309,6 +312,7 @@ async fn main() {
         tokio::time::sleep(a.measure).await;
         let (b1, late1, frames1) = scrape(&http, &a.metrics).await;
         let cpu1 = cpu_seconds(a.agent_pid);
+        let own1 = cpu_seconds(me);
         let pk1: u64 = probes
             .iter()
             .map(|p| p.packets.load(Ordering::Relaxed))
@@ -320,7 +324,7 @@ async fn main() {
         let p99 = quantile(&b0, &b1, 0.99) * 1000.0;
         let frames = frames1 - frames0;
         println!(
-            "| {n} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} of {:.0} ({:.2} %) | {} / {:.0} ({:.1} %) |",
+            "| {n} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} of {:.0} ({:.2} %) | {} / {:.0} ({:.1} %) | {:.0} |",
             (cpu1 - cpu0) / secs * 100.0,
             rss as f64 / 1024.0,
             rss.saturating_sub(baseline_rss) as f64 / n as f64,
@@ -335,7 +339,8 @@ async fn main() {
             },
             pk1 - pk0,
             expected,
-            (pk1 - pk0) as f64 / expected * 100.0
+            (pk1 - pk0) as f64 / expected * 100.0,
+            (own1 - own0) / secs * 100.0
         );
         if p99 > a.stop_p99_ms {
             eprintln!(
