@@ -63,6 +63,7 @@ trap cleanup EXIT
 export DAPI_AGENT_KEY=bench-agent-key DAPI_ADMIN_KEY=bench-admin-key
 # The agent's listener transport: ROBOT_RTC_DRIVER (mux, the default, or webrtc) as set when start runs.
 RUNS=0
+# DAPI_RTC_SOCKETS_PER_IP: every probe of the fan-out joins /rtc from 127.0.0.1.
 start() {
   RUNS=$((RUNS + 1))
   DAPI_LISTEN=127.0.0.1:0 DATABASE_URL="sqlite://$TMP/api$RUNS.db?mode=rwc" RUST_LOG=warn \
