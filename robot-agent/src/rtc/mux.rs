@@ -800,6 +800,22 @@ mod tests {
         assert_eq!(t.connections(), 0);
     }
 
+    #[tokio::test]
+    async fn a_wildcard_bind_becomes_one_socket_per_interface_address() {
+        let t = MuxTransport::bind(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+            .await
+            .expect("bind");
+        let addrs = t.local_addrs();
+        assert!(!addrs.is_empty());
+        for a in &addrs {
+            // A usable interface address (or, on a host without one, the wildcard kept so
+            // the bind still succeeds), never loopback, always a real port.
+            assert!(!a.ip().is_loopback(), "{a}");
+            assert_ne!(a.port(), 0, "{a}");
+        }
+        assert_eq!(t.host_candidates().expect("candidates").len(), addrs.len());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_closed_peer_is_reported_once_and_the_others_keep_playing() {
         let t = MuxTransport::bind(LOOPBACK, 0).await.expect("bind");
