@@ -61,9 +61,13 @@ cleanup() {
 trap cleanup EXIT
 
 export DAPI_AGENT_KEY=bench-agent-key DAPI_ADMIN_KEY=bench-admin-key
+# The agent's listener transport: ROBOT_RTC_DRIVER (mux, the default, or webrtc) as set when start runs.
+RUNS=0
+# DAPI_RTC_SOCKETS_PER_IP: every probe of the fan-out joins /rtc from 127.0.0.1.
 start() {
-  DAPI_LISTEN=127.0.0.1:0 DATABASE_URL="sqlite://$TMP/api.db?mode=rwc" RUST_LOG=warn \
-    DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RATE_WRITES_PER_UID=0 DAPI_RATE_WRITES_PER_IP=0 DAPI_ROBOTS_PER_UID=0 DAPI_RTC_MAX_PEERS=16 "$BIN/api" > "$TMP/api.out" 2> "$TMP/api.err" &
+  RUNS=$((RUNS + 1))
+  DAPI_LISTEN=127.0.0.1:0 DATABASE_URL="sqlite://$TMP/api$RUNS.db?mode=rwc" RUST_LOG=warn \
+    DAPI_RATE_CALLS_PER_UID=0 DAPI_RATE_CALLS_PER_IP=0 DAPI_RATE_TOKENS_PER_UID=0 DAPI_RATE_TOKENS_PER_IP=0 DAPI_RATE_WRITES_PER_UID=0 DAPI_RATE_WRITES_PER_IP=0 DAPI_ROBOTS_PER_UID=0 DAPI_RTC_MAX_PEERS=16 DAPI_RTC_SOCKETS_PER_IP=100000 "$BIN/api" > "$TMP/api.out" 2> "$TMP/api.err" &
   API_PID=$!
   for _ in $(seq 1 300); do
     BASE="$(sed -n 's/^listening on //p' "$TMP/api.out" | head -n1)"
@@ -71,7 +75,7 @@ start() {
     sleep 0.1
   done
   [ -n "$BASE" ] || { echo "api did not start" >&2; cat "$TMP/api.err" >&2; exit 1; }
-  RUST_LOG=warn "$BIN/robot-agent" --api-url "$BASE" --capacity 1000 --bind-ip 127.0.0.1 \
+  RUST_LOG=warn ROBOT_RTC_DRIVER="${ROBOT_RTC_DRIVER:-mux}" "$BIN/robot-agent" --api-url "$BASE" --capacity 1000 --bind-ip 127.0.0.1 \
     --cache-dir "$TMP/cache" --health-listen 127.0.0.1:0 --leave-grace 60 \
     > "$TMP/agent.out" 2> "$TMP/agent.err" &
   AGENT_PID=$!
@@ -94,9 +98,23 @@ if [ "$WHAT" = latency ] || [ "$WHAT" = all ]; then
   curl -s "$HEALTH/metrics" | grep -E '^robot_(audio_cache|asset_fetches|frames_late_total|frames_total)'
 fi
 if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
-  echo "## fan-out: one agent, N channels x 1 listener (steps $STEPS, ${MEASURE}s each)"
-  "$BIN/examples/fanout" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
-    --steps "$STEPS" --measure-secs "$MEASURE"
+  # One run per listener transport ($DRIVERS, default both: side by side on the same
+  # machine state), each with a fresh API and agent so no session of the previous run is
+  # offered again to the next agent.
+  for driver in ${DRIVERS:-webrtc mux}; do
+    if [ "$driver" != "${ROBOT_RTC_DRIVER:-mux}" ]; then
+      kill "$AGENT_PID" "$API_PID" 2>/dev/null || true
+      wait "$AGENT_PID" "$API_PID" 2>/dev/null || true
+      ROBOT_RTC_DRIVER="$driver" start
+    fi
+    # STEPS_WEBRTC / STEPS_MUX: steps of one transport only (else $STEPS).
+    steps_var="STEPS_${driver^^}"; steps="${!steps_var:-$STEPS}"
+    echo "## fan-out ($driver transport): one agent, N channels x 1 listener (steps $steps, ${MEASURE}s each); load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$BIN/examples/fanout" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
+      --steps "$steps" --measure-secs "$MEASURE" --probes "${PROBES:-light}" \
+      --stop-p99-ms "${STOP_P99_MS:-5}"
+    ROBOT_RTC_DRIVER="$driver"
+  done
 fi
 if [ "$WHAT" = failover ] || [ "$WHAT" = all ]; then
   # Self-contained: the agent started above would take the session (1000 slots), so it

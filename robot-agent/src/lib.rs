@@ -85,6 +85,16 @@ pub struct Config {
     /// cannot take trickled candidates although docs/rtc-protocol.md requires it).
     #[arg(long, env = "ROBOT_OFFER_CANDIDATES", default_value = "trickle", value_parser = ["trickle", "inline"])]
     pub offer_candidates: String,
+    /// How listeners reach the network: `mux` (default: every listener on one UDP socket
+    /// per address, driven by the agent over the sans-IO `rtc` core; host candidates only,
+    /// the ICE servers are not used by the agent) or `webrtc` (one webrtc-rs PeerConnection,
+    /// its own driver task and UDP socket per listener, with STUN/TURN candidates: for an
+    /// agent its listeners cannot reach directly). docs/decisions.md, "Lighter listeners".
+    #[arg(long, env = "ROBOT_RTC_DRIVER", default_value = "mux", value_parser = ["mux", "webrtc"])]
+    pub rtc_driver: String,
+    /// UDP port of the `mux` driver's socket (0: an ephemeral one).
+    #[arg(long, env = "ROBOT_RTC_PORT", default_value_t = 0)]
+    pub rtc_port: u16,
     /// Address of the health port (/healthz, /readyz, /metrics); off when unset. Port 0
     /// picks one; the agent prints `health listening on http://ADDR`.
     #[arg(long, env = "ROBOT_HEALTH_LISTEN")]
@@ -180,12 +190,19 @@ impl Agent {
             )
             .with_context(|| format!("opening the cache {}", config.cache_dir().display()))?,
         );
-        let transport = transport.unwrap_or_else(|| {
-            Arc::new(
-                rtc::WebrtcTransport::new(config.bind_ip)
-                    .with_trickled_offer(config.offer_candidates != "inline"),
-            )
-        });
+        let trickled = config.offer_candidates != "inline";
+        let transport: Arc<dyn rtc::RtcTransport> = match transport {
+            Some(t) => t,
+            None if config.rtc_driver == "mux" => Arc::new(
+                rtc::MuxTransport::bind(config.bind_ip, config.rtc_port)
+                    .await
+                    .context("binding the listeners' UDP socket")?
+                    .with_trickled_offer(trickled),
+            ),
+            None => {
+                Arc::new(rtc::WebrtcTransport::new(config.bind_ip).with_trickled_offer(trickled))
+            }
+        };
         let ctx = Arc::new(session::SessionContext {
             config: session::SessionConfig {
                 leave_grace: Duration::from_secs(config.leave_grace),

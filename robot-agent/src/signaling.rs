@@ -109,7 +109,17 @@ impl ChannelSocket {
         }
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(request),
+            // An 8 KiB read buffer, not tungstenite's 128 KiB (zero-filled on the first read,
+            // so resident): one per session; signaling messages are a few KiB and a larger
+            // frame still grows it (docs/decisions.md, "Lighter listeners").
+            tokio_tungstenite::connect_async_with_config(
+                request,
+                Some(
+                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .read_buffer_size(8 * 1024),
+                ),
+                false,
+            ),
         )
         .await
         .map_err(|_| JoinError::Unreachable("timed out".into()))?

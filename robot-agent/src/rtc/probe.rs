@@ -1,6 +1,12 @@
 //! A minimal receiving peer for benchmarks: it joins as an app would (a recvonly audio
 //! transceiver), counts the RTP packets it receives and notes when the first one came. It
 //! lives here because this module is the only one that may import `webrtc`.
+//!
+//! Two kinds: [`ProbePeer::new`], a webrtc-rs PeerConnection (a task and a socket of its
+//! own, what the benchmarks always used), and [`ProbePeer::new_light`], a connection of
+//! the one-socket driver ([`super::MuxTransport`], one transport per probe so that each
+//! probe has its own address as a real receiver does), which costs the benchmark process
+//! far less and lets one machine hold more of them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,7 +25,9 @@ use webrtc::peer_connection::{
     Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
-use super::RtcError;
+use super::{
+    InboundAudio, Listener, ListenerSinks, ListenerState, MuxTransport, RtcError, RtcTransport,
+};
 
 /// What a probe saw.
 #[derive(Debug, Default)]
@@ -32,11 +40,22 @@ pub struct ProbeStats {
 
 /// A receive-only peer connection.
 pub struct ProbePeer {
-    pc: Arc<dyn PeerConnection>,
+    inner: Inner,
     stats: Arc<ProbeStats>,
-    gathered: watch::Receiver<bool>,
     connected: watch::Receiver<bool>,
-    remote_set: Mutex<bool>,
+}
+
+enum Inner {
+    Webrtc {
+        pc: Arc<dyn PeerConnection>,
+        gathered: watch::Receiver<bool>,
+        remote_set: Mutex<bool>,
+    },
+    Light {
+        listener: Arc<dyn Listener>,
+        /// Keeps the probe's socket and tasks.
+        _transport: MuxTransport,
+    },
 }
 
 struct ProbeHandler {
@@ -117,19 +136,62 @@ impl ProbePeer {
         .await
         .map_err(|e| RtcError::Setup(e.to_string()))?;
         Ok(Self {
-            pc,
+            inner: Inner::Webrtc {
+                pc,
+                gathered,
+                remote_set: Mutex::new(false),
+            },
             stats,
-            gathered,
             connected,
-            remote_set: Mutex::new(false),
         })
     }
 
-    async fn local_sdp(&self) -> Result<String, RtcError> {
-        let mut rx = self.gathered.clone();
+    /// A probe on a one-socket transport of its own, bound to `bind_ip`. Its offers carry
+    /// their candidates inline, like the webrtc probe's. It negotiates `sendrecv` (the
+    /// driver's listener always has a track) but never sends.
+    pub async fn new_light(bind_ip: IpAddr) -> Result<Self, RtcError> {
+        let transport = MuxTransport::bind(bind_ip, 0)
+            .await?
+            .with_trickled_offer(false);
+        let stats = Arc::new(ProbeStats::default());
+        let (connected_tx, connected) = watch::channel(false);
+        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (audio, mut audio_rx) = tokio::sync::mpsc::unbounded_channel::<InboundAudio>();
+        let listener = transport
+            .listener("probe", 0, &[], ListenerSinks { events, audio })
+            .await?;
+        tokio::spawn(async move {
+            while let Some(ev) = events_rx.recv().await {
+                let _ = connected_tx.send(ev.state == ListenerState::Connected);
+            }
+        });
+        let counted = Arc::clone(&stats);
+        tokio::spawn(async move {
+            while audio_rx.recv().await.is_some() {
+                if counted.packets.fetch_add(1, Ordering::Relaxed) == 0
+                    && let Ok(mut f) = counted.first_packet.lock()
+                {
+                    *f = Some(Instant::now());
+                }
+            }
+        });
+        Ok(Self {
+            inner: Inner::Light {
+                listener,
+                _transport: transport,
+            },
+            stats,
+            connected,
+        })
+    }
+
+    async fn local_sdp(
+        pc: &Arc<dyn PeerConnection>,
+        gathered: &watch::Receiver<bool>,
+    ) -> Result<String, RtcError> {
+        let mut rx = gathered.clone();
         let _ = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|d| *d)).await;
-        self.pc
-            .local_description()
+        pc.local_description()
             .await
             .map(|d| d.sdp)
             .ok_or_else(|| RtcError::Negotiation("no local description".into()))
@@ -137,48 +199,70 @@ impl ProbePeer {
 
     /// Our offer (complete SDP).
     pub async fn offer(&self) -> Result<String, RtcError> {
-        let o = self.pc.create_offer(None).await.map_err(err)?;
-        self.pc.set_local_description(o).await.map_err(err)?;
-        self.local_sdp().await
+        match &self.inner {
+            Inner::Webrtc { pc, gathered, .. } => {
+                let o = pc.create_offer(None).await.map_err(err)?;
+                pc.set_local_description(o).await.map_err(err)?;
+                Self::local_sdp(pc, gathered).await
+            }
+            Inner::Light { listener, .. } => listener.offer().await,
+        }
     }
 
     /// Answers the robot's offer.
     pub async fn answer(&self, sdp: String) -> Result<String, RtcError> {
-        self.pc
-            .set_remote_description(RTCSessionDescription::offer(sdp).map_err(err)?)
-            .await
-            .map_err(err)?;
-        *self.remote_set.lock().await = true;
-        let a = self.pc.create_answer(None).await.map_err(err)?;
-        self.pc.set_local_description(a).await.map_err(err)?;
-        self.local_sdp().await
+        match &self.inner {
+            Inner::Webrtc {
+                pc,
+                gathered,
+                remote_set,
+            } => {
+                pc.set_remote_description(RTCSessionDescription::offer(sdp).map_err(err)?)
+                    .await
+                    .map_err(err)?;
+                *remote_set.lock().await = true;
+                let a = pc.create_answer(None).await.map_err(err)?;
+                pc.set_local_description(a).await.map_err(err)?;
+                Self::local_sdp(pc, gathered).await
+            }
+            Inner::Light { listener, .. } => listener.answer(sdp).await,
+        }
     }
 
     /// Takes the robot's answer.
     pub async fn set_answer(&self, sdp: String) -> Result<(), RtcError> {
-        self.pc
-            .set_remote_description(RTCSessionDescription::answer(sdp).map_err(err)?)
-            .await
-            .map_err(err)?;
-        *self.remote_set.lock().await = true;
-        Ok(())
+        match &self.inner {
+            Inner::Webrtc { pc, remote_set, .. } => {
+                pc.set_remote_description(RTCSessionDescription::answer(sdp).map_err(err)?)
+                    .await
+                    .map_err(err)?;
+                *remote_set.lock().await = true;
+                Ok(())
+            }
+            // The offer was complete: nothing was held back to trickle.
+            Inner::Light { listener, .. } => listener.set_answer(sdp).await.map(|_| ()),
+        }
     }
 
     /// A trickled candidate (ignored before the remote description).
     pub async fn add_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
-        if c.candidate.is_empty() || !*self.remote_set.lock().await {
-            return Ok(());
+        match &self.inner {
+            Inner::Webrtc { pc, remote_set, .. } => {
+                if c.candidate.is_empty() || !*remote_set.lock().await {
+                    return Ok(());
+                }
+                pc.add_ice_candidate(RTCIceCandidateInit {
+                    candidate: c.candidate,
+                    sdp_mid: c.sdp_mid,
+                    sdp_mline_index: c.sdp_mline_index,
+                    username_fragment: c.username_fragment,
+                    url: None,
+                })
+                .await
+                .map_err(err)
+            }
+            Inner::Light { listener, .. } => listener.add_candidate(c).await,
         }
-        self.pc
-            .add_ice_candidate(RTCIceCandidateInit {
-                candidate: c.candidate,
-                sdp_mid: c.sdp_mid,
-                sdp_mline_index: c.sdp_mline_index,
-                username_fragment: c.username_fragment,
-                url: None,
-            })
-            .await
-            .map_err(err)
     }
 
     /// Whether the connection is up.
@@ -193,6 +277,11 @@ impl ProbePeer {
 
     /// Closes it.
     pub async fn close(&self) {
-        let _ = self.pc.close().await;
+        match &self.inner {
+            Inner::Webrtc { pc, .. } => {
+                let _ = pc.close().await;
+            }
+            Inner::Light { listener, .. } => listener.close().await,
+        }
     }
 }

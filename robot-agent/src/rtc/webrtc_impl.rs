@@ -36,11 +36,11 @@ use crate::pacer::FRAME;
 use webrtc::media_stream::track_remote::TrackRemoteEvent;
 
 /// The payload type we register Opus under; the negotiated one may differ (aiortc: 96).
-const OPUS_PT: u8 = 111;
+pub(super) const OPUS_PT: u8 = 111;
 /// ICE connectivity check interval (the crate's default is 200 ms).
-const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+pub(super) const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Binding requests per candidate pair: 28 × 50 ms keeps the default 1.4 s.
-const ICE_MAX_BINDING_REQUESTS: u16 = 28;
+pub(super) const ICE_MAX_BINDING_REQUESTS: u16 = 28;
 /// No payload type negotiated yet.
 const NO_PT: u16 = u16::MAX;
 /// How long to wait for ICE gathering before sending what we have.
@@ -72,7 +72,7 @@ impl WebrtcTransport {
     }
 }
 
-fn opus_codec() -> RTCRtpCodec {
+pub(super) fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48_000,
@@ -81,6 +81,24 @@ fn opus_codec() -> RTCRtpCodec {
         sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
         rtcp_feedback: vec![],
     }
+}
+
+/// The robot's outgoing audio track, one SSRC.
+pub(super) fn robot_track(ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "robot".to_owned(),
+        format!("robot-audio-{ssrc}"),
+        "robot".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec(),
+            ..Default::default()
+        }],
+    )
 }
 
 fn setup<E: std::fmt::Display>(e: E) -> RtcError {
@@ -153,24 +171,7 @@ impl RtcTransport for WebrtcTransport {
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let ssrc: u32 = rand::random();
         let track = Arc::new(
-            TrackLocalStaticSample::new(
-                Instant::now(),
-                MediaStreamTrack::new(
-                    "robot".to_owned(),
-                    format!("robot-audio-{ssrc}"),
-                    "robot".to_owned(),
-                    RtpCodecKind::Audio,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(ssrc),
-                            ..Default::default()
-                        },
-                        codec: opus_codec(),
-                        ..Default::default()
-                    }],
-                ),
-            )
-            .map_err(setup)?,
+            TrackLocalStaticSample::new(Instant::now(), robot_track(ssrc)).map_err(setup)?,
         );
         let sender = match pc
             .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
@@ -422,7 +423,7 @@ impl Listener for WebrtcListener {
 /// Splits a complete SDP into the SDP without its `a=candidate` and `a=end-of-candidates`
 /// lines and those candidates, each with its section's `a=mid` and m-line index, as a
 /// trickling peer would send them.
-fn split_candidates(sdp: &str) -> (String, Vec<IceCandidate>) {
+pub(super) fn split_candidates(sdp: &str) -> (String, Vec<IceCandidate>) {
     let mut out = String::with_capacity(sdp.len());
     let mut found: Vec<(Option<u16>, String)> = Vec::new();
     let mut mids: Vec<Option<String>> = Vec::new();
