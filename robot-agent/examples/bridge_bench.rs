@@ -463,6 +463,7 @@ async fn run(n: usize, cfg: &Config, clear_rounds: usize) {
         media_clock: session::media_clock().expect("media clock"),
         recordings: TestRecordings::new(),
         recording_dir: std::env::temp_dir(),
+        bridge_tls: robot_agent::bridge::BridgeTls::system(),
     });
     // the echo calls, then the clear session or (with calls) the probe session
     let total = n + 1;

@@ -220,6 +220,7 @@ fn start(offer: SessionOffer) -> Session {
         media_clock: tokio::runtime::Handle::current(),
         recordings: TestRecordings::new(),
         recording_dir: std::env::temp_dir().join("robot-agent-bridge-test"),
+        bridge_tls: robot_agent::bridge::BridgeTls::system(),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (updates_tx, updates) = mpsc::unbounded_channel();
