@@ -550,3 +550,84 @@ async fn a_clear_does_not_wait_for_a_play_still_loading() {
     s.control.send(Control::Leave).unwrap();
     s.end().await;
 }
+
+/// Two participants: each one's audio reaches the program under its own uid with its own
+/// `seq` and `timestamp_ms`; a newcomer and a leaver are announced; the program's mark
+/// comes back only once its audio was written to both listeners' tracks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_participant_is_heard_under_its_uid_and_a_mark_waits_for_every_listener() {
+    let mut program = Program::start(None).await;
+    let mut s = start(offer(&program.url, BridgeFormat::Opus, 48_000));
+    let mut c = program.conn().await;
+    c.next("start").await;
+    let (ch, app) = s.connect_app().await;
+    assert_eq!(c.next("participant").await["uid"], "app");
+    // bob joins and offers, as a newcomer does
+    ch.send(ServerMessage::PeerJoined { uid: "bob".into() });
+    ch.send(ServerMessage::Signal {
+        from: "bob".into(),
+        payload: SignalPayload::Description(SessionDescription {
+            kind: SdpType::Offer,
+            sdp: "bob offer".into(),
+        }),
+    });
+    let bob = s.transport.listener_for("bob", 1).await;
+    bob.connect();
+    assert_eq!(
+        c.next("participant").await,
+        json!({"event":"participant","uid":"bob","state":"joined"})
+    );
+
+    // both speak, interleaved, from their own RTP clocks
+    let packets = tone_packets(4);
+    for (k, p) in packets.iter().enumerate() {
+        let k16 = u16::try_from(k).unwrap();
+        app.send_audio(10 + k16, 1000 + 960 * u32::from(k16), p.clone());
+        bob.send_audio(500 + k16, 777_000 + 960 * u32::from(k16), p.clone());
+    }
+    let mut heard: std::collections::HashMap<String, Vec<(u64, u64)>> = Default::default();
+    for _ in 0..2 * packets.len() {
+        let m = c.next("media").await;
+        heard
+            .entry(m["uid"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                m["seq"].as_u64().unwrap(),
+                m["timestamp_ms"].as_u64().unwrap(),
+            ));
+    }
+    let expected: Vec<(u64, u64)> = (0..4).map(|k| (k, 20 * k)).collect();
+    assert_eq!(heard["app"], expected);
+    assert_eq!(heard["bob"], expected);
+
+    // the program speaks: the mark comes back once both listeners have every frame
+    let speech = tone_packets(5);
+    for p in &speech {
+        c.send(media(p));
+    }
+    c.send(json!({"event": "mark", "name": "both"}));
+    assert_eq!(c.next("mark").await["name"], "both");
+    for l in [&app, &bob] {
+        let f = l.frames();
+        assert!(f.len() >= 5, "{}: the mark came before its audio", l.peer());
+        assert_eq!(&f[f.len() - 5..], speech.as_slice(), "{}", l.peer());
+    }
+
+    // bob leaves: announced; the app's audio still flows
+    ch.send(ServerMessage::PeerLeft {
+        uid: "bob".into(),
+        reason: protocol::signaling::LeaveReason::Left,
+    });
+    assert_eq!(
+        c.next("participant").await,
+        json!({"event":"participant","uid":"bob","state":"left"})
+    );
+    app.send_audio(14, 1000 + 960 * 4, packets[0].clone());
+    let m = c.next("media").await;
+    assert_eq!(
+        (m["uid"].clone(), m["seq"].clone()),
+        (json!("app"), json!(4))
+    );
+    s.control.send(Control::Leave).unwrap();
+    assert_eq!(c.next("stop").await["reason"], "ended");
+}
