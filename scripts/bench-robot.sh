@@ -46,12 +46,14 @@ if [ -n "${BENCH_BIN_DIR:-}" ]; then
   BIN="$BENCH_BIN_DIR"
   echo "bench-robot: prebuilt binaries from $BIN" >&2
 else
-  cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
+  # bridge_load in the same command: built alone, the shared dependencies would resolve
+  # other features and build again
+  EXTRA=(); [ "$WHAT" = bridge ] && EXTRA=(--example bridge_load)
+  cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout "${EXTRA[@]}" >&2
   if [ "$WHAT" = voice ]; then
     cargo build --release -p robot-agent --features test-util --example record_bench >&2
   fi
   if [ "$WHAT" = bridge ]; then
-    cargo build --release -p robot-agent --example bridge_load >&2
     cargo build --release -p robot-agent --features test-util --example bridge_bench >&2
   fi
   BIN="$CARGO_TARGET_DIR/release"
@@ -220,11 +222,11 @@ if [ "$WHAT" = bridge ]; then
   # The program lives in bridge_load, on a port chosen now so DAPI_BRIDGES can name it.
   PPORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   export DAPI_BRIDGES="{\"echo\": {\"url\": \"ws://127.0.0.1:$PPORT/echo\", \"secret\": \"bench-bridge\", \"format\": \"pcm16\", \"rate\": 16000},
-    \"probe\": {\"url\": \"ws://127.0.0.1:$PPORT/probe\", \"secret\": \"bench-bridge\", \"format\": \"pcm16\", \"rate\": 16000}}"
+    \"probe\": {\"url\": \"ws://127.0.0.1:$PPORT/probe\", \"secret\": \"bench-bridge\", \"format\": \"opus\", \"rate\": 48000}}"
   # every listener's /rtc socket comes from 127.0.0.1
   export DAPI_RTC_SOCKETS_PER_IP=4000
   start
-  echo "## media bridge, real agent and API: echo calls (pcm16 16 kHz) x 1 WebRTC listener speaking, steps $BRIDGE_REAL_STEPS, ${BRIDGE_SECS} s each, + $BRIDGE_PROBES probe calls (one frame every 100 ms to an empty queue)"
+  echo "## media bridge, real agent and API: echo calls (pcm16 16 kHz) x 1 WebRTC listener speaking, steps $BRIDGE_REAL_STEPS, ${BRIDGE_SECS} s each, + $BRIDGE_PROBES probe calls (opus: one packet every 100 ms to an empty queue)"
   "$BIN/examples/bridge_load" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
     --program-listen "127.0.0.1:$PPORT" --steps "$BRIDGE_REAL_STEPS" --measure-secs "$BRIDGE_SECS" \
     --probes "$BRIDGE_PROBES"

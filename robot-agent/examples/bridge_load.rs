@@ -20,20 +20,22 @@
 //!   side (a `sendrecv` webrtc-rs peer that answers or makes the offer over `/rtc`, as
 //!   `fanout` does with its probes). An *echo* listener speaks 50 Opus packets a second (a
 //!   tone) from the moment its connection is up; a *probe* listener is silent.
-//! - **The program**: a tokio-tungstenite server. `/echo` (pcm16 at 16 kHz) sends every
-//!   `media` straight back; `/probe` (the same format) sends one 20 ms frame every 100 ms
-//!   and nothing else, so the robot's queue is empty before each.
+//! - **The program**: a tokio-tungstenite server. `/echo` (pcm16 at 16 kHz: the agent
+//!   decodes the listener's Opus and encodes the program's audio) sends every `media`
+//!   straight back; `/probe` (opus, passed through) sends one 20 ms packet every 100 ms and
+//!   nothing else, so the robot's queue is empty before each. Its 50 packets are distinct
+//!   (a tone of another pitch each), so the listener knows which one it got.
 //!
 //! For each step N (echo calls, plus `--probes` probe calls beside them) it prints, over
 //! `--measure-secs` after the ramp and 2 s to settle:
 //! - **RTP in → `media` at the program** (p50/p99, every packet of every echo call): from
 //!   the listener handing frame k to its track (before SRTP and the UDP send) to the program
-//!   reading the `media` event of it. Frame k is found from `timestamp_ms` (the agent
-//!   counts it from the first packet it got: k = k0 + timestamp_ms / 20, k0 being the
-//!   last frame sent before the first `media` of that uid arrived).
+//!   reading the `media` event of it. Frame k is `timestamp_ms / 20` (the agent counts
+//!   `timestamp_ms` from the first packet it got, the listener's frame 0 on loopback; were
+//!   the first packets lost, the figure would be high by 20 ms each, never low).
 //! - **program `media` → first RTP at the listener, empty queue** (p50/p99, the probe calls):
-//!   from the program writing the frame to the first RTP packet the probe listener's track
-//!   hands over after it (the robot sends nothing while its queue is empty).
+//!   from the program writing packet k to the probe listener's track handing over the RTP
+//!   packet carrying it (matched by its bytes).
 //! - the agent's **send lateness** (from its `/metrics`: frames later than 5 ms after their
 //!   deadline, and the histogram bucket holding the p99), its **CPU** (`/proc/PID/stat`,
 //!   in % of one core, and per call), and the echo audio heard back against 50 packets a
@@ -125,8 +127,10 @@ struct Lab {
 
 #[derive(Default)]
 struct ProbeLog {
-    sent: Mutex<Vec<Instant>>,
-    arrived: Mutex<Vec<Instant>>,
+    /// When the program wrote packet k (its index in the probe's 50).
+    sent: Mutex<Vec<(Instant, usize)>>,
+    /// When the listener got a packet of the probe's (its index).
+    arrived: Mutex<Vec<(Instant, usize)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,13 +148,13 @@ impl Lab {
 }
 
 /// The program: `/echo` sends each `media` back, `/probe` speaks one frame every 100 ms.
-async fn program(listener: tokio::net::TcpListener, lab: Arc<Lab>, frame: Arc<str>) {
+async fn program(listener: tokio::net::TcpListener, lab: Arc<Lab>, probe: Arc<Vec<Bytes>>) {
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
         tokio::spawn(program_connection(
             tcp,
             Arc::clone(&lab),
-            Arc::clone(&frame),
+            Arc::clone(&probe),
         ));
     }
 }
@@ -176,7 +180,7 @@ impl tokio_tungstenite::tungstenite::handshake::server::Callback for PathOf<'_> 
     }
 }
 
-async fn program_connection(tcp: tokio::net::TcpStream, lab: Arc<Lab>, frame: Arc<str>) {
+async fn program_connection(tcp: tokio::net::TcpStream, lab: Arc<Lab>, probe: Arc<Vec<Bytes>>) {
     let mut path = String::new();
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, PathOf(&mut path)).await else {
         return;
@@ -197,20 +201,29 @@ async fn program_connection(tcp: tokio::net::TcpStream, lab: Arc<Lab>, frame: Ar
         let Some(channel) = channel else { return };
         let log = lab.probe(&channel);
         tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
-        let media = format!(r#"{{"event":"media","payload":"{frame}"}}"#);
+        let media: Vec<String> = probe
+            .iter()
+            .map(|p| format!(r#"{{"event":"media","payload":"{}"}}"#, B64.encode(p)))
+            .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
+        for k in 0.. {
             tick.tick().await;
+            let i = k % media.len();
             let at = Instant::now();
-            if tx.send(Message::Text(media.clone().into())).await.is_err() {
+            if tx
+                .send(Message::Text(media[i].clone().into()))
+                .await
+                .is_err()
+            {
                 return;
             }
-            lock(&log.sent).push(at);
+            lock(&log.sent).push((at, i));
         }
+        return;
     }
-    // echo: per uid, its send log and k0
-    let mut uids: HashMap<String, (SendLog, Option<i64>)> = HashMap::new();
+    // echo: per uid, its send log
+    let mut uids: HashMap<String, SendLog> = HashMap::new();
     while let Some(Ok(m)) = rx.next().await {
         let Message::Text(t) = m else { continue };
         let now = Instant::now();
@@ -231,17 +244,12 @@ async fn program_connection(tcp: tokio::net::TcpStream, lab: Arc<Lab>, frame: Ar
         if tx.send(Message::Text(reply.into())).await.is_err() {
             return;
         }
-        let (sends, k0) = uids
+        let sends = uids
             .entry(uid.to_owned())
-            .or_insert_with(|| (lab.sends_of(uid), None));
+            .or_insert_with(|| lab.sends_of(uid));
         let sends = lock(sends);
-        let k0 = *k0.get_or_insert_with(|| {
-            let last = i64::try_from(sends.partition_point(|s| *s <= now)).unwrap_or(0) - 1;
-            last - ts / 20
-        });
-        let k = k0 + ts / 20;
-        match usize::try_from(k).ok().and_then(|k| sends.get(k)) {
-            Some(at) if *at <= now => {
+        match usize::try_from(ts / 20).ok().and_then(|k| sends.get(k)) {
+            Some(at) => {
                 let ms = (now - *at).as_secs_f64() * 1000.0;
                 lock(&lab.up).push((now, ms));
             }
@@ -261,6 +269,7 @@ async fn open_call(
     transport: Arc<WebrtcTransport>,
     lab: Arc<Lab>,
     frames: Arc<Vec<Bytes>>,
+    probe_packets: Arc<Vec<Bytes>>,
 ) -> Result<(), String> {
     let bridge = if probe { "probe" } else { "echo" };
     let v: Value = http
@@ -306,9 +315,14 @@ async fn open_call(
     let log = probe.then(|| lab.probe(&channel));
     let heard = Arc::clone(&lab);
     tokio::spawn(async move {
-        while audio_rx.recv().await.is_some() {
+        while let Some(a) = audio_rx.recv().await {
+            let at = Instant::now();
             match &log {
-                Some(log) => lock(&log.arrived).push(Instant::now()),
+                Some(log) => {
+                    if let Some(i) = probe_packets.iter().position(|p| *p == a.payload) {
+                        lock(&log.arrived).push((at, i));
+                    }
+                }
                 None => {
                     heard.heard.fetch_add(1, Ordering::Relaxed);
                 }
@@ -327,7 +341,8 @@ async fn open_call(
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for k in 0.. {
             tick.tick().await;
-            let at = Instant::now();
+            // noted before the send: the program may read the `media` before it returns
+            lock(&sends).push(Instant::now());
             if speaker
                 .send_frame(frames[k % frames.len()].clone(), 0)
                 .await
@@ -335,7 +350,6 @@ async fn open_call(
             {
                 return;
             }
-            lock(&sends).push(at);
         }
     });
     // Signaling, as the app.
@@ -481,10 +495,12 @@ fn downlink(lab: &Lab, from: Instant, to: Instant) -> (Vec<f64>, u64) {
     for log in lock(&lab.probes).values() {
         let sent = lock(&log.sent).clone();
         let arrived = lock(&log.arrived).clone();
-        for s in sent.iter().filter(|s| **s >= from && **s < to) {
-            let i = arrived.partition_point(|a| a < s);
-            match arrived.get(i) {
-                Some(a) if *a - *s < Duration::from_millis(100) => {
+        for (s, k) in sent.iter().filter(|(s, _)| *s >= from && *s < to) {
+            // the first arrival of packet k after it was sent (the same packet comes
+            // again 5 s later)
+            let after = arrived.partition_point(|(a, _)| a < s);
+            match arrived[after..].iter().find(|(_, i)| i == k) {
+                Some((a, _)) if *a - *s < Duration::from_secs(2) => {
                     lat.push((*a - *s).as_secs_f64() * 1000.0);
                 }
                 _ => missed += 1,
@@ -494,8 +510,8 @@ fn downlink(lab: &Lab, from: Instant, to: Instant) -> (Vec<f64>, u64) {
     (lat, missed)
 }
 
-/// A 440 Hz tone as 50 Opus packets (1 s), the listeners' voice.
-fn tone() -> Vec<Bytes> {
+/// 50 Opus packets (1 s) of a tone at `hz(k)` for packet k.
+fn tone(hz: impl Fn(u32) -> f64) -> Vec<Bytes> {
     let Ok(mut enc) = audio::PcmEncoder::new(48_000, 32_000) else {
         return Vec::new();
     };
@@ -504,7 +520,7 @@ fn tone() -> Vec<Bytes> {
             let pcm: Vec<i16> = (0..960)
                 .map(|i| {
                     let t = f64::from(k * 960 + i) / 48_000.0;
-                    (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+                    (8000.0 * (2.0 * std::f64::consts::PI * hz(k) * t).sin()) as i16
                 })
                 .collect();
             enc.encode(&pcm).ok()
@@ -521,19 +537,14 @@ async fn main() {
         );
         std::process::exit(2);
     }
-    let frames = Arc::new(tone());
-    if frames.len() != 50 {
-        eprintln!("bridge_load: the tone did not encode");
+    // the listeners' voice: 440 Hz; the probe's: 50 distinct packets, 300 Hz + 20 Hz * k
+    let frames = Arc::new(tone(|_| 440.0));
+    let probe_packets = Arc::new(tone(|k| 300.0 + 20.0 * f64::from(k)));
+    let distinct: std::collections::HashSet<&Bytes> = probe_packets.iter().collect();
+    if frames.len() != 50 || distinct.len() != 50 {
+        eprintln!("bridge_load: the tones did not encode to 50 distinct packets");
         std::process::exit(1);
     }
-    // The probe program's frame: 20 ms of pcm16 at 16 kHz, a tone, in base64.
-    let pcm: Vec<u8> = (0..320)
-        .flat_map(|i| {
-            let t = f64::from(i) / 16_000.0;
-            ((8000.0 * (2.0 * std::f64::consts::PI * 660.0 * t).sin()) as i16).to_le_bytes()
-        })
-        .collect();
-    let frame: Arc<str> = B64.encode(pcm).into();
     let lab = Arc::new(Lab::default());
     let server = match tokio::net::TcpListener::bind(a.program).await {
         Ok(l) => l,
@@ -542,7 +553,11 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    tokio::spawn(program(server, Arc::clone(&lab), frame));
+    tokio::spawn(program(
+        server,
+        Arc::clone(&lab),
+        Arc::clone(&probe_packets),
+    ));
     let http = reqwest::Client::new();
     let transport = Arc::new(WebrtcTransport::new(a.bind_ip).with_trickled_offer(false));
     let me = std::process::id();
@@ -564,6 +579,7 @@ async fn main() {
             Arc::clone(&transport),
             Arc::clone(&lab),
             Arc::clone(&frames),
+            Arc::clone(&probe_packets),
         ))
     };
     for i in 0..a.probes {
@@ -641,7 +657,7 @@ async fn main() {
             percentiles(up),
             percentiles(down),
             if missed > 0 {
-                format!(", {missed} not heard within 100 ms")
+                format!(", {missed} not heard within 2 s")
             } else {
                 String::new()
             },
