@@ -21,7 +21,7 @@
 //! the clear (an upper bound on what was written after it arrived), in ms.
 //!
 //! What it leaves out: SRTP, UDP and the webrtc crate on both sides (the same for every
-//! robot; see scripts/bench-robot.sh for the real transport), and the program's
+//! robot; `bridge_load.rs` runs the real agent process and WebRTC listeners), and the program's
 //! WebSocket is on loopback in the same process.
 
 use std::collections::HashMap;

@@ -260,17 +260,32 @@ async fn program_connection(tcp: tokio::net::TcpStream, lab: Arc<Lab>, probe: Ar
     }
 }
 
-/// One call: `call/robot` with the bridge, a listener joined on `/rtc` as the app.
-async fn open_call(
+/// What every call's tasks share.
+struct Calls {
     http: reqwest::Client,
     api: String,
-    uid: String,
-    probe: bool,
-    transport: Arc<WebrtcTransport>,
+    transport: WebrtcTransport,
     lab: Arc<Lab>,
+    /// The echo listeners' voice.
     frames: Arc<Vec<Bytes>>,
+    /// The probe program's packets.
     probe_packets: Arc<Vec<Bytes>>,
-) -> Result<(), String> {
+}
+
+/// One call: `call/robot` with the bridge, a listener joined on `/rtc` as the app.
+async fn open_call(calls: Arc<Calls>, uid: String, probe: bool) -> Result<(), String> {
+    let Calls {
+        http,
+        api,
+        transport,
+        lab,
+        ..
+    } = &*calls;
+    let (lab, frames, probe_packets) = (
+        Arc::clone(lab),
+        Arc::clone(&calls.frames),
+        Arc::clone(&calls.probe_packets),
+    );
     let bridge = if probe { "probe" } else { "echo" };
     let v: Value = http
         .post(format!("{api}/dapi/call/robot"))
@@ -291,7 +306,7 @@ async fn open_call(
     // the uid the agent names this listener by in `media`
     let uid = field("uid")?;
     let (mut sock, joined) = ChannelSocket::join(
-        &rtc_url(&api),
+        &rtc_url(api),
         None,
         &field("appID")?,
         &channel,
@@ -559,28 +574,26 @@ async fn main() {
         Arc::clone(&probe_packets),
     ));
     let http = reqwest::Client::new();
-    let transport = Arc::new(WebrtcTransport::new(a.bind_ip).with_trickled_offer(false));
     let me = std::process::id();
     println!(
         "| echo calls | agent CPU, % of a core | per call | frames late > 5 ms | lateness p99 | RTP in → `media` at the program, p50 / p99 (n) | program `media` → RTP at the listener, empty queue, p50 / p99 (n) | echo heard / expected | this process's CPU |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let calls = Arc::new(Calls {
+        http: http.clone(),
+        api: a.api.clone(),
+        transport: WebrtcTransport::new(a.bind_ip).with_trickled_offer(false),
+        lab: Arc::clone(&lab),
+        frames: Arc::clone(&frames),
+        probe_packets,
+    });
     let open = |i: usize, probe: bool| {
         let uid = if probe {
             format!("probe{i}")
         } else {
             format!("echo{i}")
         };
-        tokio::spawn(open_call(
-            http.clone(),
-            a.api.clone(),
-            uid,
-            probe,
-            Arc::clone(&transport),
-            Arc::clone(&lab),
-            Arc::clone(&frames),
-            Arc::clone(&probe_packets),
-        ))
+        tokio::spawn(open_call(Arc::clone(&calls), uid, probe))
     };
     for i in 0..a.probes {
         if let Ok(Err(e)) = open(i, true).await {
