@@ -15,12 +15,17 @@
 #      packet of the resumed audio at an aiortc app, p50/p99) and mark truthfulness ($MARKS
 #      marks with random clears; a mark reported played whose audio the app's received RTP
 #      did not hold whole is a lie) with tests/aiortc/robot_voice.py.
-#   6. bridge (only when asked for): the media bridge in one process over a timestamping
-#      fake transport (robot-agent/examples/bridge_bench.rs): RTP in -> `media` at an echo
-#      program and program `media` -> frame written with an empty queue (p50/p99), send
-#      lateness and agent CPU per call for $BRIDGE_STEPS concurrent echo calls, and the
-#      `clear` leak over $CLEARS clears; beside it the floor: the same hop through a plain
-#      Python `websockets` relay (tests/aiortc/bridge_relay_floor.py).
+#   6. bridge (only when asked for), three parts in one run:
+#      a. with the real agent and API (robot-agent/examples/bridge_load.rs): $BRIDGE_REAL_STEPS
+#         concurrent echo calls, each one WebRTC listener speaking 50 packets/s, plus
+#         $BRIDGE_PROBES probe calls; RTP in -> `media` at the program and program `media` ->
+#         first RTP at the listener with an empty queue (p50/p99), the agent's send
+#         lateness and CPU per call;
+#      b. the floor: both paths through a plain Python `websockets` relay
+#         (tests/aiortc/bridge_relay_floor.py);
+#      c. in one process over a timestamping fake transport, no SRTP/UDP/webrtc
+#         (robot-agent/examples/bridge_bench.rs; BRIDGE_INPROCESS=0 skips it): the same
+#         figures for $BRIDGE_STEPS calls, and the `clear` leak over $CLEARS clears.
 #   scripts/bench-robot.sh [latency|fanout|failover|all|cold|voice|bridge]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +46,10 @@ if [ -n "${BENCH_BIN_DIR:-}" ]; then
   BIN="$BENCH_BIN_DIR"
   echo "bench-robot: prebuilt binaries from $BIN" >&2
 else
-  cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout >&2
+  # bridge_load in the same command: built alone, the shared dependencies would resolve
+  # other features and build again
+  EXTRA=(); [ "$WHAT" = bridge ] && EXTRA=(--example bridge_load)
+  cargo build --release -p api --bin api -p robot-agent --bin robot-agent --example fanout "${EXTRA[@]}" >&2
   if [ "$WHAT" = voice ]; then
     cargo build --release -p robot-agent --features test-util --example record_bench >&2
   fi
@@ -88,7 +96,7 @@ start() {
 }
 
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-# the bridge bench is one process of its own: no API or agent to start
+# the bridge bench starts its API (with DAPI_BRIDGES) and agent itself
 [ "$WHAT" = bridge ] || start
 if [ "$WHAT" = latency ] || [ "$WHAT" = all ]; then
   echo "## latency: POST /dapi/call/robot -> first RTP packet ($CALLS calls, after 1 warm-up)"
@@ -227,10 +235,29 @@ PY
 fi
 if [ "$WHAT" = bridge ]; then
   BRIDGE_STEPS="${BRIDGE_STEPS:-50,100,200,300}"; CLEARS="${CLEARS:-1000}"
-  echo "## media bridge: $BRIDGE_STEPS echo calls (pcm16 16 kHz), ${BRIDGE_SECS:-20} s each; $CLEARS clears"
-  "$BIN/examples/bridge_bench" --sessions "$BRIDGE_STEPS" --secs "${BRIDGE_SECS:-20}" --clears "$CLEARS" \
-    --format "${BRIDGE_FORMAT:-pcm16}" --rate "${BRIDGE_RATE:-16000}"
-  echo "## the floor: one hop through a plain Python websockets relay (media-sized messages, 50/s)"
+  BRIDGE_REAL_STEPS="${BRIDGE_REAL_STEPS:-50,100,150,200,250}"; BRIDGE_PROBES="${BRIDGE_PROBES:-4}"
+  BRIDGE_SECS="${BRIDGE_SECS:-20}"
+  # The program lives in bridge_load, on a port chosen now so DAPI_BRIDGES can name it.
+  PPORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  export DAPI_BRIDGES="{\"echo\": {\"url\": \"ws://127.0.0.1:$PPORT/echo\", \"secret\": \"bench-bridge\", \"format\": \"pcm16\", \"rate\": 16000},
+    \"probe\": {\"url\": \"ws://127.0.0.1:$PPORT/probe\", \"secret\": \"bench-bridge\", \"format\": \"opus\", \"rate\": 48000}}"
+  # every listener's /rtc socket comes from 127.0.0.1
+  export DAPI_RTC_SOCKETS_PER_IP=4000
+  start
+  echo "## media bridge, real agent and API: echo calls (pcm16 16 kHz) x 1 WebRTC listener speaking, steps $BRIDGE_REAL_STEPS, ${BRIDGE_SECS} s each, + $BRIDGE_PROBES probe calls (opus: one packet every 100 ms to an empty queue)"
+  "$BIN/examples/bridge_load" --api "$BASE" --agent-pid "$AGENT_PID" --metrics "$HEALTH/metrics" \
+    --program-listen "127.0.0.1:$PPORT" --steps "$BRIDGE_REAL_STEPS" --measure-secs "$BRIDGE_SECS" \
+    --probes "$BRIDGE_PROBES"
+  echo "agent metrics after the run:"
+  curl -s "$HEALTH/metrics" | grep -E '^robot_(frames_(late|skipped)_total|frames_total|sessions\{)' || true
+  kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""
+  kill "$API_PID" 2>/dev/null || true; wait "$API_PID" 2>/dev/null || true; API_PID=""
+  echo "## the floor: both paths through a plain Python websockets relay (media-sized messages, 50/s each way)"
   "$PY" tests/aiortc/bridge_relay_floor.py --messages 1500
+  if [ "${BRIDGE_INPROCESS:-1}" != 0 ]; then
+    echo "## media bridge in one process over a fake transport (no SRTP, UDP or webrtc): $BRIDGE_STEPS echo calls (pcm16 16 kHz), ${BRIDGE_SECS} s each; $CLEARS clears"
+    "$BIN/examples/bridge_bench" --sessions "$BRIDGE_STEPS" --secs "$BRIDGE_SECS" --clears "$CLEARS" \
+      --format "${BRIDGE_FORMAT:-pcm16}" --rate "${BRIDGE_RATE:-16000}"
+  fi
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

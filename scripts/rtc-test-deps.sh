@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "rtc-test-deps: creating venv $VENV" >&2
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import aiortc, numpy, websockets' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import aiortc, numpy, websockets, cryptography' >/dev/null 2>&1; then
   echo "rtc-test-deps: pip install -r tests/aiortc/requirements.txt" >&2
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r "$ROOT/tests/aiortc/requirements.txt"

@@ -21,7 +21,7 @@
 //! the clear (an upper bound on what was written after it arrived), in ms.
 //!
 //! What it leaves out: SRTP, UDP and the webrtc crate on both sides (the same for every
-//! robot; see scripts/bench-robot.sh for the real transport), and the program's
+//! robot; `bridge_load.rs` runs the real agent process and WebRTC listeners), and the program's
 //! WebSocket is on loopback in the same process.
 
 use std::collections::HashMap;
@@ -463,6 +463,7 @@ async fn run(n: usize, cfg: &Config, clear_rounds: usize) {
         media_clock: session::media_clock().expect("media clock"),
         recordings: TestRecordings::new(),
         recording_dir: std::env::temp_dir(),
+        bridge_tls: robot_agent::bridge::BridgeTls::system(),
     });
     // the echo calls, then the clear session or (with calls) the probe session
     let total = n + 1;

@@ -95,6 +95,7 @@ async fn run(sessions: usize, secs: u64, bytes: usize, record: bool) -> Run {
         media_clock: session::media_clock().expect("media clock"),
         recordings: sink.clone(),
         recording_dir: dir.clone(),
+        bridge_tls: robot_agent::bridge::BridgeTls::system(),
     });
     let mut controls = Vec::new();
     let mut held = Vec::new();

@@ -119,6 +119,10 @@ pub struct Config {
     /// `pretty`, `json`, or `auto` (pretty on a terminal).
     #[arg(long, env = "ROBOT_LOG_FORMAT", default_value = "auto")]
     pub log_format: String,
+    /// A PEM file of CA certificates trusted for `wss://` bridge programs, beside the
+    /// system's roots (a program behind a private CA).
+    #[arg(long, env = "ROBOT_BRIDGE_CA_FILE")]
+    pub bridge_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -220,6 +224,7 @@ impl Agent {
             media_clock: session::media_clock().context("starting the media clock thread")?,
             recordings: Arc::new(recordings::ApiRecordings::new(&api_url, &agent_key)?),
             recording_dir: config.cache_dir().join("recordings"),
+            bridge_tls: bridge::BridgeTls::new(config.bridge_ca_file.as_deref())?,
         });
         let link = link::AgentLink::new(
             link::LinkConfig {

@@ -197,9 +197,12 @@ struct Session {
     channels: mpsc::UnboundedReceiver<FakeChannel>,
     control: mpsc::UnboundedSender<Control>,
     updates: mpsc::UnboundedReceiver<SessionUpdate>,
+    /// The session's recording directory, removed with the session.
+    _dir: test_support::TempDir,
 }
 
 fn start(offer: SessionOffer) -> Session {
+    let dir = test_support::TempDir::new("robot-agent-bridge");
     let (signaling, channels) = FakeSignaling::new();
     signaling.script(JoinScript::Accept(vec!["app".into()]));
     let transport = FakeTransport::new();
@@ -219,7 +222,8 @@ fn start(offer: SessionOffer) -> Session {
         metrics: Arc::new(Metrics::new(4)),
         media_clock: tokio::runtime::Handle::current(),
         recordings: TestRecordings::new(),
-        recording_dir: std::env::temp_dir().join("robot-agent-bridge-test"),
+        recording_dir: dir.path().to_path_buf(),
+        bridge_tls: robot_agent::bridge::BridgeTls::system(),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (updates_tx, updates) = mpsc::unbounded_channel();
@@ -229,6 +233,7 @@ fn start(offer: SessionOffer) -> Session {
         channels,
         control,
         updates,
+        _dir: dir,
     }
 }
 
@@ -548,4 +553,85 @@ async fn a_clear_does_not_wait_for_a_play_still_loading() {
     assert_eq!(c.next("mark").await["name"], "after");
     s.control.send(Control::Leave).unwrap();
     s.end().await;
+}
+
+/// Two participants: each one's audio reaches the program under its own uid with its own
+/// `seq` and `timestamp_ms`; a newcomer and a leaver are announced; the program's mark
+/// comes back only once its audio was written to both listeners' tracks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_participant_is_heard_under_its_uid_and_a_mark_waits_for_every_listener() {
+    let mut program = Program::start(None).await;
+    let mut s = start(offer(&program.url, BridgeFormat::Opus, 48_000));
+    let mut c = program.conn().await;
+    c.next("start").await;
+    let (ch, app) = s.connect_app().await;
+    assert_eq!(c.next("participant").await["uid"], "app");
+    // bob joins and offers, as a newcomer does
+    ch.send(ServerMessage::PeerJoined { uid: "bob".into() });
+    ch.send(ServerMessage::Signal {
+        from: "bob".into(),
+        payload: SignalPayload::Description(SessionDescription {
+            kind: SdpType::Offer,
+            sdp: "bob offer".into(),
+        }),
+    });
+    let bob = s.transport.listener_for("bob", 1).await;
+    bob.connect();
+    assert_eq!(
+        c.next("participant").await,
+        json!({"event":"participant","uid":"bob","state":"joined"})
+    );
+
+    // both speak, interleaved, from their own RTP clocks
+    let packets = tone_packets(4);
+    for (k, p) in packets.iter().enumerate() {
+        let k16 = u16::try_from(k).unwrap();
+        app.send_audio(10 + k16, 1000 + 960 * u32::from(k16), p.clone());
+        bob.send_audio(500 + k16, 777_000 + 960 * u32::from(k16), p.clone());
+    }
+    let mut heard: std::collections::HashMap<String, Vec<(u64, u64)>> = Default::default();
+    for _ in 0..2 * packets.len() {
+        let m = c.next("media").await;
+        heard
+            .entry(m["uid"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                m["seq"].as_u64().unwrap(),
+                m["timestamp_ms"].as_u64().unwrap(),
+            ));
+    }
+    let expected: Vec<(u64, u64)> = (0..4).map(|k| (k, 20 * k)).collect();
+    assert_eq!(heard["app"], expected);
+    assert_eq!(heard["bob"], expected);
+
+    // the program speaks: the mark comes back once both listeners have every frame
+    let speech = tone_packets(5);
+    for p in &speech {
+        c.send(media(p));
+    }
+    c.send(json!({"event": "mark", "name": "both"}));
+    assert_eq!(c.next("mark").await["name"], "both");
+    for l in [&app, &bob] {
+        let f = l.frames();
+        assert!(f.len() >= 5, "{}: the mark came before its audio", l.peer());
+        assert_eq!(&f[f.len() - 5..], speech.as_slice(), "{}", l.peer());
+    }
+
+    // bob leaves: announced; the app's audio still flows
+    ch.send(ServerMessage::PeerLeft {
+        uid: "bob".into(),
+        reason: protocol::signaling::LeaveReason::Left,
+    });
+    assert_eq!(
+        c.next("participant").await,
+        json!({"event":"participant","uid":"bob","state":"left"})
+    );
+    app.send_audio(14, 1000 + 960 * 4, packets[0].clone());
+    let m = c.next("media").await;
+    assert_eq!(
+        (m["uid"].clone(), m["seq"].clone()),
+        (json!("app"), json!(4))
+    );
+    s.control.send(Control::Leave).unwrap();
+    assert_eq!(c.next("stop").await["reason"], "ended");
 }

@@ -97,6 +97,7 @@ fn start(
         media_clock: tokio::runtime::Handle::current(),
         recordings: recordings.clone(),
         recording_dir: dir.path().to_path_buf(),
+        bridge_tls: robot_agent::bridge::BridgeTls::system(),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (updates_tx, updates) = mpsc::unbounded_channel();

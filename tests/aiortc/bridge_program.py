@@ -1,9 +1,12 @@
 """The operator's program of the media bridge end-to-end test (tests/tests/robot_bridge.rs),
 written against the protocol of docs/bridge.md with Python `websockets`, nothing of ours.
 
-    bridge_program.py --port P --secret S --fixture speech.wav [--then hangup|wait]
+    bridge_program.py --port P --secret S --fixture speech.wav [--then hangup|wait] [--tls DIR]
 
-Serves ws://127.0.0.1:P/ (Authorization: Bearer S, else 401). On each connection:
+Serves ws://127.0.0.1:P/ (Authorization: Bearer S, else 401); with --tls DIR,
+wss://127.0.0.1:P/ with a certificate for 127.0.0.1 and localhost signed by a CA made for
+this run (Python `cryptography`), whose certificate it writes to DIR/ca.pem before it
+listens. On each connection:
 
 - `start` (resume false): waits for a participant's speech; once no `media` came for
   400 ms it compares what it heard with the fixture (cross-correlation after alignment),
@@ -172,13 +175,82 @@ class Session:
             say(got="closed")
 
 
+def make_tls(folder):
+    """A CA made for this run and a server certificate for 127.0.0.1 and localhost signed by
+    it; writes the CA's certificate to folder/ca.pem; returns an ssl context serving the
+    server certificate."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bridge test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    os.makedirs(folder, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(folder, "server.pem"), "wb") as f:
+        f.write(cert.public_bytes(pem))
+    with open(os.path.join(folder, "server.key"), "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with open(os.path.join(folder, "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(pem))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(folder, "server.pem"), os.path.join(folder, "server.key"))
+    return ctx
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--secret", required=True)
     ap.add_argument("--fixture", required=True)
     ap.add_argument("--then", choices=["hangup", "wait"], default="hangup")
+    ap.add_argument("--tls", help="serve wss:// with a CA made for this run; its certificate goes to DIR/ca.pem")
     args = ap.parse_args()
+    ssl_ctx = make_tls(args.tls) if args.tls else None
 
     def check(connection, request):
         if request.headers.get("Authorization") != f"Bearer {args.secret}":
@@ -188,8 +260,8 @@ async def main():
     async def handler(ws):
         await Session(ws, args).run()
 
-    async with serve(handler, "127.0.0.1", args.port, process_request=check, max_size=2**22):
-        say(got="listening", port=args.port)
+    async with serve(handler, "127.0.0.1", args.port, process_request=check, max_size=2**22, ssl=ssl_ctx):
+        say(got="listening", port=args.port, tls=bool(ssl_ctx))
         await asyncio.Future()
 
 

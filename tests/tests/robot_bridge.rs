@@ -13,6 +13,9 @@
 //!   packets the app received are exactly the echo, the part of the 5 s played, and (after
 //!   a restart) the beep, up to a few frames the pacer may skip on this busy machine, never
 //!   more (a frame that leaked after the clear would be counted twice);
+//! - pcm16 48 kHz runs over `wss://`: the program serves TLS with a certificate of a CA made
+//!   for the test (Python `cryptography`), which the agent trusts through
+//!   `--bridge-ca-file` (`ROBOT_BRIDGE_CA_FILE`);
 //! - pcm16 16 kHz: the program is killed (SIGKILL) and started again on its port; the robot
 //!   is back on it with `start` `"resume": true` within 2 s of it listening again, the
 //!   app's connection never dropped, the beep the new program speaks is heard, and the
@@ -20,8 +23,13 @@
 //! - opus: the program is killed and not started again: the robot leaves with `bridge_lost`
 //!   on the timeline about 10 s later.
 //!
-//! SQLite only (CI time). Needs scripts/install-test-deps.sh (aiortc, numpy and websockets
-//! in .venv); fails, never skips, without them.
+//! And a `wss://` program whose certificate the agent does not trust: the robot leaves at
+//! once with `bridge_lost` naming the certificate, on the timeline and in the agent's log;
+//! the agent goes on (it takes the next call).
+//!
+//! SQLite in CI; `E2E_DATABASE_URL` runs them on PostgreSQL. Needs
+//! scripts/install-test-deps.sh (aiortc, numpy, websockets and cryptography in .venv);
+//! fails, never skips, without them.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -31,7 +39,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use robot_support::{RobotAgent, RobotApi, Script, fixture, require_python, root};
+use robot_support::{RobotAgent, RobotApi, Script, TempDir, fixture, require_python, root};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -55,9 +63,15 @@ struct Program {
 }
 
 impl Program {
-    async fn start(python: &Path, port: u16, then: &str) -> Self {
-        let mut child = Command::new(python)
-            .arg(root().join("tests/aiortc/bridge_program.py"))
+    /// Starts it on `port`; with `tls`, over `wss://` with a CA made for the run, whose
+    /// certificate it writes to `tls/ca.pem` before it listens.
+    async fn start(python: &Path, port: u16, then: &str, tls: Option<&Path>) -> Self {
+        let mut cmd = Command::new(python);
+        cmd.arg(root().join("tests/aiortc/bridge_program.py"));
+        if let Some(dir) = tls {
+            cmd.arg("--tls").arg(dir);
+        }
+        let mut child = cmd
             .args([
                 "--port",
                 &port.to_string(),
@@ -117,9 +131,10 @@ impl Program {
 
 fn bridges(port: u16) -> String {
     let url = format!("ws://127.0.0.1:{port}/");
+    let tls = format!("wss://127.0.0.1:{port}/");
     json!({
         "pcm16k": {"url": url, "secret": SECRET, "format": "pcm16", "rate": 16000},
-        "pcm48k": {"url": url, "secret": SECRET, "format": "pcm16", "rate": 48000},
+        "pcm48k": {"url": tls, "secret": SECRET, "format": "pcm16", "rate": 48000},
         "opus": {"url": url, "secret": SECRET, "format": "opus", "rate": 48000},
     })
     .to_string()
@@ -143,19 +158,26 @@ enum Ending {
     Lost,
 }
 
-/// One bridged call; what the checks need.
-async fn bridged_call(bridge: &str, encoding: &str, rate: u64, ending: Ending) {
+/// One bridged call; what the checks need. With `tls`, the program serves `wss://` and the
+/// agent trusts its CA through `--bridge-ca-file`.
+async fn bridged_call(bridge: &str, encoding: &str, rate: u64, ending: Ending, tls: bool) {
     let python = require_python();
     let port = free_port();
     let ports = bridges(port);
-    let api = RobotApi::start_with(&[("DAPI_BRIDGES", ports.as_str())]).await;
-    let agent = RobotAgent::start(&api, &format!("agent-{bridge}"), 2, &[]).await;
-    api.wait_agents(1).await;
     let then = match ending {
         Ending::Hangup => "hangup",
         Ending::Restart | Ending::Lost => "wait",
     };
-    let mut program = Program::start(&python, port, then).await;
+    // The program first: with TLS its CA file must exist when the agent starts.
+    let certs = TempDir::new("bridge-tls");
+    let mut program = Program::start(&python, port, then, tls.then(|| certs.path())).await;
+    assert_eq!(program.seen[0]["tls"], tls, "{:?}", program.seen);
+    let ca = certs.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let api = RobotApi::start_with(&[("DAPI_BRIDGES", ports.as_str())]).await;
+    let extra: &[&str] = if tls { &["--bridge-ca-file", ca] } else { &[] };
+    let agent = RobotAgent::start(&api, &format!("agent-{bridge}"), 2, extra).await;
+    api.wait_agents(1).await;
     let caller = app(&python, &api.base, bridge);
 
     let start = program.until("start", Duration::from_secs(30)).await;
@@ -195,7 +217,8 @@ async fn bridged_call(bridge: &str, encoding: &str, rate: u64, ending: Ending) {
         Ending::Restart => {
             let mut first = program.kill().await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let mut again = Program::start(&python, port, "hangup").await;
+            assert!(!tls, "a restarted TLS program would have a new CA");
+            let mut again = Program::start(&python, port, "hangup", None).await;
             let listening_at = again.all("listening")[0]["t"].as_f64().unwrap();
             let start = again.until("start", Duration::from_secs(15)).await;
             assert_eq!(start["resume"], true, "{start}");
@@ -298,15 +321,66 @@ async fn bridged_call(bridge: &str, encoding: &str, rate: u64, ending: Ending) {
 
 #[tokio::test]
 async fn pcm16_16k_echoes_clears_truthfully_and_resumes_after_the_program_restarts() {
-    bridged_call("pcm16k", "pcm16", 16_000, Ending::Restart).await;
+    bridged_call("pcm16k", "pcm16", 16_000, Ending::Restart, false).await;
 }
 
 #[tokio::test]
-async fn pcm16_48k_echoes_and_clears_truthfully_and_the_program_hangs_up() {
-    bridged_call("pcm48k", "pcm16", 48_000, Ending::Hangup).await;
+async fn pcm16_48k_over_wss_echoes_and_clears_truthfully_and_the_program_hangs_up() {
+    bridged_call("pcm48k", "pcm16", 48_000, Ending::Hangup, true).await;
 }
 
 #[tokio::test]
 async fn opus_echoes_and_a_program_gone_for_good_ends_the_robot_with_bridge_lost() {
-    bridged_call("opus", "opus", 48_000, Ending::Lost).await;
+    bridged_call("opus", "opus", 48_000, Ending::Lost, false).await;
+}
+
+/// A `wss://` program whose CA the agent was not given: the dial fails on the certificate,
+/// the robot leaves at once with `bridge_lost` naming it (no 10 s of redials: trying again
+/// cannot help), the agent logs it and takes the next call.
+#[tokio::test]
+async fn an_untrusted_wss_program_is_a_clear_error_on_the_session_and_the_agent_goes_on() {
+    let python = require_python();
+    let port = free_port();
+    let certs = TempDir::new("bridge-tls");
+    let program = Program::start(&python, port, "hangup", Some(certs.path())).await;
+    let ports = bridges(port);
+    let api = RobotApi::start_with(&[("DAPI_BRIDGES", ports.as_str())]).await;
+    let agent = RobotAgent::start(&api, "agent-untrusted", 2, &[]).await;
+    api.wait_agents(1).await;
+    for round in 0..2 {
+        let call = api
+            .dapi(
+                "call/robot",
+                json!({"src_uid": format!("caller{round}"), "bridge": "pcm48k"}),
+            )
+            .await;
+        let channel = call["channel"].as_str().unwrap();
+        let s = api
+            .wait_session(channel, 10, "the robot left", |s| s["state"] == "left")
+            .await;
+        let timeline = api.timeline(channel).await;
+        assert!(timeline.contains("bridge_lost"), "{s:#} {timeline}");
+        assert!(
+            timeline.contains("TLS certificate is not trusted")
+                && timeline.contains("ROBOT_BRIDGE_CA_FILE"),
+            "{timeline}"
+        );
+    }
+    let logs = agent.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("bridge program not reached") && l.contains("not trusted")),
+        "the agent logs the refused certificate"
+    );
+    assert!(
+        logs.iter().all(|l| !l.contains("panicked")),
+        "the agent panicked"
+    );
+    let seen = program.kill().await;
+    assert!(
+        seen.iter().all(|v| v["got"] != "start"),
+        "no session reached the program: {seen:?}"
+    );
+    agent.stop().await;
+    api.stop().await;
 }

@@ -6,7 +6,7 @@
 //!      │                                     │
 //!      └──failed──► wait 100 ms, 200, 400, 800, 1 s, 1 s ... ─► Dial again
 //!   a refusal (HTTP 401/403) ─► GiveUp at once
-//!   a bad target (Config) ─► GiveUp at once
+//!   a bad target (Config) or an untrusted TLS certificate ─► GiveUp at once
 //!   `window` (10 s) after the drop (or the first failed attempt) without being up ─► GiveUp
 //! ```
 //!
@@ -126,7 +126,10 @@ impl BridgeLink {
         if self.state != State::Dialing {
             return;
         }
-        if matches!(error, BridgeError::Refused { .. } | BridgeError::Config(_)) {
+        if matches!(
+            error,
+            BridgeError::Refused { .. } | BridgeError::Config(_) | BridgeError::Untrusted(_)
+        ) {
             return self.give_up(error.to_string());
         }
         let since = *self.missing_since.get_or_insert(now);
@@ -281,6 +284,26 @@ mod tests {
             ))
         );
         assert_eq!(l.poll_timeout(), None);
+    }
+
+    #[test]
+    fn an_untrusted_certificate_gives_up_at_once() {
+        let t0 = Instant::now();
+        let mut l = BridgeLink::new(RESUME_WINDOW);
+        l.poll_action();
+        l.dial_failed(
+            t0,
+            &BridgeError::Untrusted("invalid peer certificate: UnknownIssuer".into()),
+        );
+        match l.poll_action() {
+            Some(LinkAction::GiveUp(why)) => assert_eq!(
+                why,
+                "the bridge program's TLS certificate is not trusted: invalid peer certificate: \
+                 UnknownIssuer (trust its CA with ROBOT_BRIDGE_CA_FILE)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(l.is_gone());
     }
 
     #[test]

@@ -26,11 +26,13 @@
 pub mod link;
 pub mod message;
 pub mod socket;
+pub mod tls;
 
 use bytes::Bytes;
 
 pub use link::{BridgeLink, LinkAction, RESUME_WINDOW};
 pub use message::{AgentEvent, CallParties, Format, ProgramMessage, StopReason};
+pub use tls::BridgeTls;
 
 /// What went wrong on a bridge, named for what happens next.
 ///
@@ -39,6 +41,7 @@ pub use message::{AgentEvent, CallParties, Format, ProgramMessage, StopReason};
 /// | [`Unreachable`](BridgeError::Unreachable) | the program could not be dialled (refused, timed out, the socket failed) | redial with backoff for up to 10 s, then the robot leaves (`bridge_lost`) |
 /// | [`Refused`](BridgeError::Refused) | the program answered the upgrade with an HTTP error (401: wrong secret) | the robot leaves at once (`bridge_lost`); fix `DAPI_BRIDGES` |
 /// | [`Config`](BridgeError::Config) | the target cannot be used (a bad URL or rate, a secret that is not a header) | the robot leaves at once |
+/// | [`Untrusted`](BridgeError::Untrusted) | a `wss://` program's certificate is not trusted (or is not for its host) | the robot leaves at once (`bridge_lost`); trust its CA with `ROBOT_BRIDGE_CA_FILE` |
 /// | the others | one program message was wrong | logged and counted; the message is dropped, the call goes on |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BridgeError {
@@ -56,6 +59,11 @@ pub enum BridgeError {
     /// The target cannot be used.
     #[error("the bridge target cannot be used: {0}")]
     Config(String),
+    /// The program's TLS certificate was refused.
+    #[error(
+        "the bridge program's TLS certificate is not trusted: {0} (trust its CA with ROBOT_BRIDGE_CA_FILE)"
+    )]
+    Untrusted(String),
     /// A message over the size limit.
     #[error("a program message of {bytes} bytes is over the limit of {limit}")]
     TooLarge {
@@ -107,7 +115,7 @@ impl BridgeError {
     pub fn is_message_error(&self) -> bool {
         !matches!(
             self,
-            Self::Unreachable(_) | Self::Refused { .. } | Self::Config(_)
+            Self::Unreachable(_) | Self::Refused { .. } | Self::Config(_) | Self::Untrusted(_)
         )
     }
 }

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::message::{AgentEvent, CallParties, Format, ProgramMessage, parse_program};
+use super::tls::BridgeTls;
 use super::{BridgeError, FromProgram, ProgramCommand, StopReason, ToProgram};
 
 type Ws =
@@ -68,6 +69,8 @@ pub struct SocketPlan {
     /// The session continues an earlier attempt (the API offered it again after its agent
     /// died or drained): every `start` says `"resume": true`, the first one too.
     pub continued: bool,
+    /// Trust for `wss://` targets.
+    pub tls: BridgeTls,
 }
 
 struct Conn {
@@ -143,8 +146,8 @@ async fn next(
     }
 }
 
-/// Dials the program.
-pub async fn dial(target: &BridgeTarget) -> Result<Ws, BridgeError> {
+/// Dials the program (`ws://`, or `wss://` trusting `tls`).
+pub async fn dial(target: &BridgeTarget, tls: &BridgeTls) -> Result<Ws, BridgeError> {
     let mut req = target
         .url
         .as_str()
@@ -159,7 +162,12 @@ pub async fn dial(target: &BridgeTarget) -> Result<Ws, BridgeError> {
         .max_frame_size(Some(SOCKET_MAX_MESSAGE));
     let (ws, _) = tokio::time::timeout(
         DIAL_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(config),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(tls.config())),
+        ),
     )
     .await
     .map_err(|_| BridgeError::Unreachable(format!("timed out after {DIAL_TIMEOUT:?}")))?
@@ -167,11 +175,26 @@ pub async fn dial(target: &BridgeTarget) -> Result<Ws, BridgeError> {
         tokio_tungstenite::tungstenite::Error::Http(r) => BridgeError::Refused {
             status: r.status().as_u16(),
         },
-        // a URL this build cannot dial (wss:// without TLS): redialling cannot help
+        // a URL that cannot be dialled (no host, an unknown scheme): redialling cannot help
         tokio_tungstenite::tungstenite::Error::Url(e) => BridgeError::Config(format!("url: {e}")),
+        tokio_tungstenite::tungstenite::Error::Tls(e) => BridgeError::Config(format!("tls: {e}")),
+        tokio_tungstenite::tungstenite::Error::Io(e) => match tls_refusal(&e) {
+            Some(why) => BridgeError::Untrusted(why),
+            None => BridgeError::Unreachable(e.to_string()),
+        },
         e => BridgeError::Unreachable(e.to_string()),
     })?;
     Ok(ws)
+}
+
+/// The certificate error inside a failed TLS handshake, if that is what failed.
+fn tls_refusal(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        e @ (rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType) => Some(e.to_string()),
+        _ => None,
+    }
 }
 
 fn text(e: &AgentEvent) -> Message {
@@ -188,7 +211,7 @@ impl Task {
                 // Media of a gap is dropped (DESIGN.md); events (a mark played meanwhile)
                 // reach the program after its `start`.
                 self.held.retain(|(_, media)| !media);
-                match dial(&self.plan.target).await {
+                match dial(&self.plan.target, &self.plan.tls).await {
                     Ok(ws) => {
                         let (sink, stream) = ws.split();
                         let (out, rx) = mpsc::channel(WRITE_QUEUE);

@@ -238,6 +238,7 @@ impl Driver {
                             })
                             .unwrap_or_default(),
                         continued: offer.attempt > 1,
+                        tls: ctx.bridge_tls.clone(),
                     };
                     let task = tokio::spawn(tracing::Instrument::instrument(
                         bridge::socket::run(plan, rx, from_tx.clone()),

@@ -114,6 +114,8 @@ pub struct SessionContext {
     pub recordings: Arc<dyn RecordingSink>,
     /// Where recordings are written while they grow.
     pub recording_dir: std::path::PathBuf,
+    /// Trust for `wss://` bridge programs.
+    pub bridge_tls: crate::bridge::BridgeTls,
 }
 
 /// Starts the media clock: a single-threaded runtime on a thread of its own, where every
