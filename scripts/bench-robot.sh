@@ -69,7 +69,7 @@ cleanup() {
 trap cleanup EXIT
 
 export DAPI_AGENT_KEY=bench-agent-key DAPI_ADMIN_KEY=bench-admin-key
-# The agent's listener transport: ROBOT_RTC_DRIVER (mux, the default, or webrtc) as set when start runs.
+# The agent's listener transport: ROBOT_RTC_DRIVER (webrtc, the default, or mux) as set when start runs.
 RUNS=0
 # DAPI_RTC_SOCKETS_PER_IP: every probe of the fan-out joins /rtc from 127.0.0.1.
 start() {
@@ -83,7 +83,7 @@ start() {
     sleep 0.1
   done
   [ -n "$BASE" ] || { echo "api did not start" >&2; cat "$TMP/api.err" >&2; exit 1; }
-  RUST_LOG=warn ROBOT_RTC_DRIVER="${ROBOT_RTC_DRIVER:-mux}" "$BIN/robot-agent" --api-url "$BASE" --capacity 1000 --bind-ip 127.0.0.1 \
+  RUST_LOG=warn ROBOT_RTC_DRIVER="${ROBOT_RTC_DRIVER:-webrtc}" "$BIN/robot-agent" --api-url "$BASE" --capacity 1000 --bind-ip 127.0.0.1 \
     --cache-dir "$TMP/cache" --health-listen 127.0.0.1:0 --leave-grace 60 \
     > "$TMP/agent.out" 2> "$TMP/agent.err" &
   AGENT_PID=$!
@@ -110,7 +110,7 @@ if [ "$WHAT" = fanout ] || [ "$WHAT" = all ]; then
   # machine state), each with a fresh API and agent so no session of the previous run is
   # offered again to the next agent.
   for driver in ${DRIVERS:-webrtc mux}; do
-    if [ "$driver" != "${ROBOT_RTC_DRIVER:-mux}" ]; then
+    if [ "$driver" != "${ROBOT_RTC_DRIVER:-webrtc}" ]; then
       kill "$AGENT_PID" "$API_PID" 2>/dev/null || true
       wait "$AGENT_PID" "$API_PID" 2>/dev/null || true
       ROBOT_RTC_DRIVER="$driver" start

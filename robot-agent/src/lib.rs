@@ -85,12 +85,13 @@ pub struct Config {
     /// cannot take trickled candidates although docs/rtc-protocol.md requires it).
     #[arg(long, env = "ROBOT_OFFER_CANDIDATES", default_value = "trickle", value_parser = ["trickle", "inline"])]
     pub offer_candidates: String,
-    /// How listeners reach the network: `mux` (default: every listener on one UDP socket
-    /// per address, driven by the agent over the sans-IO `rtc` core; host candidates only,
-    /// the ICE servers are not used by the agent) or `webrtc` (one webrtc-rs PeerConnection,
-    /// its own driver task and UDP socket per listener, with STUN/TURN candidates: for an
-    /// agent its listeners cannot reach directly). docs/decisions.md, "Lighter listeners".
-    #[arg(long, env = "ROBOT_RTC_DRIVER", default_value = "mux", value_parser = ["mux", "webrtc"])]
+    /// How listeners reach the network: `webrtc` (default: one webrtc-rs PeerConnection, its
+    /// own driver task and UDP socket per listener, with STUN/TURN candidates) or `mux`
+    /// (every listener on one UDP socket per address, driven by the agent over the sans-IO
+    /// `rtc` core: about half the memory and CPU per listener; host candidates only, and an
+    /// occasional 500 ms first-connection tail not yet fixed). docs/decisions.md, "Lighter
+    /// listeners".
+    #[arg(long, env = "ROBOT_RTC_DRIVER", default_value = "webrtc", value_parser = ["mux", "webrtc"])]
     pub rtc_driver: String,
     /// UDP port of the `mux` driver's socket (0: an ephemeral one).
     #[arg(long, env = "ROBOT_RTC_PORT", default_value_t = 0)]

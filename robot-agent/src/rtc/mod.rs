@@ -16,9 +16,9 @@
 //! This is the only module that imports the `webrtc` and `rtc` crates (DESIGN.md decision
 //! 7; STYLE.md 3). The rest of the agent sees [`RtcTransport`], [`Listener`] and the small
 //! owned types here. Two implementations, chosen by `ROBOT_RTC_DRIVER`: [`MuxTransport`]
-//! (the default) carries every listener on one UDP socket with a driver of our own over
+//! (opt-in, `mux`) carries every listener on one UDP socket with a driver of our own over
 //! the sans-IO `rtc` core (see `mux.rs`; host candidates only). [`WebrtcTransport`]
-//! implements them with webrtc =0.21.1: one
+//! (the default) implements them with webrtc =0.21.1: one
 //! PeerConnection and one local track per listener (a local track binds to one
 //! connection in that line), mDNS disabled, an explicit bind address, the payload type read
 //! after negotiation, complete SDP out (candidates inside, no trickle needed) and both
