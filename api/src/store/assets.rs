@@ -1,6 +1,6 @@
-//! Audio assets: the prepared audio robots play, stored whole (content and its record),
-//! read whole or in slices (`asset_slice`, so a download streams from the first bytes
-//! instead of waiting for a 30 MB blob to be read).
+//! Audio assets: the prepared audio robots play, stored whole (content and its record) and
+//! read in slices (`asset_slice`, so a download streams from the first bytes instead of
+//! waiting for a 30 MB blob to be read).
 
 use serde::Serialize;
 
@@ -45,9 +45,6 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET content = excluded.content, \
          sha256 = excluded.sha256, bytes = excluded.bytes, duration_ms = excluded.duration_ms, created_at = excluded.created_at",
     );
-    pub const GET_ASSET: Stmt = Stmt::both(
-        "SELECT name, sha256, bytes, duration_ms, created_at, content FROM audio_assets WHERE name = $1",
-    );
     pub const GET_RECORD: Stmt = Stmt::both(
         "SELECT name, sha256, bytes, duration_ms, created_at FROM audio_assets WHERE name = $1",
     );
@@ -76,20 +73,6 @@ impl Store {
             .bind(a.created_at_ms);
         self.write_one("put_asset", q).await?;
         Ok(())
-    }
-
-    /// An asset with its content.
-    pub async fn get_asset(&self, name: &str) -> StoreResult<Option<(AssetRecord, Vec<u8>)>> {
-        let row: Option<(String, String, i64, i64, i64, Vec<u8>)> = sql::GET_ASSET
-            .bind(name)
-            .fetch_optional(self.reader())
-            .await?;
-        Ok(row.map(
-            |(name, sha256, bytes, duration_ms, created_at_ms, content)| {
-                let rec = AssetRecord::from((name, sha256, bytes, duration_ms, created_at_ms));
-                (rec, content)
-            },
-        ))
     }
 
     /// An asset's record, without its content.

@@ -902,8 +902,14 @@ async fn queue_stats_and_assets() {
             created_at_ms: 7,
         };
         s.put_asset(&a, b"abc").await.unwrap();
-        let (rec, content) = s.get_asset("hello").await.unwrap().unwrap();
+        let rec = s.asset_record("hello").await.unwrap().unwrap();
+        let content = s.asset_slice("hello", "ab", 0, 3).await.unwrap().unwrap();
         assert_eq!((rec, content), (a.clone(), b"abc".to_vec()));
+        // Slices count bytes from 0, end short at the end, and need the same content.
+        let tail = s.asset_slice("hello", "ab", 1, 10).await.unwrap();
+        assert_eq!(tail.as_deref(), Some(&b"bc"[..]), "{}", s.backend());
+        let other = s.asset_slice("hello", "cd", 0, 3).await.unwrap();
+        assert_eq!(other, None, "{}", s.backend());
         let b = AssetRecord {
             bytes: 4,
             ..a.clone()
@@ -912,6 +918,7 @@ async fn queue_stats_and_assets() {
         assert_eq!(s.list_assets().await.unwrap(), vec![b]);
         assert!(s.delete_asset("hello").await.unwrap());
         assert!(!s.delete_asset("hello").await.unwrap());
-        assert!(s.get_asset("hello").await.unwrap().is_none());
+        assert!(s.asset_record("hello").await.unwrap().is_none());
+        assert!(s.asset_slice("hello", "ab", 0, 3).await.unwrap().is_none());
     }
 }
