@@ -33,7 +33,6 @@ use ::rtc::interceptor::Registry;
 use ::rtc::peer_connection::certificate::RTCCertificate;
 use ::rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use ::rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
-use ::rtc::peer_connection::configuration::media_engine::MediaEngine;
 use ::rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use ::rtc::peer_connection::event::RTCPeerConnectionEvent;
 use ::rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -45,7 +44,6 @@ use ::rtc::peer_connection::transport::{
 use ::rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use ::rtc::rtp;
 use ::rtc::rtp_transceiver::RTCRtpSenderId;
-use ::rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use ::rtc::sansio::Protocol;
 use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use async_trait::async_trait;
@@ -56,8 +54,8 @@ use tokio::sync::Notify;
 
 use super::demux::{Path, Routes, Timers, is_stun};
 use super::webrtc_impl::{
-    ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS, OPUS_PT, opus_codec, robot_track,
-    split_candidates,
+    ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS, negotiation, opus_media_engine, robot_track,
+    setup, split_candidates,
 };
 use super::{
     InboundAudio, Listener, ListenerEvent, ListenerSinks, ListenerState, RtcError, RtcTransport,
@@ -137,14 +135,6 @@ struct PeerState {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn setup<E: std::fmt::Display>(e: E) -> RtcError {
-    RtcError::Setup(e.to_string())
-}
-
-fn negotiation<E: std::fmt::Display>(e: E) -> RtcError {
-    RtcError::Negotiation(e.to_string())
 }
 
 /// A random ICE credential of `len` letters and digits.
@@ -269,16 +259,7 @@ impl MuxTransport {
     }
 
     fn connection(&self, ufrag: String, pwd: String) -> Result<RTCPeerConnection, RtcError> {
-        let mut media = MediaEngine::default();
-        media
-            .register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: opus_codec(),
-                    payload_type: OPUS_PT,
-                },
-                RtpCodecKind::Audio,
-            )
-            .map_err(setup)?;
+        let media = opus_media_engine()?;
         // Sender and receiver reports only: NACK and TWCC serve video and bandwidth
         // estimation, neither of which a 20 ms Opus sender at a fixed rate uses.
         let registry = configure_rtcp_reports(Registry::new());

@@ -101,12 +101,27 @@ pub(super) fn robot_track(ssrc: u32) -> MediaStreamTrack {
     )
 }
 
-fn setup<E: std::fmt::Display>(e: E) -> RtcError {
+pub(super) fn setup<E: std::fmt::Display>(e: E) -> RtcError {
     RtcError::Setup(e.to_string())
 }
 
-fn negotiation<E: std::fmt::Display>(e: E) -> RtcError {
+pub(super) fn negotiation<E: std::fmt::Display>(e: E) -> RtcError {
     RtcError::Negotiation(e.to_string())
+}
+
+/// A media engine that knows Opus only, at [`OPUS_PT`] (both transports).
+pub(super) fn opus_media_engine() -> Result<MediaEngine, RtcError> {
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: OPUS_PT,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(setup)?;
+    Ok(media)
 }
 
 #[async_trait]
@@ -118,16 +133,7 @@ impl RtcTransport for WebrtcTransport {
         ice_servers: &[IceServer],
         sinks: ListenerSinks,
     ) -> Result<Arc<dyn Listener>, RtcError> {
-        let mut media = MediaEngine::default();
-        media
-            .register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: opus_codec(),
-                    payload_type: OPUS_PT,
-                },
-                RtpCodecKind::Audio,
-            )
-            .map_err(setup)?;
+        let mut media = opus_media_engine()?;
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
