@@ -54,8 +54,8 @@ use tokio::sync::Notify;
 
 use super::demux::{Path, Routes, Timers, is_stun};
 use super::webrtc_impl::{
-    ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS, negotiation, opus_media_engine, robot_track,
-    setup, split_candidates,
+    ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS, candidate_init, negotiation, opus_media_engine,
+    robot_track, setup, split_candidates,
 };
 use super::{
     InboundAudio, Listener, ListenerEvent, ListenerSinks, ListenerState, RtcError, RtcTransport,
@@ -607,15 +607,8 @@ impl Listener for MuxListener {
     }
 
     async fn add_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
-        if c.candidate.is_empty() {
+        let Some(init) = candidate_init(c) else {
             return Ok(()); // end of candidates of one section
-        }
-        let init = RTCIceCandidateInit {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_mline_index,
-            username_fragment: c.username_fragment,
-            url: None,
         };
         self.with(|st| {
             if let Some(q) = st.pending.as_mut() {

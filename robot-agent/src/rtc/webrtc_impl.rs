@@ -109,6 +109,21 @@ pub(super) fn negotiation<E: std::fmt::Display>(e: E) -> RtcError {
     RtcError::Negotiation(e.to_string())
 }
 
+/// A remote candidate from signaling, for the connection; `None` for an empty one (the end
+/// of one section's candidates), which needs nothing done (both transports).
+pub(super) fn candidate_init(c: IceCandidate) -> Option<RTCIceCandidateInit> {
+    if c.candidate.is_empty() {
+        return None;
+    }
+    Some(RTCIceCandidateInit {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_mline_index: c.sdp_mline_index,
+        username_fragment: c.username_fragment,
+        url: None,
+    })
+}
+
 /// A media engine that knows Opus only, at [`OPUS_PT`] (both transports).
 pub(super) fn opus_media_engine() -> Result<MediaEngine, RtcError> {
     let mut media = MediaEngine::default();
@@ -382,15 +397,8 @@ impl Listener for WebrtcListener {
     }
 
     async fn add_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
-        if c.candidate.is_empty() {
+        let Some(init) = candidate_init(c) else {
             return Ok(()); // end of candidates of one section
-        }
-        let init = RTCIceCandidateInit {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_mline_index,
-            username_fragment: c.username_fragment,
-            url: None,
         };
         {
             let mut pending = self.pending.lock().await;
